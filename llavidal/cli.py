@@ -1,0 +1,132 @@
+"""The ``llavidal`` command: one entry point with subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+RAW_VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif", ".m4v", ".mpg", ".mpeg"}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
+    p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
+    p.add_argument("--layout", choices=["current", "2024", "videochatgpt"],
+                   help="force the token layout of a .bin projector file (detected from its size by default)")
+
+
+def cmd_make_tiny(args) -> int:
+    from .model.tiny import make_tiny
+
+    out = make_tiny(args.dir, seed=args.seed, safetensors=args.safetensors)
+    print(f"wrote a tiny LLaVA-Lightening-style base model to {out} (seed {args.seed})")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from .inference import GenerationOptions, answer, stream_answer
+    from .model import load_pretrained
+
+    for flag in ("video", "object", "pose"):
+        value = getattr(args, flag)
+        if value is not None and Path(value).suffix.lower() in RAW_VIDEO_SUFFIXES:
+            raise SystemExit(f"error: --{flag} {value}: this command reads feature files (.pkl, .pickle, .npy, "
+                             ".npz, .safetensors, .pt); raw video files are not supported by this version")
+    if args.video is None and args.object is None and args.pose is None:
+        logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
+    model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
+                                       attn_implementation=args.attn, layout=args.layout)
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                seed=args.seed, template=args.template, system=args.system)
+    kwargs = dict(video=args.video, object=args.object, pose=args.pose, options=options)
+    if args.json:
+        reply = answer(model, tokenizer, args.question, **kwargs)
+        print(json.dumps({"question": args.question, "answer": reply,
+                          "modalities": [m for m in ("video", "object", "pose") if getattr(args, m)]}))
+    elif args.no_stream:
+        print(answer(model, tokenizer, args.question, **kwargs))
+    else:
+        for piece in stream_answer(model, tokenizer, args.question, **kwargs):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .model import export_legacy_projector, load_pretrained, save_adapter, save_pretrained
+
+    model, tokenizer = load_pretrained(args.base, projector=args.projector, device="cpu", dtype="fp32",
+                                       layout=args.layout)
+    if args.folder:
+        print(f"model folder: {save_pretrained(model, tokenizer, args.folder)}")
+    if args.adapter:
+        print(f"adapter: {save_adapter(model, tokenizer, args.adapter)}")
+    if args.legacy:
+        print(f"legacy mm_projector.bin: {export_legacy_projector(model, args.legacy)}")
+    if not (args.folder or args.adapter or args.legacy):
+        raise SystemExit("error: give at least one of --folder, --adapter, --legacy")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="llavidal", description="LLAVIDAL: a video LLM for activities of daily "
+                                     "living (video + object + pose features into LLaMA).")
+    parser.add_argument("--version", action="version", version=f"llavidal {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout) for tests/demos")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--safetensors", action="store_true", help="write safetensors shards instead of .bin")
+    p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("infer", help="ask a question about one sample's features")
+    _add_model_args(p)
+    p.add_argument("--video", help="video feature file, e.g. [356, 1024] .pkl")
+    p.add_argument("--object", help="object feature file, [n, 8, 512]")
+    p.add_argument("--pose", help="pose feature file, e.g. [256, 216]")
+    p.add_argument("--question", "-q", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--template", default="vicuna_v1_1", help="conversation template (vicuna_v1_1, llavidal_v1)")
+    p.add_argument("--system", help="system prompt overriding the template's")
+    p.add_argument("--no-stream", action="store_true", help="print the reply at the end instead of streaming")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("export", help="write our model folder, an adapter file and/or a legacy mm_projector.bin")
+    _add_model_args(p)
+    p.add_argument("--folder", help="output model folder (config, safetensors, tokenizer)")
+    p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
+    p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .features import FeatureError
+    from .model import CheckpointError
+
+    try:
+        return args.func(args)
+    except (FeatureError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

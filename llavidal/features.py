@@ -1,0 +1,200 @@
+"""Reading and validating pre-computed feature files (SPEC section 1, "ADL-X feature folders").
+
+Published features are pickles, and a pickle can run code when loaded; :func:`load_feature` reads them through a
+restricted unpickler that admits numpy arrays (and plain containers) only. ``.npy`` (no pickled objects),
+``.npz`` (one array), ``.safetensors`` (one tensor) and ``.pt``/``.pth`` (``weights_only=True``) are accepted too.
+
+Expected shapes (the number of rows is free; the model gives one patch token per row):
+
+========  =========================  =====================================
+modality  shape                      published files
+========  =========================  =====================================
+video     ``[N, mm_hidden_size]``    ``[356, 1024]`` float16
+pose      ``[N, pose_hidden_size]``  ``[256, 216]`` (SKI-LVLM: ``[75, 216]``)
+object    ``[n, F, object_size]``    ``[n, 8, 512]``, n >= 1
+========  =========================  =====================================
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+MODALITY_NAMES = ("video", "object", "pose")
+
+# The globals a pickle of numpy arrays needs, across numpy 1.x / 2.x and pickle protocols 2-5.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes of protocol-2 pickles written by Python 2
+}
+_ALLOWED_DTYPE_MODULES = ("numpy", "numpy.dtypes")  # numpy 2 pickles dtypes as numpy.dtypes.Float16DType
+
+
+class FeatureError(ValueError):
+    """A feature file that cannot be used; the message names the file, the field and what was expected."""
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS or (module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (only numpy arrays may be loaded)")
+
+
+def safe_unpickle(data: bytes | io.IOBase, source: str = "<bytes>"):
+    """Unpickle numpy arrays (and dicts/lists/tuples of them) without ever running foreign code."""
+    fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    try:
+        return _NumpyOnlyUnpickler(fh).load()
+    except pickle.UnpicklingError as e:
+        raise FeatureError(f"{source}: refused to unpickle: {e}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise FeatureError(f"{source}: not a readable pickle (truncated or corrupt?): {type(e).__name__}: {e}") from None
+
+
+def _single_array(obj, path: Path, modality: str | None) -> np.ndarray:
+    """Pick the array out of what a file held: an array, or a mapping holding one (or one named ``modality``)."""
+    if isinstance(obj, dict):
+        if modality is not None and modality in obj:
+            obj = obj[modality]
+        elif len(obj) == 1:
+            obj = next(iter(obj.values()))
+        else:
+            raise FeatureError(f"{path}: holds a mapping with keys {sorted(map(str, obj))}; expected one array"
+                               + (f" or a key '{modality}'" if modality else ""))
+    if hasattr(obj, "detach"):  # a torch tensor from .pt / .safetensors
+        obj = obj.detach().float().cpu().numpy() if str(obj.dtype) == "torch.bfloat16" else obj.detach().cpu().numpy()
+    if not isinstance(obj, np.ndarray):
+        raise FeatureError(f"{path}: holds a {type(obj).__name__}, expected a numpy array")
+    return obj
+
+
+def load_feature(path: str | os.PathLike, modality: str | None = None) -> np.ndarray:
+    """Read one feature file into a numpy array (no validation of its shape; see :func:`validate_feature`)."""
+    path = Path(path)
+    what = f"{modality} feature file" if modality else "feature file"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        with open(path, "rb") as fh:
+            obj = safe_unpickle(fh, str(path))
+    elif suffix == ".npy":
+        try:
+            obj = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise FeatureError(f"{path}: not a readable .npy array (object arrays are refused): {e}") from None
+    elif suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                obj = {k: z[k] for k in z.files}
+        except (ValueError, zipfile.BadZipFile, OSError) as e:
+            raise FeatureError(f"{path}: not a readable .npz archive: {e}") from None
+    elif suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            obj = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            # bfloat16 has no numpy dtype: read through torch then
+            try:
+                from safetensors.torch import load_file as load_torch
+
+                obj = load_torch(str(path))
+            except (SafetensorError, OSError, ValueError) as e2:
+                raise FeatureError(f"{path}: not a readable safetensors file: {e2 or e}") from None
+    elif suffix in (".pt", ".pth"):
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise FeatureError(f"{path}: refused to load: holds objects other than tensors ({e})") from None
+        except (EOFError, RuntimeError, zipfile.BadZipFile) as e:
+            raise FeatureError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
+    else:
+        raise FeatureError(f"{path}: unknown feature file type {suffix!r}; expected .pkl, .pickle, .npy, .npz, "
+                           ".safetensors, .pt or .pth")
+    return _single_array(obj, path, modality)
+
+
+def expected_widths(config) -> dict[str, int]:
+    return {"video": config.mm_hidden_size, "object": config.object_hidden_size, "pose": config.pose_hidden_size}
+
+
+def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>") -> np.ndarray:
+    """Check a feature array against the model config; returns it unchanged when valid.
+
+    Video and pose: ``[N, width]`` with N >= 1; object: ``[n, frames, width]`` with n >= 1 (``[n*frames, width]``
+    is accepted too and reshaped). Floating point only, and finite.
+    """
+    if modality not in MODALITY_NAMES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITY_NAMES}")
+    width = expected_widths(config)[modality]
+    frames = getattr(config, "object_frames", 8)
+    if modality == "object":
+        want = f"[n, {frames}, {width}] (n objects x {frames} frames x {width})"
+        if arr.ndim == 2 and arr.shape[1] == width and arr.shape[0] % frames == 0 and arr.shape[0] > 0:
+            arr = arr.reshape(-1, frames, width)
+        ok = arr.ndim == 3 and arr.shape[0] >= 1 and arr.shape[1] == frames and arr.shape[2] == width
+    else:
+        rows = {"video": getattr(config, "video_token_len", 356), "pose": getattr(config, "pose_token_len", 256)}[modality]
+        want = f"[N, {width}] (published files: [{rows}, {width}])"
+        ok = arr.ndim == 2 and arr.shape[0] >= 1 and arr.shape[1] == width
+    if not ok:
+        raise FeatureError(f"{source}: {modality} features have shape {list(arr.shape)}, expected {want}")
+    if not (np.issubdtype(arr.dtype, np.floating) or str(arr.dtype) == "bfloat16"):
+        raise FeatureError(f"{source}: {modality} features have dtype {arr.dtype}, expected a floating type "
+                           "(float16/float32/float64)")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise FeatureError(f"{source}: {modality} features hold {bad} NaN/inf values")
+    return arr
+
+
+def load_validated(path: str | os.PathLike, modality: str, config) -> np.ndarray:
+    """:func:`load_feature` + :func:`validate_feature`."""
+    return validate_feature(load_feature(path, modality), modality, config, str(path))
+
+
+def patch_rows(arr: np.ndarray) -> int:
+    """Number of patch tokens a feature array occupies (objects: n * frames)."""
+    return int(np.prod(arr.shape[:-1]))
+
+
+def save_feature(arr: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a feature array atomically, in the format its suffix names (.pkl as the original: a pickled array)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        with open(tmp, "wb") as fh:
+            pickle.dump(np.ascontiguousarray(arr), fh, protocol=4)
+    elif suffix == ".npy":
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"features": np.ascontiguousarray(arr)}, str(tmp))
+    else:
+        raise FeatureError(f"{path}: cannot write features as {suffix!r}; use .pkl, .npy or .safetensors")
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["FeatureError", "load_feature", "load_validated", "patch_rows", "safe_unpickle", "save_feature",
+           "validate_feature"]

@@ -1,0 +1,173 @@
+"""Asking LLAVIDAL about a video: prompt building, batching, generation and streaming (SPEC sections 4 and 8).
+
+Unlike the original, every modality that is given is used (not only video), the system prompt defaults to the
+training one (vicuna_v1_1), decoding is greedy unless a temperature is set, and replies stop at ``</s>`` (the id
+comes from the tokenizer, not from the base folder's wrong config).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .constants import MODALITY_ORDER
+from .features import load_feature, patch_rows, validate_feature
+from .prompting import DEFAULT_TEMPLATE, build_prompt
+
+FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # seeds sampling (temperature > 0)
+    template: str = DEFAULT_TEMPLATE
+    system: str | None = None  # overrides the template's system prompt
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        kw = dict(max_new_tokens=self.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True,
+                  repetition_penalty=self.repetition_penalty)
+        if self.temperature and self.temperature > 0:
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kw.update(do_sample=False)
+        return kw
+
+
+@dataclass
+class Query:
+    """One question about one sample; features are arrays, tensors or paths to feature files."""
+
+    question: str
+    video: FeatureLike = None
+    object: FeatureLike = None
+    pose: FeatureLike = None
+    history: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+    def features(self) -> dict[str, FeatureLike]:
+        return {"video": self.video, "object": self.object, "pose": self.pose}
+
+
+def _to_array(value: FeatureLike, modality: str, config) -> np.ndarray | None:
+    if value is None:
+        return None
+    source = "<array>"
+    if isinstance(value, (str, os.PathLike)):
+        source = str(value)
+        value = load_feature(Path(value), modality)
+    elif isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    return validate_feature(np.asarray(value), modality, config, source)
+
+
+def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: GenerationOptions) -> dict:
+    """Token ids (left-padded for generation) and packed feature rows for a batch of queries."""
+    config = model.config
+    device = model.device
+    prompts, feats = [], {m: [] for m in MODALITY_ORDER}
+    for q in queries:
+        arrays = {m: _to_array(v, m, config) for m, v in q.features().items()}
+        rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
+        prompts.append(build_prompt(q.question, rows, history=q.history, template=options.template,
+                                    system=options.system, use_start_end=config.mm_use_vid_start_end,
+                                    use_string_prefix=config.use_modality_string_prefix))
+        for m, a in arrays.items():
+            feats[m].append(None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float())
+    prev_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = prev_side
+    limit = config.max_position_embeddings
+    if enc.input_ids.shape[1] + options.max_new_tokens > limit:
+        raise ValueError(f"the prompt is {enc.input_ids.shape[1]} tokens; with max_new_tokens="
+                         f"{options.max_new_tokens} it exceeds the model's {limit} positions")
+    out = {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device)}
+    for m in MODALITY_ORDER:
+        present = [f for f in feats[m] if f is not None]
+        out[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in present]).to(device) if present else None
+    return out
+
+
+def _clean(text: str) -> str:
+    return text.strip()
+
+
+@torch.inference_mode()
+def answer_batch(model, tokenizer, queries: Sequence[Query], options: GenerationOptions | None = None,
+                 batch_size: int = 8) -> list[str]:
+    """Answers for many queries, ``batch_size`` at a time (left padding, one generate call per batch)."""
+    options = options or GenerationOptions()
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    answers: list[str] = []
+    for start in range(0, len(queries), batch_size):
+        batch = prepare_inputs(model, tokenizer, queries[start:start + batch_size], options)
+        new_ids = model.generate(**batch, **options.generate_kwargs(tokenizer))
+        answers.extend(_clean(t) for t in tokenizer.batch_decode(new_ids, skip_special_tokens=True))
+    return answers
+
+
+def answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
+           pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
+           options: GenerationOptions | None = None, **option_overrides) -> str:
+    """The reply to one question about one sample. ``option_overrides`` are GenerationOptions fields."""
+    options = _merge(options, option_overrides)
+    return answer_batch(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)[0]
+
+
+def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
+                  pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
+                  options: GenerationOptions | None = None, **option_overrides) -> Iterator[str]:
+    """Yields the reply piece by piece as it is generated (transformers' TextIteratorStreamer)."""
+    from transformers import TextIteratorStreamer
+
+    options = _merge(options, option_overrides)
+    batch = prepare_inputs(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.inference_mode():
+                model.generate(**batch, **options.generate_kwargs(tokenizer), streamer=streamer)
+        except BaseException as e:  # surfaced in the consumer thread below
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    first = True
+    for piece in streamer:
+        if first:
+            piece, first = piece.lstrip(), not piece.strip()
+        if piece:
+            yield piece
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOptions:
+    options = options or GenerationOptions()
+    if overrides:
+        unknown = set(overrides) - set(GenerationOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown generation options {sorted(unknown)}")
+        options = GenerationOptions(**{**options.__dict__, **overrides})
+    return options
+
+
+__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "prepare_inputs", "stream_answer"]

@@ -1,0 +1,46 @@
+"""Configuration of the LLAVIDAL causal LM: a LLaMA config plus the multimodal fields."""
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig
+
+from ..constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_FRAMES
+
+
+@strict
+class LlavidalConfig(LlamaConfig):
+    """LLaMA config + one projector per modality.
+
+    Field names of the LLaVA base folder are kept (``mm_hidden_size``, ``mm_vision_tower``,
+    ``mm_vision_select_layer``, ``use_mm_proj``) so a Lightening config.json maps onto this one as is.
+    ``modality_token_ids`` maps every added token name (``<vid_patch>`` ...) to its id in the vocabulary; the
+    splice locates spans through it, never through positions.
+    """
+
+    model_type = "llavidal"
+
+    mm_hidden_size: int = 1024  # video feature width (CLIP ViT-L/14)
+    object_hidden_size: int = 512  # object feature width (CLIP crops)
+    pose_hidden_size: int = 216  # pose feature width (skeleton encoder)
+    mm_use_vid_start_end: bool = True  # wrap each span in <x_start> ... <x_end>
+    use_modality_string_prefix: bool = False  # " video: " before each span
+    video_token_len: int = DEFAULT_VIDEO_TOKENS  # rows per video feature file (published: 356)
+    pose_token_len: int = DEFAULT_POSE_TOKENS  # rows per pose feature file (published: 256; SKI-LVLM: 75)
+    object_frames: int = OBJECT_FRAMES  # rows per object (published: 8)
+    modality_token_ids: dict | None = None
+    mm_vision_tower: str | None = "openai/clip-vit-large-patch14"
+    mm_vision_select_layer: int = -2
+    use_mm_proj: bool = True
+
+    def token_id(self, name: str) -> int:
+        """Id of an added modality token, e.g. ``config.token_id("<vid_start>")``."""
+        ids = self.modality_token_ids or {}
+        if name not in ids:
+            raise KeyError(
+                f"token {name!r} has no id in config.modality_token_ids (known: {sorted(ids)}); "
+                f"the model folder was not built by llavidal or its config is incomplete"
+            )
+        return int(ids[name])
+
+    def has_modality_tokens(self) -> bool:
+        return bool(self.modality_token_ids) and all(t in self.modality_token_ids for t in ADDED_TOKENS)

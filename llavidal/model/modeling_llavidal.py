@@ -1,0 +1,241 @@
+"""LLAVIDAL causal LM: LLaMA + one linear projector per modality, spliced into the token embeddings.
+
+The splice (SPEC section 2): a prompt holds, per modality, a span ``<x_start> <x_patch>*N <x_end>``. The N patch
+positions receive the projected feature rows of that sample, in order; every other position keeps its token
+embedding, and the sequence length does not change. Spans are found by token id, so any subset of modalities,
+in any order, works per sample, and a batch needs no padding of features: the rows of all samples are packed
+into one ``[R, D]`` tensor whose order is the row-major order of the patch tokens in ``input_ids``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, LlamaModel, LlamaPreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+
+from ..constants import MODALITIES, MODALITY_ORDER, START_END_TOKENS, Modality
+from .configuration_llavidal import LlavidalConfig
+
+FeatureInput = torch.Tensor | Sequence[torch.Tensor | None] | None
+
+
+def pack_features(features: FeatureInput, dim: int, name: str) -> torch.Tensor | None:
+    """Bring one modality's features of a batch to packed rows ``[R, dim]``.
+
+    Accepts packed rows ``[R, dim]``, a dense batch ``[B, N, dim]`` (or objects ``[B, n, 8, dim]``), or a list
+    with one entry per sample: ``[N, dim]``, objects ``[n, 8, dim]``, or ``None`` for a sample without it.
+    """
+    if features is None:
+        return None
+    if isinstance(features, torch.Tensor):
+        if features.shape[-1] != dim:
+            raise ValueError(f"{name} features have width {features.shape[-1]}, expected {dim} "
+                             f"(shape {tuple(features.shape)})")
+        return features.reshape(-1, dim)
+    rows = [f.reshape(-1, f.shape[-1]) for f in features if f is not None]
+    if not rows:
+        return None
+    bad = [tuple(r.shape) for r in rows if r.shape[-1] != dim]
+    if bad:
+        raise ValueError(f"{name} features have widths {bad}, expected last dimension {dim}")
+    return torch.cat(rows, dim=0)
+
+
+class LlavidalModel(LlamaModel):
+    """LLaMA decoder plus the three projectors, named as in the original state dicts
+    (``model.mm_projector``, ``model.mm_projector_forobject``, ``model.mm_projector_forpose``)."""
+
+    config_class = LlavidalConfig
+
+    def __init__(self, config: LlavidalConfig):
+        super().__init__(config)
+        for m in MODALITIES.values():
+            setattr(self, m.projector, nn.Linear(getattr(config, m.dim_attr), config.hidden_size, bias=True))
+        self.post_init()
+
+    def projector(self, modality: str) -> nn.Linear:
+        return getattr(self, MODALITIES[modality].projector)
+
+
+class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
+    """A LLaMA causal LM that reads video, object and pose features.
+
+    ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
+    :func:`pack_features` for the accepted layouts); the original keyword ``video_spatio_temporal_features`` is
+    accepted for video.
+    """
+
+    config_class = LlavidalConfig
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LlavidalConfig):
+        super().__init__(config)
+        self.model = LlavidalModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    # ---------------------------------------------------------------- transformers plumbing
+    def get_model(self) -> LlavidalModel:  # name used by the original code
+        return self.model
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    # ---------------------------------------------------------------- the splice
+    def patch_token_id(self, modality: str) -> int:
+        return self.config.token_id(MODALITIES[modality].patch_token)
+
+    def embed_multimodal(
+        self,
+        input_ids: torch.LongTensor,  # [B, L]
+        video_features: FeatureInput = None,
+        object_features: FeatureInput = None,
+        pose_features: FeatureInput = None,
+    ) -> torch.Tensor:  # [B, L, H]
+        """Token embeddings with every patch position replaced by its projected feature row."""
+        embeds = self.model.embed_tokens(input_ids)  # [B, L, H]
+        given = {"video": video_features, "object": object_features, "pose": pose_features}
+        for name in MODALITY_ORDER:
+            m = MODALITIES[name]
+            rows = pack_features(given[name], getattr(self.config, m.dim_attr), name)  # [R, D] or None
+            mask = input_ids == self.patch_token_id(name)  # [B, L]
+            self._check_rows(m, mask, 0 if rows is None else rows.shape[0])
+            if rows is None:
+                continue
+            proj = self.model.projector(name)
+            projected = proj(rows.to(device=proj.weight.device, dtype=proj.weight.dtype))  # [R, H]
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), projected.to(embeds.dtype))
+        return embeds
+
+    @staticmethod
+    def _check_rows(m: Modality, mask: torch.Tensor, n_rows: int) -> None:
+        """Patch tokens and feature rows must agree one to one.
+
+        On CPU the count is free, so a mismatch raises a readable error; on an accelerator the check is an
+        asynchronous device assert, which costs no host sync on the hot path.
+        """
+        if mask.device.type == "cpu":
+            n_tokens = int(mask.sum())
+            if n_tokens != n_rows:
+                raise ValueError(
+                    f"{m.name}: the batch holds {n_tokens} {m.patch_token} tokens but {n_rows} feature rows were "
+                    f"given; each {m.patch_token} needs exactly one {m.name} feature row "
+                    f"(build prompts with llavidal.prompting so spans follow the feature arrays)"
+                )
+        else:
+            torch._assert_async(mask.sum() == n_rows, f"{m.name}: patch tokens and feature rows differ in number")
+
+    # ---------------------------------------------------------------- forward / generate
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        video_features: FeatureInput = None,
+        object_features: FeatureInput = None,
+        pose_features: FeatureInput = None,
+        video_spatio_temporal_features: FeatureInput = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if video_features is None:
+            video_features = video_spatio_temporal_features
+        has_features = any(f is not None for f in (video_features, object_features, pose_features))
+        if inputs_embeds is None and input_ids is not None and (has_features or input_ids.shape[1] > 1):
+            # prefill / training: splice the features; this also verifies that no patch token is left without
+            # a row. Single-token decoding steps (KV cache) hold no span and skip it.
+            inputs_embeds = self.embed_multimodal(input_ids, video_features, object_features, pose_features)
+            input_ids = None
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)  # [B, L', V]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        video_features: FeatureInput = None,
+        object_features: FeatureInput = None,
+        pose_features: FeatureInput = None,
+        video_spatio_temporal_features: FeatureInput = None,
+        **kwargs,
+    ):
+        """``GenerationMixin.generate`` on the spliced embeddings.
+
+        Features enter once, at prefill, as ``inputs_embeds``; decoding then runs on the KV cache. As with any
+        ``inputs_embeds`` generation, the returned ids are the new tokens only. Modality tokens are never
+        generated (they are suppressed), so a decoding step can never meet a patch token without a row.
+        """
+        if video_features is None:
+            video_features = video_spatio_temporal_features
+        if input_ids is not None and "inputs_embeds" not in kwargs:
+            kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, video_features, object_features, pose_features)
+            if kwargs.get("attention_mask") is None:
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
+        elif input_ids is not None:
+            kwargs["input_ids"] = input_ids
+        suppress = list(kwargs.pop("suppress_tokens", None) or []) + self.never_generated_token_ids()
+        return super().generate(suppress_tokens=suppress, **kwargs)
+
+    def never_generated_token_ids(self) -> list[int]:
+        """Ids a reply must never contain: every modality token."""
+        return sorted({int(v) for v in (self.config.modality_token_ids or {}).values()})
+
+    # ---------------------------------------------------------------- training helpers
+    def start_end_token_ids(self) -> list[int]:
+        return [self.config.token_id(t) for t in START_END_TOKENS]
+
+    def freeze_for_projector_training(self, modalities: Sequence[str] = MODALITY_ORDER) -> list[str]:
+        """Projector-only training (``--tune_mm_mlp_adapter``): the LLM and lm_head frozen; trainable are the
+        projectors of ``modalities`` and the start/end rows of the input embedding (a gradient hook zeroes the
+        gradient of every other row). Returns the names of the trainable parameters."""
+        self.requires_grad_(False)
+        for name in modalities:
+            self.model.projector(name).requires_grad_(True)
+        emb = self.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        row_mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        row_mask[self.start_end_token_ids()] = 1
+        if getattr(self, "_row_grad_hook", None) is not None:
+            self._row_grad_hook.remove()
+        self._row_grad_hook = emb.register_hook(lambda g: g * row_mask.to(g.dtype))
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+
+__all__ = ["LlavidalForCausalLM", "LlavidalModel", "pack_features"]

@@ -1,0 +1,145 @@
+"""Conversation templates and modality spans (SPEC sections 2 and 4).
+
+A prompt is rendered as text in which every modality placeholder (``<video>``, ``<object>``, ``<human_pose>``)
+has been replaced by its span ``[prefix] <x_start> <x_patch>*N <x_end>``, with N taken from the sample's feature
+array, and then tokenized in one call, as the original did. Placeholders of absent modalities are removed.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .constants import ADDED_TOKENS, LLAVA_TOKENS, MODALITIES, MODALITY_ORDER
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A two-separator chat template (vicuna v1.1 style): ``system␠USER: q␠ASSISTANT: a</s>USER: ...``."""
+
+    name: str
+    system: str
+    roles: tuple[str, str] = ("USER", "ASSISTANT")
+    sep: str = " "
+    sep2: str = "</s>"
+
+    def render(self, turns: Sequence[tuple[str, str | None]], system: str | None = None) -> str:
+        """``turns`` = [(user, assistant-or-None), ...]; a final None answer leaves the prompt open for generation."""
+        out = (self.system if system is None else system) + self.sep
+        for i, (user, assistant) in enumerate(turns):
+            out += f"{self.roles[0]}: {user}{self.sep}"
+            if assistant is None:
+                if i != len(turns) - 1:
+                    raise ValueError("only the last turn may lack an answer")
+                out += f"{self.roles[1]}:"
+            else:
+                out += f"{self.roles[1]}: {assistant}{self.sep2}"
+        return out
+
+
+VICUNA_V1_1 = Template(
+    "vicuna_v1_1",
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+)
+# The system prompt of the original inference scripts (a mismatch with training; kept selectable).
+LLAVIDAL_V1 = Template(
+    "llavidal_v1",
+    "You are llavidal, a large vision-language assistant. "
+    "You are able to understand the video content that the user provides, and assist the user with a variety of "
+    "tasks using natural language.Follow the instructions carefully and explain your answers in detail based on "
+    "the provided video.",
+)
+TEMPLATES: dict[str, Template] = {t.name: t for t in (VICUNA_V1_1, LLAVIDAL_V1)}
+DEFAULT_TEMPLATE = "vicuna_v1_1"
+
+_RESERVED = tuple(ADDED_TOKENS) + tuple(LLAVA_TOKENS)
+_RESERVED_RE = re.compile("|".join(re.escape(t) for t in _RESERVED))
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(m.placeholder) for m in MODALITIES.values()))
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {name!r}; choose from {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def strip_reserved_tokens(text: str) -> tuple[str, int]:
+    """Remove literal modality-token strings (``<vid_patch>`` ...) from user text; returns (text, count)."""
+    return _RESERVED_RE.subn("", text)
+
+
+def modality_span(modality: str, n_rows: int, use_start_end: bool = True, use_string_prefix: bool = False) -> str:
+    m = MODALITIES[modality]
+    span = m.patch_token * n_rows
+    if use_start_end:
+        span = m.start_token + span + m.end_token
+    if use_string_prefix:
+        span = m.string_prefix + span
+    return span
+
+
+def expand_placeholders(
+    text: str,
+    rows: Mapping[str, int | None],
+    use_start_end: bool = True,
+    use_string_prefix: bool = False,
+) -> str:
+    """Replace each placeholder by its span; ``rows[modality]`` = number of feature rows, or None/absent to drop
+    the placeholder. A present modality must appear exactly once."""
+    seen: dict[str, int] = {}
+
+    def repl(match: re.Match) -> str:
+        name = next(m.name for m in MODALITIES.values() if m.placeholder == match.group(0))
+        seen[name] = seen.get(name, 0) + 1
+        n = rows.get(name)
+        if not n:
+            return ""
+        return modality_span(name, n, use_start_end, use_string_prefix)
+
+    out = _PLACEHOLDER_RE.sub(repl, text)
+    for name, n in rows.items():
+        if n and seen.get(name, 0) != 1:
+            raise ValueError(
+                f"the text holds {seen.get(name, 0)} {MODALITIES[name].placeholder} placeholders for a sample with "
+                f"{name} features; expected exactly one"
+            )
+    return out
+
+
+def user_message(question: str, modalities: Sequence[str]) -> str:
+    """The user turn of an inference prompt: the question, then a newline and the placeholders of the given
+    modalities in canonical order, unless the question already places them itself."""
+    question, n = strip_reserved_tokens(question)
+    if n:
+        logger.warning("removed %d literal modality-token strings from the question", n)
+    missing = [MODALITIES[m].placeholder for m in MODALITY_ORDER if m in modalities
+               and MODALITIES[m].placeholder not in question]
+    return question + ("\n" + "".join(missing) if missing else "")
+
+
+def build_prompt(
+    question: str,
+    rows: Mapping[str, int | None],
+    history: Sequence[tuple[str, str]] = (),
+    template: str = DEFAULT_TEMPLATE,
+    system: str | None = None,
+    use_start_end: bool = True,
+    use_string_prefix: bool = False,
+) -> str:
+    """The full generation prompt for ``question`` after ``history`` turns; modality spans go into the first user
+    turn (where the features were introduced), as in training."""
+    present = [m for m in MODALITY_ORDER if rows.get(m)]
+    turns: list[tuple[str, str | None]] = []
+    for i, (q, a) in enumerate(history):
+        turns.append((user_message(q, present) if i == 0 else strip_reserved_tokens(q)[0], a))
+    turns.append((user_message(question, present) if not history else strip_reserved_tokens(question)[0], None))
+    text = get_template(template).render(turns, system=system)
+    return expand_placeholders(text, rows, use_start_end, use_string_prefix)
+
+
+__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "Template", "build_prompt", "expand_placeholders", "get_template",
+           "modality_span", "strip_reserved_tokens", "user_message"]
