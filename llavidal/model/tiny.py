@@ -149,7 +149,26 @@ def make_tiny(out: str | Path, seed: int = 0, spec: TinySpec = TinySpec(), shard
         total += sum(v.numel() * v.element_size() for v in part.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+    write_sample_features(out / "samples", seed=seed, mm_hidden_size=spec.mm_hidden_size)
     return out
+
+
+def write_sample_features(out: Path, seed: int = 0, mm_hidden_size: int = 1024) -> dict[str, Path]:
+    """Random feature files in the published formats and shapes (video [356, 1024] float16 pickle, object
+    [2, 8, 512] pickle, pose [256, 216] pickle), so ``llavidal infer`` has something to read out of the box."""
+    import numpy as np
+
+    from ..features import save_feature
+
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "video": rng.standard_normal((356, mm_hidden_size)).astype(np.float16),
+        "object": rng.standard_normal((2, 8, 512)).astype(np.float32),
+        "pose": rng.standard_normal((256, 216)).astype(np.float32),
+    }
+    names = {"video": "001_video_001.pkl", "object": "001_001_video_001_object.pkl",
+             "pose": "001_001_video_001_pose.pickle"}
+    return {m: save_feature(a, out / names[m]) for m, a in arrays.items()}
 
 
 __all__ = ["TinySpec", "make_tiny", "build_sentencepiece"]
