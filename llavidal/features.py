@@ -45,11 +45,15 @@ class FeatureError(ValueError):
     """A feature file that cannot be used; the message names the file, the field and what was expected."""
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS or (module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (only numpy arrays may be loaded)")
+        raise _Refused(f"global '{module}.{name}' is not allowed (only numpy arrays may be loaded)")
 
 
 def safe_unpickle(data: bytes | io.IOBase, source: str = "<bytes>"):
@@ -57,9 +61,9 @@ def safe_unpickle(data: bytes | io.IOBase, source: str = "<bytes>"):
     fh = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         return _NumpyOnlyUnpickler(fh).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise FeatureError(f"{source}: refused to unpickle: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
         raise FeatureError(f"{source}: not a readable pickle (truncated or corrupt?): {type(e).__name__}: {e}") from None
 
 

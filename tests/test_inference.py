@@ -1,0 +1,126 @@
+"""Generation: stops at </s> from the tokenizer, batching equals single calls, streaming, seeding, the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from llavidal.inference import GenerationOptions, Query, answer, answer_batch, stream_answer
+
+H = 64
+
+
+def _chain_model(model, tok, chain_words, after_eos_word):
+    """Rewire the tiny model so that greedy decoding after 'ASSISTANT:' produces ``chain_words`` then </s>.
+
+    With every o_proj/down_proj zeroed, each position's final hidden state is its own token embedding
+    (normalised); token k of the chain gets basis embedding e_k and lm_head maps e_k to the next token. After
+    </s> the chain would go on with ``after_eos_word``: a reply containing it means </s> did not stop decoding.
+    """
+    prompt_end = tok("USER: hi ASSISTANT:", add_special_tokens=False).input_ids[-1]
+    words = [tok(w, add_special_tokens=False).input_ids[-1] for w in chain_words]
+    extra = tok(after_eos_word, add_special_tokens=False).input_ids[-1]
+    seq = [prompt_end, *words, tok.eos_token_id, extra]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        head.zero_()
+        for k, (cur, nxt) in enumerate(zip(seq[:-1], seq[1:])):
+            emb[cur] = 0.0
+            emb[cur, k] = 1.0
+            head[nxt, k] = 10.0
+    return seq
+
+
+def test_generation_stops_at_eos_of_the_tokenizer(tiny, tiny_base):
+    model, tok = tiny
+    _chain_model(model, tok, ["▁drinks", "▁water"], "▁kitchen")
+    feats = np.random.default_rng(0).standard_normal((356, 1024)).astype(np.float32)
+    reply = answer(model, tok, "hi", video=feats, max_new_tokens=30)
+    assert reply == "drinks water"  # no trailing </s>, no characters stripped off words
+    # the same model with the folder's wrong eos id (1) would run on past </s>
+    batch = __import__("llavidal.inference", fromlist=["prepare_inputs"]).prepare_inputs(
+        model, tok, [Query("hi", video=feats)], GenerationOptions(max_new_tokens=6))
+    raw = model.generate(**batch, max_new_tokens=6, eos_token_id=1, pad_token_id=0, do_sample=False)
+    assert "kitchen" in tok.decode(raw[0], skip_special_tokens=True)
+
+
+def test_batched_generation_equals_one_by_one(tiny, rng):
+    model, tok = tiny
+    v = rng.standard_normal((356, 1024)).astype(np.float16)
+    o = rng.standard_normal((3, 8, 512)).astype(np.float32)
+    p = rng.standard_normal((256, 216)).astype(np.float32)
+    queries = [Query("What is the person doing?", video=v), Query("Describe.", video=v, object=o, pose=p),
+               Query("And the objects on the kitchen table?", object=o), Query("Pose?", pose=p[:75])]
+    opts = GenerationOptions(max_new_tokens=8)
+    batched = answer_batch(model, tok, queries, opts, batch_size=4)
+    single = [answer_batch(model, tok, [q], opts)[0] for q in queries]
+    assert batched == single
+    assert len(set(batched)) > 1  # different inputs, different replies
+
+
+def test_stream_yields_the_same_reply(tiny, rng):
+    model, tok = tiny
+    v = rng.standard_normal((356, 1024)).astype(np.float16)
+    pieces = list(stream_answer(model, tok, "What happens?", video=v, max_new_tokens=10))
+    assert len(pieces) >= 2
+    assert "".join(pieces).strip() == answer(model, tok, "What happens?", video=v, max_new_tokens=10)
+
+
+def test_sampling_is_seedable(tiny, rng):
+    model, tok = tiny
+    v = rng.standard_normal((356, 1024)).astype(np.float16)
+    a = answer(model, tok, "Q", video=v, temperature=1.0, seed=7, max_new_tokens=12)
+    b = answer(model, tok, "Q", video=v, temperature=1.0, seed=7, max_new_tokens=12)
+    assert a == b
+    with pytest.raises(TypeError, match="unknown generation options"):
+        answer(model, tok, "Q", video=v, temprature=1.0)
+
+
+def test_prompt_too_long_is_reported(tiny, rng):
+    model, tok = tiny
+    v = rng.standard_normal((1900, 1024)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"exceeds the model's 2048 positions"):
+        answer(model, tok, "Q", video=v, max_new_tokens=512)
+
+
+def test_cli_make_tiny_and_infer_every_modality(tmp_path, capsys):
+    from llavidal.cli import main
+
+    base = tmp_path / "tiny"
+    assert main(["make-tiny", str(base), "--seed", "3"]) == 0
+    s = base / "samples"
+    code = main(["infer", "--base", str(base), "--video", str(s / "001_video_001.pkl"),
+                 "--object", str(s / "001_001_video_001_object.pkl"), "--pose", str(s / "001_001_video_001_pose.pickle"),
+                 "-q", "What is the person doing?", "--max-new-tokens", "6", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["modalities"] == ["video", "object", "pose"] and isinstance(out["answer"], str) and out["answer"]
+
+
+def test_cli_errors_are_clear(tmp_path, tiny_base, capsys):
+    from llavidal.cli import main
+
+    np.save(tmp_path / "bad.npy", np.zeros((216, 256), dtype=np.float32))
+    code = main(["infer", "--base", str(tiny_base), "--pose", str(tmp_path / "bad.npy"), "-q", "Q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.npy: pose features have shape [216, 256], expected [N, 216]" in err
+    with pytest.raises(SystemExit, match="reads feature files"):
+        main(["infer", "--base", str(tiny_base), "--video", "clip.mp4", "-q", "Q"])
+
+
+def test_console_entry_points():
+    r = subprocess.run([sys.executable, "-m", "llavidal", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "make-tiny" in r.stdout and "infer" in r.stdout
+    exe = shutil.which("llavidal")
+    if exe is None:
+        pytest.skip("package not installed (pip install -e .): no llavidal console script on PATH")
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("llavidal ")
