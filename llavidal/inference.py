@@ -17,7 +17,7 @@ import torch
 
 from .constants import MODALITY_ORDER
 from .features import load_feature, patch_rows, validate_feature
-from .prompting import DEFAULT_TEMPLATE, build_prompt
+from .prompting import DEFAULT_TEMPLATE, encode_turns, inference_turns
 
 FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
 
@@ -73,26 +73,26 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
     """Token ids (left-padded for generation) and packed feature rows for a batch of queries."""
     config = model.config
     device = model.device
-    prompts, feats = [], {m: [] for m in MODALITY_ORDER}
+    sequences, feats = [], {m: [] for m in MODALITY_ORDER}
     for q in queries:
         arrays = {m: _to_array(v, m, config) for m, v in q.features().items()}
         rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
-        prompts.append(build_prompt(q.question, rows, history=q.history, template=options.template,
-                                    system=options.system, use_start_end=config.mm_use_vid_start_end,
-                                    use_string_prefix=config.use_modality_string_prefix))
+        turns = inference_turns(q.question, rows, history=q.history, use_start_end=config.mm_use_vid_start_end,
+                                use_string_prefix=config.use_modality_string_prefix)
+        sequences.append(encode_turns(tokenizer, turns, template=options.template, system=options.system)[0])
         for m, a in arrays.items():
             feats[m].append(None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float())
-    prev_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = prev_side
+    longest = max(map(len, sequences))
     limit = config.max_position_embeddings
-    if enc.input_ids.shape[1] + options.max_new_tokens > limit:
-        raise ValueError(f"the prompt is {enc.input_ids.shape[1]} tokens; with max_new_tokens="
-                         f"{options.max_new_tokens} it exceeds the model's {limit} positions")
-    out = {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device)}
+    if longest + options.max_new_tokens > limit:
+        raise ValueError(f"the prompt is {longest} tokens; with max_new_tokens={options.max_new_tokens} it exceeds "
+                         f"the model's {limit} positions")
+    input_ids = torch.full((len(sequences), longest), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, seq in enumerate(sequences):  # left padding for generation
+        input_ids[i, longest - len(seq):] = torch.tensor(seq)
+        attention_mask[i, longest - len(seq):] = 1
+    out = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
     for m in MODALITY_ORDER:
         present = [f for f in feats[m] if f is not None]
         out[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in present]).to(device) if present else None

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .constants import ADDED_TOKENS, LLAVA_TOKENS, MODALITIES, MODALITY_ORDER
+from .constants import ADDED_TOKENS, IGNORE_INDEX, LLAVA_TOKENS, MODALITIES, MODALITY_ORDER
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ LLAVIDAL_V1 = Template(
 TEMPLATES: dict[str, Template] = {t.name: t for t in (VICUNA_V1_1, LLAVIDAL_V1)}
 DEFAULT_TEMPLATE = "vicuna_v1_1"
 
-_RESERVED = tuple(ADDED_TOKENS) + tuple(LLAVA_TOKENS)
+_RESERVED = tuple(ADDED_TOKENS) + tuple(LLAVA_TOKENS) + ("<s>", "</s>")
 _RESERVED_RE = re.compile("|".join(re.escape(t) for t in _RESERVED))
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(m.placeholder) for m in MODALITIES.values()))
 
@@ -90,6 +90,17 @@ def expand_placeholders(
 ) -> str:
     """Replace each placeholder by its span; ``rows[modality]`` = number of feature rows, or None/absent to drop
     the placeholder. A present modality must appear exactly once."""
+    return expand_turns([(text, None)], rows, use_start_end, use_string_prefix)[0][0]
+
+
+def expand_turns(
+    turns: Sequence[tuple[str, str | None]],
+    rows: Mapping[str, int | None],
+    use_start_end: bool = True,
+    use_string_prefix: bool = False,
+) -> list[tuple[str, str | None]]:
+    """:func:`expand_placeholders` over the user texts of a conversation: each present modality's placeholder
+    must appear exactly once in the whole conversation; placeholders of absent modalities are removed."""
     seen: dict[str, int] = {}
 
     def repl(match: re.Match) -> str:
@@ -100,7 +111,7 @@ def expand_placeholders(
             return ""
         return modality_span(name, n, use_start_end, use_string_prefix)
 
-    out = _PLACEHOLDER_RE.sub(repl, text)
+    out = [(_PLACEHOLDER_RE.sub(repl, user), answer) for user, answer in turns]
     for name, n in rows.items():
         if n and seen.get(name, 0) != 1:
             raise ValueError(
@@ -108,6 +119,36 @@ def expand_placeholders(
                 f"{name} features; expected exactly one"
             )
     return out
+
+
+def encode_turns(
+    tokenizer,
+    turns: Sequence[tuple[str, str | None]],
+    template: str = DEFAULT_TEMPLATE,
+    system: str | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation whose placeholders are already expanded.
+
+    Built by construction, segment by segment: ``<s>`` + ``system USER: q ASSISTANT:`` (ignored), then the answer +
+    ``</s>`` (the only labelled tokens), then ``USER: q ASSISTANT:`` (ignored), ... A final turn without an answer
+    leaves the ids open for generation. Training and inference share this function, so both see the same ids.
+    """
+    t = get_template(template)
+    ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
+    for i, (user, answer) in enumerate(turns):
+        head = ((t.system if system is None else system) + t.sep if i == 0 else "")
+        head += f"{t.roles[0]}: {user}{t.sep}{t.roles[1]}:"
+        head_ids = tokenizer(head, add_special_tokens=False).input_ids
+        ids += head_ids
+        labels += [IGNORE_INDEX] * len(head_ids)
+        if answer is None:
+            if i != len(turns) - 1:
+                raise ValueError("only the last turn may lack an answer")
+            break
+        answer_ids = tokenizer(answer.strip() + t.sep2, add_special_tokens=False).input_ids
+        ids += answer_ids
+        labels += answer_ids
+    return ids, labels
 
 
 def user_message(question: str, modalities: Sequence[str]) -> str:
@@ -121,6 +162,22 @@ def user_message(question: str, modalities: Sequence[str]) -> str:
     return question + ("\n" + "".join(missing) if missing else "")
 
 
+def inference_turns(
+    question: str,
+    rows: Mapping[str, int | None],
+    history: Sequence[tuple[str, str]] = (),
+    use_start_end: bool = True,
+    use_string_prefix: bool = False,
+) -> list[tuple[str, str | None]]:
+    """The turns of a generation prompt for ``question`` after ``history``; modality spans go into the first user
+    turn (where the features were introduced), as in training."""
+    present = [m for m in MODALITY_ORDER if rows.get(m)]
+    turns: list[tuple[str, str | None]] = []
+    for i, (q, a) in enumerate(list(history) + [(question, None)]):
+        turns.append((user_message(q, present) if i == 0 else strip_reserved_tokens(q)[0], a))
+    return expand_turns(turns, rows, use_start_end, use_string_prefix)
+
+
 def build_prompt(
     question: str,
     rows: Mapping[str, int | None],
@@ -130,16 +187,10 @@ def build_prompt(
     use_start_end: bool = True,
     use_string_prefix: bool = False,
 ) -> str:
-    """The full generation prompt for ``question`` after ``history`` turns; modality spans go into the first user
-    turn (where the features were introduced), as in training."""
-    present = [m for m in MODALITY_ORDER if rows.get(m)]
-    turns: list[tuple[str, str | None]] = []
-    for i, (q, a) in enumerate(history):
-        turns.append((user_message(q, present) if i == 0 else strip_reserved_tokens(q)[0], a))
-    turns.append((user_message(question, present) if not history else strip_reserved_tokens(question)[0], None))
-    text = get_template(template).render(turns, system=system)
-    return expand_placeholders(text, rows, use_start_end, use_string_prefix)
+    """The generation prompt as text (for display and logging; :func:`encode_turns` makes the ids)."""
+    turns = inference_turns(question, rows, history, use_start_end, use_string_prefix)
+    return get_template(template).render(turns, system=system)
 
 
-__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "Template", "build_prompt", "expand_placeholders", "get_template",
-           "modality_span", "strip_reserved_tokens", "user_message"]
+__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "Template", "build_prompt", "encode_turns", "expand_placeholders",
+           "expand_turns", "get_template", "inference_turns", "modality_span", "strip_reserved_tokens", "user_message"]

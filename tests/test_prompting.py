@@ -45,3 +45,33 @@ def test_question_placing_its_own_placeholder_and_reserved_tokens():
 def test_history_puts_spans_in_the_first_turn_only():
     p = build_prompt("And then?", {"video": 1}, history=[("What first?", "He sits.")], system="S")
     assert p == "S USER: What first?\n<vid_start><vid_patch><vid_end> ASSISTANT: He sits.</s>USER: And then? ASSISTANT:"
+
+
+def test_encode_turns_labels_by_construction(tiny):
+    """Labels cover each answer and its </s> only; segment ids equal a one-shot tokenization of the first turn."""
+    from llavidal.constants import IGNORE_INDEX
+    from llavidal.prompting import encode_turns
+
+    _, tok = tiny
+    turns = [("What is he doing?\n<vid_start><vid_patch><vid_end>", "He drinks water."),
+             ("And then?", "He sits down."), ("Why?", None)]
+    ids, labels = encode_turns(tok, turns)
+    assert len(ids) == len(labels) and ids[0] == tok.bos_token_id
+    targets = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    runs, cur = [], []
+    for i in targets:
+        if cur and i != cur[-1] + 1:
+            runs.append(cur)
+            cur = []
+        cur.append(i)
+    runs.append(cur)
+    assert [tok.decode([ids[i] for i in r]) for r in runs] == ["He drinks water.</s>", "He sits down.</s>"]
+    assert all(labels[i] == ids[i] for i in targets)
+    assert [ids[i] for i in targets].count(tok.eos_token_id) == 2
+    assert ids[-1] != tok.eos_token_id and tok.decode(ids[-8:]).endswith("Why? ASSISTANT:")
+    # first turn: the same ids as tokenizing the rendered prompt in one go (what the original did at inference)
+    one_shot = tok(VICUNA_V1_1.render([turns[0][:1] + (None,)])).input_ids
+    assert encode_turns(tok, [(turns[0][0], None)])[0] == one_shot
+    # and the answer tokens equal those of the rendered text ("ASSISTANT: He drinks water.</s>")
+    full = tok(VICUNA_V1_1.render([turns[0]])).input_ids
+    assert encode_turns(tok, [turns[0]])[0] == full
