@@ -113,7 +113,7 @@ def test_gradients_reach_exactly_the_trainable_parts(tiny):
     model, tok = tiny
     trainable = model.freeze_for_projector_training(["video", "pose"])
     assert sorted(trainable) == sorted([
-        "model.embed_tokens.weight", "model.mm_projector.weight", "model.mm_projector.bias",
+        "model.embed_tokens.rows", "model.mm_projector.weight", "model.mm_projector.bias",
         "model.mm_projector_forpose.weight", "model.mm_projector_forpose.bias",
     ])
     torch.manual_seed(4)
@@ -127,12 +127,21 @@ def test_gradients_reach_exactly_the_trainable_parts(tiny):
             assert p.grad is not None, name
         else:
             assert p.grad is None, name
-    g = model.get_input_embeddings().weight.grad
-    rows_with_grad = set(g.abs().sum(1).nonzero().flatten().tolist())
-    start_end = set(model.start_end_token_ids())
-    assert rows_with_grad <= start_end  # only start/end rows may learn
-    used = {tok.convert_tokens_to_ids(t) for t in ("<vid_start>", "<vid_end>", "<pose_start>", "<pose_end>")}
-    assert used <= rows_with_grad  # and the ones in the prompt do
+    emb = model.get_input_embeddings()
+    assert emb.rows.shape == (6, 64)  # exactly the six start/end rows are trainable
+    assert emb.ids.tolist() == model.start_end_token_ids()
+    row_grad = emb.rows.grad.abs().sum(1)
+    used = [tok.convert_tokens_to_ids(t) for t in ("<vid_start>", "<vid_end>", "<pose_start>", "<pose_end>")]
+    for k, tid in enumerate(emb.ids.tolist()):
+        assert (row_grad[k] > 0) == (tid in used)  # rows in the prompt learn, the object rows get no gradient
+    before = emb.weight.clone()
+    with torch.no_grad():
+        emb.rows += 1.0
+    merged = emb.weight
+    assert torch.equal(merged[emb.ids], before[emb.ids] + 1.0)
+    others = torch.ones(len(merged), dtype=torch.bool)
+    others[emb.ids] = False
+    assert torch.equal(merged[others], before[others])
     assert model.get_model().mm_projector.weight.grad.abs().sum() > 0
     assert model.get_model().mm_projector_forpose.weight.grad.abs().sum() > 0
 

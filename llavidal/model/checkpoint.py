@@ -374,7 +374,7 @@ def load_projector(
                 params[key].copy_(state[key])
             report.projectors.append(m.name)
 
-        emb = model.get_input_embeddings().weight
+        emb = _writable_input_rows(model)
         head = model.get_output_embeddings().weight
         adapter_rows = {k: v for k, v in state.items() if k.startswith((ADAPTER_EMBED_PREFIX, ADAPTER_LM_HEAD_PREFIX))}
         if adapter_rows:
@@ -422,6 +422,29 @@ def load_projector(
     return report
 
 
+class _OverlayRows:
+    """Row assignment into the input embedding, wherever the row lives (plain matrix or trainable overlay)."""
+
+    def __init__(self, model: LlavidalForCausalLM):
+        from .modeling_llavidal import EmbeddingWithTrainableRows
+
+        emb = model.get_input_embeddings()
+        self.overlay = emb if isinstance(emb, EmbeddingWithTrainableRows) else None
+        self.base = emb.base.weight if self.overlay is not None else emb.weight
+        self.dtype = self.base.dtype
+
+    def __setitem__(self, tid: int, value: torch.Tensor) -> None:
+        self.base[tid] = value.to(self.dtype)
+        if self.overlay is not None:
+            slot = int(self.overlay.lut[tid])
+            if slot >= 0:
+                self.overlay.rows.data[slot] = value.to(self.overlay.rows.dtype)
+
+
+def _writable_input_rows(model: LlavidalForCausalLM) -> _OverlayRows:
+    return _OverlayRows(model)
+
+
 # ==================================================================== saving
 def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> Path:
     """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids."""
@@ -449,12 +472,19 @@ def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenize
     return {k: v.contiguous().cpu().clone() for k, v in sd.items()}
 
 
-def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike) -> Path:
-    """The adapter-only file (safetensors): what projector-only training changes, keyed by name."""
+def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike,
+                 modalities: list[str] | None = None) -> Path:
+    """The adapter-only file (safetensors): what projector-only training changes, keyed by name.
+
+    ``modalities`` records which modalities were trained (MMPro merges take each modality's projector and
+    start/end rows from the file that trained it); default: all three.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "hidden_size": str(model.config.hidden_size),
-            "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end))}
+            "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
+            "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
+            "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
     tmp = path.with_name(path.name + ".tmp")
     save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -505,6 +535,21 @@ def load_pretrained(
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     attn = resolve_attn_implementation(attn_implementation)
+    if (base / ADAPTER_FOLDER_FILE).is_file() and not _has_weights(base):
+        # a projector-only training output: our config + tokenizer + adapter, on top of its base folder
+        cfg = read_config_dict(base)
+        origin = cfg.get("llavidal_base_model")
+        if not origin or not Path(origin).is_dir():
+            raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
+                                  "pass the base folder and this folder's adapter.safetensors as --projector")
+        model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
+                                           attn_implementation=attn)
+        for key in ("mm_use_vid_start_end", "use_modality_string_prefix"):
+            if key in cfg:
+                setattr(model.config, key, cfg[key])
+        if projector is not None:
+            load_projector(model, tokenizer, projector, layout=layout)
+        return model, tokenizer
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
         model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
@@ -517,6 +562,31 @@ def load_pretrained(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+ADAPTER_FOLDER_FILE = "adapter.safetensors"
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json",
+                                                "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike,
+                        base: str | os.PathLike, modalities: list[str] | None = None) -> Path:
+    """A loadable folder without the LLM weights: config (pointing at ``base``), tokenizer, adapter file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _sync_special_ids(model, tokenizer)
+    cfg = model.config.to_dict()
+    cfg["llavidal_base_model"] = str(Path(base).resolve())
+    cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    os.replace(tmp, out / "config.json")
+    tokenizer.save_pretrained(out)
+    save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities)
+    return out
 
 
 def default_device() -> torch.device:

@@ -44,6 +44,44 @@ def pack_features(features: FeatureInput, dim: int, name: str) -> torch.Tensor |
     return torch.cat(rows, dim=0)
 
 
+class EmbeddingWithTrainableRows(nn.Module):
+    """A frozen embedding whose rows ``ids`` are replaced by a small trainable matrix.
+
+    Projector-only training (SPEC 2) trains exactly the start/end rows: this keeps the gradient, the optimizer
+    state and any weight decay on those k rows instead of the whole ``[V, H]`` matrix. ``weight`` returns the
+    merged matrix, so checkpoint code reads it like a plain ``nn.Embedding``; :meth:`merged` gives one back.
+    """
+
+    def __init__(self, base: nn.Embedding, ids: Sequence[int]):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        ids_t = torch.as_tensor(list(ids), dtype=torch.long, device=base.weight.device)
+        self.register_buffer("ids", ids_t, persistent=False)
+        lut = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=base.weight.device)
+        lut[ids_t] = torch.arange(len(ids_t), device=base.weight.device)
+        self.register_buffer("lut", lut, persistent=False)
+        self.rows = nn.Parameter(base.weight.detach()[ids_t].clone())  # [k, H]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight.detach().index_copy(0, self.ids, self.rows.detach().to(self.base.weight.dtype))
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base.num_embeddings
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, H]
+        out = self.base(input_ids)
+        slot = self.lut[input_ids]  # [B, L], -1 where the token is not a trainable row
+        own = self.rows.to(out.dtype)[slot.clamp(min=0)]
+        return torch.where((slot >= 0).unsqueeze(-1), own, out)
+
+    def merged(self) -> nn.Embedding:
+        with torch.no_grad():
+            self.base.weight[self.ids] = self.rows.to(self.base.weight.dtype)
+        return self.base
+
+
 class LlavidalModel(LlamaModel):
     """LLaMA decoder plus the three projectors, named as in the original state dicts
     (``model.mm_projector``, ``model.mm_projector_forobject``, ``model.mm_projector_forpose``)."""
@@ -223,19 +261,25 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     def freeze_for_projector_training(self, modalities: Sequence[str] = MODALITY_ORDER) -> list[str]:
         """Projector-only training (``--tune_mm_mlp_adapter``): the LLM and lm_head frozen; trainable are the
-        projectors of ``modalities`` and the start/end rows of the input embedding (a gradient hook zeroes the
-        gradient of every other row). Returns the names of the trainable parameters."""
+        projectors of ``modalities`` and the start/end rows of the input embedding (through
+        :class:`EmbeddingWithTrainableRows`). Returns the names of the trainable parameters."""
         self.requires_grad_(False)
         for name in modalities:
             self.model.projector(name).requires_grad_(True)
-        emb = self.get_input_embeddings().weight
-        emb.requires_grad_(True)
-        row_mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
-        row_mask[self.start_end_token_ids()] = 1
-        if getattr(self, "_row_grad_hook", None) is not None:
-            self._row_grad_hook.remove()
-        self._row_grad_hook = emb.register_hook(lambda g: g * row_mask.to(g.dtype))
+        self.enable_trainable_token_rows(self.start_end_token_ids())
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
+    def enable_trainable_token_rows(self, ids: Sequence[int]) -> None:
+        emb = self.get_input_embeddings()
+        if isinstance(emb, EmbeddingWithTrainableRows):
+            emb = emb.merged()
+        self.set_input_embeddings(EmbeddingWithTrainableRows(emb, ids))
 
-__all__ = ["LlavidalForCausalLM", "LlavidalModel", "pack_features"]
+    def merge_trainable_token_rows(self) -> None:
+        """Fold the trainable rows back into a plain ``nn.Embedding`` (before saving a full model folder)."""
+        emb = self.get_input_embeddings()
+        if isinstance(emb, EmbeddingWithTrainableRows):
+            self.set_input_embeddings(emb.merged())
+
+
+__all__ = ["EmbeddingWithTrainableRows", "LlavidalForCausalLM", "LlavidalModel", "pack_features"]

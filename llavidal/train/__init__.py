@@ -1,0 +1,1 @@
+"""Training: arguments of the published recipe, the Trainer, MMPro."""

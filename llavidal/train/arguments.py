@@ -1,0 +1,110 @@
+"""Command-line arguments of training: every flag of the published recipe (SPEC section 5) on top of
+transformers' TrainingArguments, plus the choices this implementation adds."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+# --version of the original: the conversation template used for training
+VERSION_TEMPLATES = {"v1": "vicuna_v1_1", "vicuna_v1_1": "vicuna_v1_1", "llavidal_v1": "llavidal_v1"}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default=None, metadata={"help": "base folder (LLaVA-Lightening layout) or ours"})
+    version: str = field(default="v1", metadata={"help": "conversation template: v1 (= vicuna_v1_1) or llavidal_v1"})
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "projector-only training (the published mode)"})
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "projector/adapter file to start from"})
+    mm_use_vid_start_end: bool = field(default=False, metadata={"help": "wrap each span in <x_start> ... <x_end>"})
+    use_modality_string_prefix: bool = field(default=False, metadata={"help": "' video: ' etc. before each span"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "accepted for compatibility (see training_mode)"})
+    training_mode: str | None = field(default=None, metadata={
+        "help": "projector | lora | full (default: projector with --tune_mm_mlp_adapter, else full)"})
+    lora_r: int = field(default=16)
+    lora_alpha: int = field(default=32)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    system_prompt: str | None = field(default=None, metadata={"help": "override the template's system prompt"})
+    save_full_model: bool = field(default=False, metadata={
+        "help": "projector mode: also write the full model folder (else the output folder holds config, tokenizer "
+                "and adapter, and points at the base folder)"})
+
+    def mode(self) -> str:
+        mode = self.training_mode or ("projector" if self.tune_mm_mlp_adapter else "full")
+        if mode not in ("projector", "lora", "full"):
+            raise ValueError(f"--training_mode {mode!r}; expected projector, lora or full")
+        if self.tune_mm_mlp_adapter and mode != "projector":
+            raise ValueError(f"--tune_mm_mlp_adapter True asks for projector-only training, but --training_mode {mode}")
+        return mode
+
+    def template(self) -> str:
+        if self.version not in VERSION_TEMPLATES:
+            raise ValueError(f"--version {self.version!r} is not supported; use one of {sorted(VERSION_TEMPLATES)}")
+        return VERSION_TEMPLATES[self.version]
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "training JSON (current or {video_id,q,a} format)"})
+    video_folder: str | None = field(default=None, metadata={"help": "video features (active iff given)"})
+    object_folder: str | None = field(default=None, metadata={"help": "object features (active iff given)"})
+    pose_folder: str | None = field(default=None, metadata={"help": "pose features (active iff given)"})
+    video_mask_prob: float = field(default=0.0)
+    object_mask_prob: float = field(default=0.0)
+    pose_mask_prob: float = field(default=0.0)
+    missing_features: str = field(default="error", metadata={"help": "error | skip | zeros (always counted)"})
+    lazy_preprocess: bool = field(default=True, metadata={"help": "accepted; data is always read lazily"})
+    is_multimodal: bool = field(default=True, metadata={"help": "accepted for compatibility"})
+    sep_video_conv_front: bool = field(default=False, metadata={"help": "accepted for compatibility"})
+    video_token_len: int = field(default=0, metadata={"help": "accepted; the number of rows follows each file"})
+    frame_aspect_ratio: str = field(default="square", metadata={"help": "accepted for compatibility"})
+
+    def folders(self) -> dict[str, str | None]:
+        return {"video": self.video_folder, "object": self.object_folder, "pose": self.pose_folder}
+
+    def mask_probs(self) -> dict[str, float]:
+        return {"video": self.video_mask_prob, "object": self.object_mask_prob, "pose": self.pose_mask_prob}
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=2048, metadata={"help": "longer samples are dropped (and counted)"})
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "old name of --eval_strategy"})
+    cache_dir: str | None = field(default=None)
+    freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "accepted for compatibility"})
+    force_fsdp: bool = field(default=False, metadata={"help": "accepted for compatibility"})
+    auto_resume: bool = field(default=True, metadata={
+        "help": "resume from the newest checkpoint in output_dir when there is one"})
+    remove_unused_columns: bool = field(default=False)
+    optim: str = field(default="adamw_torch")
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.tf32 and not (torch.cuda.is_available() and torch.backends.cuda.matmul.is_available()):
+            logger.warning("--tf32 True ignored: no CUDA GPU with TF32 here")
+            self.tf32 = None
+        if self.bf16 and not torch.cuda.is_available():
+            logger.warning("--bf16 True on CPU: training runs in bf16 autocast on the CPU (slow); use fp32 here")
+        super().__post_init__()
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.model_name_or_path is None:
+        parser.error("--model_name_or_path is required")
+    if data_args.data_path is None:
+        parser.error("--data_path is required")
+    if data_args.missing_features not in ("error", "skip", "zeros"):
+        parser.error(f"--missing_features {data_args.missing_features!r}: expected error, skip or zeros")
+    return model_args, data_args, training_args
+
+
+__all__ = ["DataArguments", "ModelArguments", "TrainingArguments", "parse_args"]

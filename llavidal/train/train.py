@@ -1,0 +1,214 @@
+"""Training LLAVIDAL with transformers' Trainer (DDP/FSDP/DeepSpeed through TrainingArguments and torchrun).
+
+``python llavidal/train/train_mem.py <flags of the published recipe>`` and ``llavidal train <flags>`` both end in
+:func:`train`. Three modes: ``projector`` (``--tune_mm_mlp_adapter True``: projectors of the active modalities and
+their start/end rows), ``lora`` (peft LoRA on the LLM + the same), ``full``.
+
+Outputs in ``--output_dir``: ``checkpoint-N/`` folders with everything needed to resume (trainable weights,
+optimizer, scheduler, RNG, data position), and at the end a loadable model folder, ``adapter.safetensors``
+(projectors + token rows by name) and ``mm_projector.bin`` in the original key layout. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..constants import MODALITIES, MODALITY_ORDER
+from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
+from ..model import load_pretrained, load_projector
+from ..model.checkpoint import (
+    ADAPTER_FOLDER_FILE, export_legacy_projector, resolve_dtype, save_adapter, save_adapter_folder, save_pretrained,
+)
+from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+
+logger = logging.getLogger(__name__)
+
+
+# ==================================================================== model
+def build_model(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """Load the base, apply the starting adapter, and set what is trainable for the chosen mode."""
+    mode = model_args.mode()
+    active = [m for m in MODALITY_ORDER if data_args.folders()[m]]
+    if mode == "full":
+        dtype = torch.float32  # master weights in fp32; --bf16/--fp16 run under autocast
+    else:  # frozen LLM weights in the compute dtype, trainable parts in fp32
+        dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model, tokenizer = load_pretrained(model_args.model_name_or_path, device="cpu", dtype=dtype,
+                                       attn_implementation=model_args.attn_implementation)
+    tokenizer.model_max_length = training_args.model_max_length
+    if model_args.pretrain_mm_mlp_adapter:
+        report = load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)
+        logger.info("initialised from %s", report.summary())
+    model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
+    model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
+    model.config.use_cache = False
+
+    start_end = [model.config.token_id(t) for m in active for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)]
+    if not model_args.mm_use_vid_start_end:
+        start_end = []
+    if mode == "projector":
+        model.requires_grad_(False)
+        for m in active:
+            model.model.projector(m).requires_grad_(True)
+        if start_end:
+            model.enable_trainable_token_rows(start_end)
+    elif mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if start_end:
+            model.enable_trainable_token_rows(start_end)
+        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                          target_modules=[t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()],
+                          task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        inner = model.get_base_model()
+        for m in active:
+            inner.model.projector(m).requires_grad_(True)
+        if start_end:
+            inner.get_input_embeddings().rows.requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    for p in model.parameters():  # optimizer state and updates in fp32
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
+            "use_reentrant": False}
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("mode %s, modalities %s: %d trainable parameters", mode, active, n_train)
+    return model, tokenizer, active
+
+
+def unwrap(model):
+    """The LlavidalForCausalLM inside DDP/peft wrappers."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+# ==================================================================== trainer
+class EpochCallback(TrainerCallback):
+    """Tells the dataset the epoch, so masking draws differ between epochs yet are reproducible on resume."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class LlavidalTrainer(transformers.Trainer):
+    """Trainer that saves what each mode needs (adapter-only checkpoints in projector mode) and reloads it."""
+
+    def __init__(self, *args, mode: str, modalities: list[str], base_path: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mode, self.modalities, self.base_path = mode, modalities, base_path
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        model = unwrap(self.model)
+        if self.mode == "projector":
+            save_adapter_folder(model, self.processing_class, output_dir, self.base_path, self.modalities)
+        else:
+            if self.mode == "lora":
+                getattr(self.model, "module", self.model).save_pretrained(output_dir)  # peft adapter
+            else:
+                super()._save(output_dir, state_dict=state_dict)
+            save_adapter(model, self.processing_class, Path(output_dir) / ADAPTER_FOLDER_FILE, self.modalities)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.mode == "full":
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.mode == "lora":
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            peft_model = getattr(self.model, "module", self.model)
+            set_peft_model_state_dict(peft_model, load_file(os.path.join(resume_from_checkpoint,
+                                                                         "adapter_model.safetensors")))
+        load_projector(unwrap(self.model), self.processing_class,
+                       os.path.join(resume_from_checkpoint, ADAPTER_FOLDER_FILE))
+
+
+# ==================================================================== entry point
+def train(argv: list[str] | None = None) -> dict:
+    """Parse the flags, train, write the outputs; returns a small summary (also written as train_summary.json)."""
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    transformers.set_seed(training_args.seed)
+    mode = model_args.mode()
+    model, tokenizer, active = build_model(model_args, data_args, training_args)
+    out = Path(training_args.output_dir)
+
+    records = read_records(data_args.data_path)
+    issue_log = DataIssueLog(path=out / f"data_issues.rank{training_args.process_index}.jsonl")
+    dataset = ADLXDataset(records, tokenizer, unwrap(model).config, data_args.folders(),
+                          missing=data_args.missing_features, mask_probs=data_args.mask_probs(),
+                          max_length=training_args.model_max_length, template=model_args.template(),
+                          system=model_args.system_prompt, seed=training_args.seed, issue_log=issue_log)
+    trainer = LlavidalTrainer(model=model, args=training_args, train_dataset=dataset,
+                              data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                              callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
+                              base_path=model_args.model_name_or_path)
+
+    resume = training_args.resume_from_checkpoint
+    if resume is None and training_args.auto_resume and out.is_dir():
+        resume = get_last_checkpoint(str(out))
+        if resume:
+            logger.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+
+    final = unwrap(trainer.model)
+    summary = {"mode": mode, "modalities": active, "global_step": trainer.state.global_step,
+               "train_loss": result.training_loss, "resumed_from": resume}
+    if training_args.should_save:
+        if mode == "projector":
+            save_adapter_folder(final, tokenizer, out, model_args.model_name_or_path, active)
+            if model_args.save_full_model:
+                final.merge_trainable_token_rows()
+                save_pretrained(final, tokenizer, out / "full_model")
+        else:
+            save_adapter(final, tokenizer, out / ADAPTER_FOLDER_FILE, active)
+            if mode == "lora":
+                merged = getattr(trainer.model, "module", trainer.model).merge_and_unload()
+            else:
+                merged = final
+            merged.merge_trainable_token_rows()
+            save_pretrained(merged, tokenizer, out)
+        export_legacy_projector(final, out / "mm_projector.bin")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if training_args.should_save:
+        summary["data_issues"] = DataIssueLog.summarise(sorted(out.glob("data_issues.rank*.jsonl")))
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        report_data_issues(summary["data_issues"])
+    return summary
+
+
+def report_data_issues(issues: dict) -> None:
+    if not issues:
+        print("data: every sample was used as is")
+        return
+    print("data issues (unique samples):")
+    for kind, info in issues.items():
+        print(f"  {kind}: {info['samples']}")
+        for ex in info["examples"][:3]:
+            print(f"    e.g. {ex}")
+
+
+__all__ = ["LlavidalTrainer", "build_model", "train"]
