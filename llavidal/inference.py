@@ -170,4 +170,36 @@ def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOpti
     return options
 
 
-__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "prepare_inputs", "stream_answer"]
+
+
+
+@torch.inference_mode()
+def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
+                    gen_options: GenerationOptions | None = None) -> list[float]:
+    """Log-likelihood of each option as the assistant's reply (sum over its tokens and the closing ``</s>``).
+
+    Multiple-choice scoring without generation: the item's options go through the model as one batch that
+    shares the prompt and the features.
+    """
+    gen_options = gen_options or GenerationOptions(max_new_tokens=0)
+    batch = prepare_inputs(model, tokenizer, [query], gen_options)
+    prompt = batch["input_ids"][0].tolist()
+    answers = [tokenizer(o.strip() + "</s>", add_special_tokens=False).input_ids for o in options]
+    longest = len(prompt) + max(map(len, answers))
+    k = len(options)
+    input_ids = torch.full((k, longest), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((k, longest), dtype=torch.long)
+    target = torch.zeros((k, longest), dtype=torch.bool)
+    for i, a in enumerate(answers):  # right padding: every option starts right after the shared prompt
+        input_ids[i, :len(prompt) + len(a)] = torch.tensor(prompt + a)
+        attention[i, :len(prompt) + len(a)] = 1
+        target[i, len(prompt):len(prompt) + len(a)] = True
+    feats = {f"{m}_features": (None if batch[f"{m}_features"] is None else batch[f"{m}_features"].repeat(k, 1))
+             for m in MODALITY_ORDER}
+    device = model.device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t+1
+    picked = logp.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+    return (picked * target[:, 1:].to(device)).sum(-1).tolist()
+
+__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "option_logprobs", "prepare_inputs", "stream_answer"]

@@ -157,8 +157,8 @@ class ADLXDataset(Dataset):
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected {MODALITY_ORDER}")
         if not self.sources:
-            raise DataError("no feature folder given: pass at least one of --video_folder, --object_folder, "
-                            "--pose_folder")
+            logger.warning("no feature folder given (--video_folder/--object_folder/--pose_folder): training on "
+                           "text only, with every modality placeholder removed")
         self.missing = missing
         self.mask_probs = {m: float((mask_probs or {}).get(m, 0.0)) for m in MODALITY_ORDER}
         for m, p in self.mask_probs.items():

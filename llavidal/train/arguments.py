@@ -76,6 +76,8 @@ class DataArguments:
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=2048, metadata={"help": "longer samples are dropped (and counted)"})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "old name of --eval_strategy"})
+    warmup_ratio: float | None = field(default=None, metadata={
+        "help": "fraction of steps for warmup (the published recipe's flag; same as --warmup_steps < 1)"})
     cache_dir: str | None = field(default=None)
     freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "accepted for compatibility"})
     force_fsdp: bool = field(default=False, metadata={"help": "accepted for compatibility"})
@@ -87,6 +89,10 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
         if self.tf32 and not (torch.cuda.is_available() and torch.backends.cuda.matmul.is_available()):
             logger.warning("--tf32 True ignored: no CUDA GPU with TF32 here")
             self.tf32 = None

@@ -1,0 +1,130 @@
+"""Merging projector/adapter files BY NAME (replaces the original ``scripts/merge_weights.py``).
+
+The original merged files by plain dict union (the later file wins), which let an untrained copy of a row
+overwrite a trained one and silently lost the stage-1 start/end token rows. Here each modality's projector and its
+start/end rows are taken from the file that TRAINED that modality (the last such file when several did):
+
+* our adapter files say which modalities they trained (safetensors metadata ``modalities``);
+* our training folders hold ``adapter.safetensors``;
+* files of the original code hold projectors only for the modalities they trained, and the whole embedding
+  matrix (rows mapped by token name through the layouts of SPEC section 1).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..constants import MODALITIES, TOKEN_LAYOUTS
+from ..model.checkpoint import (
+    ADAPTER_EMBED_PREFIX, ADAPTER_FOLDER_FILE, ADAPTER_FORMAT, ADAPTER_VERSION,
+    CheckpointError, _normalise_keys, read_tensor_file,
+)
+
+REAL_BASE_VOCAB = 32003  # LLaMA 32000 + the three LLaVA tokens
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for name in (ADAPTER_FOLDER_FILE, "mm_projector.bin"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: folder holds neither {ADAPTER_FOLDER_FILE} nor mm_projector.bin")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such projector file")
+    return path
+
+
+def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -> dict:
+    """``{"modalities": [...], "projectors": {key: tensor}, "rows": {token name: row}}`` of one file: only the
+    parts of the modalities it trained."""
+    path = _resolve(path)
+    state = _normalise_keys(read_tensor_file(path))
+    trained: list[str]
+    rows: dict[str, torch.Tensor] = {}
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    else:
+        meta = {}
+    if meta.get("format") == ADAPTER_FORMAT:
+        trained = [m for m in meta.get("modalities", "").split(",") if m]
+        for k, v in state.items():
+            if k.startswith(ADAPTER_EMBED_PREFIX):
+                rows[k[len(ADAPTER_EMBED_PREFIX):]] = v
+    else:
+        trained = [m.name for m in MODALITIES.values() if f"model.{m.projector}.weight" in state]
+        if "model.embed_tokens.weight" in state:
+            emb = state["model.embed_tokens.weight"]
+            names = _legacy_layout(emb.shape[0], trained, base_vocab, path)
+            n_base = emb.shape[0] - len(names)
+            rows = {name: emb[n_base + i] for i, name in enumerate(names)}
+    projectors = {}
+    for m in trained:
+        p = MODALITIES[m].projector
+        for w in ("weight", "bias"):
+            key = f"model.{p}.{w}"
+            if key not in state:
+                raise CheckpointError(f"{path}: says it trained {m} but has no {key}")
+            projectors[key] = state[key]
+    keep = {t for m in trained for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)}
+    return {"path": str(path), "modalities": trained, "projectors": projectors,
+            "rows": {k: v for k, v in rows.items() if k in keep}}
+
+
+def _legacy_layout(n_rows: int, trained: list[str], base_vocab: int | None, path: Path) -> tuple[str, ...]:
+    if base_vocab is not None:
+        for names in TOKEN_LAYOUTS.values():
+            if base_vocab + len(names) == n_rows:
+                return names
+        raise CheckpointError(f"{path}: {n_rows} embedding rows match no token layout for a base vocabulary of "
+                              f"{base_vocab}")
+    for names in TOKEN_LAYOUTS.values():
+        if REAL_BASE_VOCAB + len(names) == n_rows:
+            return names
+    raise CheckpointError(f"{path}: {n_rows} embedding rows; pass the base model (--base) so the token layout "
+                          "can be told from the base vocabulary size")
+
+
+def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, base_vocab: int | None = None) -> dict:
+    """Merge by name into one adapter file (our safetensors format, which ``--pretrain_mm_mlp_adapter`` and every
+    loader here accept). Input-embedding rows only: lm_head rows are never trained by projector-only runs.
+    Returns what came from where."""
+    if len(paths) < 2:
+        raise ValueError("give at least two files to merge")
+    merged_proj: dict[str, torch.Tensor] = {}
+    merged_rows: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    modalities: list[str] = []
+    for p in paths:
+        parts = read_trained_parts(p, base_vocab)
+        for m in parts["modalities"]:
+            if m in source:
+                print(f"merge: {m} from {parts['path']} replaces the one from {source[m]}")
+            source[m] = parts["path"]
+            if m not in modalities:
+                modalities.append(m)
+        merged_proj.update(parts["projectors"])
+        merged_rows.update(parts["rows"])
+    hidden = {v.shape[0] for k, v in merged_proj.items() if k.endswith(".bias")}
+    if len(hidden) > 1:
+        raise CheckpointError(f"files disagree on the hidden size: {sorted(hidden)}")
+    sd = dict(merged_proj)
+    sd.update({ADAPTER_EMBED_PREFIX + k: v for k, v in merged_rows.items()})
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    order = [m for m in MODALITIES if m in modalities]
+    meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "modalities": ",".join(order),
+            "merged_from": ";".join(f"{m}={source[m]}" for m in order), "mm_use_vid_start_end": str(bool(merged_rows))}
+    tmp = output.with_name(output.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, output)
+    return {"output": str(output), "modalities": order, "sources": {m: source[m] for m in order},
+            "token_rows": sorted(merged_rows)}
+
+
+__all__ = ["merge_adapters", "read_trained_parts"]
