@@ -73,6 +73,58 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .train.merge import merge_adapters
+
+    base_vocab = None
+    if args.base:
+        from .model.checkpoint import load_tokenizer
+
+        tok = load_tokenizer(args.base)
+        base_vocab = len(tok) - 9
+    report = merge_adapters(args.weights, args.output, base_vocab=base_vocab)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_mmpro(args) -> int:
+    from .train.mmpro import MMProConfig, run_mmpro
+
+    folders = {m: getattr(args, f"{m}_folder") for m in ("video", "object", "pose")}
+    missing = [m for m, f in folders.items() if not f]
+    if missing:
+        raise SystemExit(f"error: MMPro needs all three feature folders; missing --{missing[0]}_folder")
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    cfg = MMProConfig(base=args.model_name_or_path, data_path=args.data_path, folders=folders,
+                      output_dir=args.output_dir, nproc=args.nproc_per_node, extra_args=extra,
+                      master_port=args.master_port)
+    stages = run_mmpro(cfg)
+    print(json.dumps(stages, indent=2))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import QuickstartConfig, run_quickstart
+
+    cfg = QuickstartConfig(out=args.out, seed=args.seed)
+    if args.fast:
+        cfg.n_train, cfg.n_test, cfg.lm_epochs, cfg.stage_epochs = 96, 16, 1, 1
+    if args.full_size:
+        cfg.video_rows, cfg.pose_rows = 356, 256
+    run_quickstart(cfg)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from .data.store import pack_folder
+
+    result = pack_folder(args.folder, args.out)
+    print(f"packed {result['packed']} files ({result['bytes'] / 2**20:.1f} MiB) into {args.out}")
+    for name, why in result["failed"].items():
+        print(f"  not packed: {name}: {why}")
+    return 1 if result["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -110,20 +162,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
     p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("train", help="train (the flags of the published train_mem.py recipe; see --help)",
+                       add_help=False)
+    p.set_defaults(func=None, passthrough="train")
+
+    p = sub.add_parser("mmpro", help="the MMPro curriculum: stage-1 video/object/pose, stage 2, stage 3")
+    p.add_argument("--model_name_or_path", required=True)
+    p.add_argument("--data_path", required=True)
+    p.add_argument("--video_folder")
+    p.add_argument("--object_folder")
+    p.add_argument("--pose_folder")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--nproc_per_node", type=int, default=1, help=">1: each stage runs under torchrun")
+    p.add_argument("--master_port", type=int, default=29001)
+    p.add_argument("extra", nargs=argparse.REMAINDER,
+                   help="after --: training flags for every stage (override the published ones), e.g. -- --bf16 True")
+    p.set_defaults(func=cmd_mmpro)
+
+    p = sub.add_parser("merge", help="merge projector/adapter files by name (replaces scripts/merge_weights.py)")
+    p.add_argument("--weights", nargs="+", required=True, help="files or training folders, in order")
+    p.add_argument("--output", required=True, help="merged adapter (.safetensors)")
+    p.add_argument("--base", help="base folder (to tell token layouts of original .bin files apart)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("quickstart", help="tiny model + synthetic ADL data + MMPro on CPU, then held-out MCQ")
+    p.add_argument("--out", default="quickstart")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
+    p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")
+    p.add_argument("folder")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_pack)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .data import DataError
     from .features import FeatureError
     from .model import CheckpointError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["train"]:  # every flag belongs to the training parser (HfArgumentParser)
+            from .train.train import train
+
+            train(argv[1:])
+            return 0
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         return args.func(args)
-    except (FeatureError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (FeatureError, CheckpointError, DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
