@@ -26,6 +26,7 @@ import numpy as np
 
 from .features import save_feature
 
+ATTRIBUTES = ("room", "motion", "object")  # seen in: video, pose, objects
 ROOMS = ("kitchen", "living room")
 MOTIONS = ("sits down", "stands up")
 OBJECTS = ("cup", "book")
@@ -166,4 +167,4 @@ def pretraining_text(n: int = 2000, seed: int = 0) -> list[dict]:
     return records
 
 
-__all__ = ["ACTIONS", "World", "WorldSpec", "action_name", "make_dataset", "pretraining_text"]
+__all__ = ["ACTIONS", "ATTRIBUTES", "World", "WorldSpec", "action_name", "make_dataset", "pretraining_text"]

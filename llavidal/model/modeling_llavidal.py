@@ -143,20 +143,30 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         object_features: FeatureInput = None,
         pose_features: FeatureInput = None,
     ) -> torch.Tensor:  # [B, L, H]
-        """Token embeddings with every patch position replaced by its projected feature row."""
+        """Token embeddings with every patch position replaced by its projected feature row.
+
+        One ``index_copy`` into the flattened embeddings for all modalities; positions come from
+        ``nonzero_static`` with the known row count, so nothing waits on the device.
+        """
         embeds = self.model.embed_tokens(input_ids)  # [B, L, H]
+        B, L, H = embeds.shape
         given = {"video": video_features, "object": object_features, "pose": pose_features}
+        positions, projected = [], []
         for name in MODALITY_ORDER:
             m = MODALITIES[name]
             rows = pack_features(given[name], getattr(self.config, m.dim_attr), name)  # [R, D] or None
             mask = input_ids == self.patch_token_id(name)  # [B, L]
-            self._check_rows(m, mask, 0 if rows is None else rows.shape[0])
-            if rows is None:
+            n_rows = 0 if rows is None else rows.shape[0]
+            self._check_rows(m, mask, n_rows)
+            if n_rows == 0:
                 continue
             proj = self.model.projector(name)
-            projected = proj(rows.to(device=proj.weight.device, dtype=proj.weight.dtype))  # [R, H]
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), projected.to(embeds.dtype))
-        return embeds
+            projected.append(proj(rows.to(device=proj.weight.device, dtype=proj.weight.dtype)))  # [R, H]
+            positions.append(torch.nonzero_static(mask.reshape(-1), size=n_rows).squeeze(-1))  # [R]
+        if not projected:
+            return embeds
+        flat = embeds.reshape(B * L, H).index_copy(0, torch.cat(positions), torch.cat(projected).to(embeds.dtype))
+        return flat.view(B, L, H)
 
     @staticmethod
     def _check_rows(m: Modality, mask: torch.Tensor, n_rows: int) -> None:
