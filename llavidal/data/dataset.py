@@ -242,7 +242,9 @@ class ADLXDataset(Dataset):
         out = {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
         for m in MODALITY_ORDER:
             a = feats.get(m)
-            out[m] = None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+            # a feature store hands out read-only views of its memory map: copy those (writing through such a
+            # tensor would be undefined behaviour); arrays read from files are used as they are
+            out[m] = None if a is None else torch.from_numpy(np.require(a, requirements=("C", "W")))
         return out
 
 

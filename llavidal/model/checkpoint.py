@@ -491,12 +491,19 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
     return path
 
 
-def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike) -> Path:
-    """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code."""
+def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
+                            modalities: list[str] | None = None) -> Path:
+    """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code.
+
+    As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
+    so merges of such files can tell which modalities a run trained.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {}
     for m in MODALITIES.values():
+        if modalities is not None and m.name not in modalities:
+            continue
         proj = model.model.projector(m.name)
         sd[f"model.{m.projector}.weight"] = proj.weight.detach().cpu().clone()
         sd[f"model.{m.projector}.bias"] = proj.bias.detach().cpu().clone()

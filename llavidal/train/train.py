@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import MODALITIES, MODALITY_ORDER
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
@@ -167,7 +168,7 @@ def train(argv: list[str] | None = None) -> dict:
 
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.auto_resume and out.is_dir():
-        resume = get_last_checkpoint(str(out))
+        resume = last_complete_checkpoint(out)
         if resume:
             logger.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -190,7 +191,7 @@ def train(argv: list[str] | None = None) -> dict:
                 merged = final
             merged.merge_trainable_token_rows()
             save_pretrained(merged, tokenizer, out)
-        export_legacy_projector(final, out / "mm_projector.bin")
+        export_legacy_projector(final, out / "mm_projector.bin", active)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:
@@ -198,6 +199,23 @@ def train(argv: list[str] | None = None) -> dict:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         report_data_issues(summary["data_issues"])
     return summary
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written to the end. The Trainer writes ``trainer_state.json`` last, so
+    a run killed while saving leaves a folder without it; resuming from that one would fail, so it is skipped (with
+    a warning) for the previous complete checkpoint."""
+    found = []
+    for p in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = p.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _, p in sorted(found, reverse=True):
+        if (p / TRAINER_STATE_NAME).is_file():
+            return str(p)
+        logger.warning("%s is incomplete (no %s: interrupted while saving?); not resuming from it", p,
+                       TRAINER_STATE_NAME)
+    return None
 
 
 def report_data_issues(issues: dict) -> None:
@@ -211,4 +229,4 @@ def report_data_issues(issues: dict) -> None:
             print(f"    e.g. {ex}")
 
 
-__all__ = ["LlavidalTrainer", "build_model", "train"]
+__all__ = ["LlavidalTrainer", "build_model", "last_complete_checkpoint", "train"]
