@@ -96,6 +96,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.tf32 and not (torch.cuda.is_available() and torch.backends.cuda.matmul.is_available()):
             logger.warning("--tf32 True ignored: no CUDA GPU with TF32 here")
             self.tf32 = None
+        # the published --gradient_checkpointing is transformers' activation_checkpointing now (same behaviour)
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
         if self.bf16 and not torch.cuda.is_available():
             logger.warning("--bf16 True on CPU: training runs in bf16 autocast on the CPU (slow); use fp32 here")
         super().__post_init__()

@@ -80,9 +80,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     for p in model.parameters():  # optimizer state and updates in fp32
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
-    if training_args.gradient_checkpointing:
-        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
-            "use_reentrant": False}
+    if training_args.gradient_checkpointing:  # non-reentrant: works with frozen inputs (projector mode)
+        name = ("activation_checkpointing_kwargs" if hasattr(training_args, "activation_checkpointing_kwargs")
+                else "gradient_checkpointing_kwargs")
+        setattr(training_args, name, getattr(training_args, name) or {"use_reentrant": False})
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("mode %s, modalities %s: %d trainable parameters", mode, active, n_train)
     return model, tokenizer, active
