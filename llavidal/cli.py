@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.set_defaults(func=None, passthrough="train")
 
+    p = sub.add_parser("eval", help="ADL-X benchmarks: `llavidal eval prepare ...`, `llavidal eval run ...` "
+                       "(see `llavidal eval run --help`)", add_help=False)
+    p.set_defaults(func=lambda a: (print("usage: llavidal eval {prepare,run} ... (--help for each)"), 2)[1])
+
     p = sub.add_parser("mmpro", help="the MMPro curriculum: stage-1 video/object/pose, stage 2, stage 3")
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--data_path", required=True)
@@ -206,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:2] == ["eval", "prepare"]:
+            from .eval.tasks import prepare_main
+
+            return prepare_main(argv[2:])
+        if argv[:2] == ["eval", "run"]:
+            from .eval.runner import main as run_main
+
+            return run_main(argv[2:])
         if argv[:1] == ["train"]:  # every flag belongs to the training parser (HfArgumentParser)
             from .train.train import train
 

@@ -1,0 +1,326 @@
+"""``llavidal eval run``: one benchmark, one model → append-only predictions, a summary JSON and a Markdown table.
+
+* Items come from :mod:`llavidal.eval.tasks`; the video of an item is read from a feature cache: for
+  ``{video}.mp4`` the file ``{video}.pkl`` (or ``.pickle/.npy/.safetensors/.pt``) under ``--feature-dir`` (default:
+  ``--video-dir``), also looked up by basename. Object and pose features come from ``--object-dir`` and
+  ``--pose-dir`` when given (same names). An item without its video features is counted as a missing video, never
+  as a wrong answer, and stays in the denominator.
+* Replies are generated in batches (greedy by default, seedable) and appended to ``predictions[.rankR].jsonl``
+  item by item; a killed run resumes where it stopped. Under torchrun each rank takes every WORLD_SIZE-th item.
+* Multiple choice: the reply is parsed by :mod:`llavidal.eval.mcq` (``--mcq-mode generate``) or each option is
+  scored by its log-likelihood (``--mcq-mode loglik``, no generation).
+* Description tasks: replies to the question and to the two consistency paraphrases are stored; scoring with a
+  judge and offline metrics is done by :mod:`llavidal.eval.describe` when available.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .mcq import parse_item_reply, score_mcq
+from .tasks import PROMPT_SET_VERSION, TASKS, EvalItem, list_clips, load_task, task_info
+
+FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors", ".pt")
+
+
+@dataclass
+class RunConfig:
+    task: str
+    qa_file: str
+    base: str
+    output: str
+    video_dir: str | None = None
+    feature_dir: str | None = None
+    object_dir: str | None = None
+    pose_dir: str | None = None
+    projector: str | None = None
+    batch_size: int = 8
+    mcq_mode: str = "generate"  # generate | loglik
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    template: str = "vicuna_v1_1"
+    system: str | None = None
+    limit: int | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+# ==================================================================== features
+def find_feature(folder: str | Path | None, video: str) -> Path | None:
+    """The cached feature file of ``video`` (relative path, any extension) in ``folder``, or None."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    rel = Path(video)
+    stems = [rel.with_suffix(""), Path(rel.with_suffix("").name)]
+    for stem in stems:
+        for suffix in FEATURE_SUFFIXES:
+            p = folder / stem.parent / (stem.name + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
+    """Paths of the item's feature files; None when its video features are missing."""
+    video = video or item.video
+    v = find_feature(cfg.feature_dir or cfg.video_dir, video)
+    if v is None:
+        return None
+    feats = {"video": v}
+    for m, folder in (("object", cfg.object_dir), ("pose", cfg.pose_dir)):
+        p = find_feature(folder, video)
+        if p is not None:
+            feats[m] = p
+    return feats
+
+
+# ==================================================================== results files
+def read_jsonl(path: Path) -> list[dict]:
+    """Lines of an append-only results file; a torn last line (killed mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append rows, one JSON line each, flushed to disk; a torn last line left by a kill is closed first so that it
+    cannot swallow the next record."""
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with open(path, "a") as fh:
+        if torn:
+            fh.write("\n")
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def sha256_of(path: str | Path | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ==================================================================== running
+def _dist() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _device(cfg: RunConfig) -> str | None:
+    if cfg.device:
+        return cfg.device
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return None
+
+
+def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path) -> None:
+    """Answer every item not yet in ``out_file``, appending one line per item."""
+    from ..inference import GenerationOptions, Query, answer_batch, option_logprobs
+
+    done = {r["id"] for r in read_jsonl(out_file)}
+    todo = [it for it in items if it.id not in done]
+    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                             template=cfg.template, system=cfg.system)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{cfg.task}", unit="item")
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start:start + cfg.batch_size]
+        rows, queries, owners = [], [], []
+        for it in chunk:
+            base = {"id": it.id, "index": it.index, "video": it.video}
+            if it.task == "tsu-desc":
+                rows.append(_tsu_desc_row(cfg, model, tokenizer, it, opts, base))
+                continue
+            feats = item_features(cfg, it)
+            if feats is None:
+                rows.append({**base, "status": "missing_video"})
+                continue
+            if it.kind == "mcq" and cfg.mcq_mode == "loglik":
+                letters = sorted(it.options)
+                scores = option_logprobs(model, tokenizer, Query(it.question, **feats),
+                                         [it.options[k] for k in letters], opts)
+                best = letters[max(range(len(letters)), key=scores.__getitem__)]
+                rows.append({**base, "status": "ok", "letter": best, "method": "loglik",
+                             "scores": dict(zip(letters, scores))})
+                continue
+            questions = [it.prompt]
+            if it.kind == "description":
+                questions += [it.extra.get("cons_Q1") or it.question, it.extra.get("cons_Q2") or it.question]
+            for q in questions:
+                queries.append(Query(q, **feats))
+            owners.append((len(rows), it, len(questions)))
+            rows.append({**base, "status": "ok"})
+        if queries:
+            replies = answer_batch(model, tokenizer, queries, opts, batch_size=cfg.batch_size)
+            k = 0
+            for row_i, it, n in owners:
+                got = replies[k:k + n]
+                k += n
+                if it.kind == "mcq":
+                    parsed = parse_item_reply(it, got[0])
+                    rows[row_i].update(reply=got[0], letter=parsed.letter, method=parsed.method)
+                else:
+                    rows[row_i].update(reply=got[0], cons_reply1=got[1], cons_reply2=got[2])
+        append_jsonl(out_file, rows)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict:
+    """TSU-Description: describe each 60 s clip in numeric clip order (the summary is made at scoring time)."""
+    from ..inference import Query, answer_batch
+
+    clips = list_clips(cfg.feature_dir or cfg.video_dir, it.video, suffixes=FEATURE_SUFFIXES + (".mp4",))
+    feats = [item_features(cfg, it, video=str(c.relative_to(cfg.feature_dir or cfg.video_dir))) for c in clips]
+    if not clips or any(f is None for f in feats):
+        return {**base, "status": "missing_video", "clips": [c.name for c in clips]}
+    replies = answer_batch(model, tokenizer, [Query(it.prompt, **f) for f in feats], opts,
+                           batch_size=cfg.batch_size)
+    return {**base, "status": "ok", "clips": [c.name for c in clips], "clip_replies": replies}
+
+
+def summarise(cfg: RunConfig, items: list[EvalItem], problems: list, rows: list[dict], meta: dict) -> dict:
+    info = task_info(cfg.task)
+    missing = [r["id"] for r in rows if r.get("status") == "missing_video"]
+    summary = {"task": info.name, "qa_file": cfg.qa_file, "items_in_file": len(items) + len(problems),
+               "unreadable_records": [str(p) for p in problems], "missing_videos": len(missing), **meta}
+    if info.kind == "mcq":
+        preds = {r["id"]: r.get("letter") for r in rows if r.get("status") == "ok"}
+        score = score_mcq(items, preds, missing_videos=missing, unreadable=problems, task=info.name)
+        summary["mcq"] = score.as_dict()
+        summary["score"] = 100 * score.accuracy
+    else:
+        summary["answered"] = sum(r.get("status") == "ok" for r in rows)
+        summary["score"] = None  # filled by description scoring (judge / offline metrics)
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    lines = [f"### {summary['task']}", "", "| field | value |", "| --- | --- |"]
+    keys = ["score", "items_in_file", "missing_videos", "model", "projector_sha256", "judge", "prompt_set",
+            "mcq_mode", "seed", "commit"]
+    for k in keys:
+        if k in summary:
+            v = summary[k]
+            lines.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if "mcq" in summary:
+        m = summary["mcq"]
+        lines.append(f"| correct / total | {m['correct']} / {m['total']} |")
+        lines.append(f"| wrong / unparsed / missing / unreadable | {m['wrong']} / {m['unparsed']} / "
+                     f"{m['missing_video']} / {m['unreadable']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: RunConfig) -> dict | None:
+    """Run one task; returns the summary on rank 0 (None on other ranks)."""
+    from ..model import load_pretrained
+
+    if cfg.mcq_mode not in ("generate", "loglik"):
+        raise ValueError(f"--mcq-mode {cfg.mcq_mode!r}: expected generate or loglik")
+    info = task_info(cfg.task)
+    cfg.task = info.name
+    items, problems = load_task(info.name, cfg.qa_file)
+    if cfg.limit is not None:
+        items = items[:cfg.limit]
+    rank, world = _dist()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
+    pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
+    run_items(cfg, model, tokenizer, items[rank::world], pred_file)
+    (out / f"done.rank{rank}").write_text(str(time.time()))
+    if rank != 0:
+        return None
+    while world > 1 and not all((out / f"done.rank{r}").is_file() for r in range(world)):
+        time.sleep(1.0)  # file barrier: ranks may run on different nodes sharing the output folder
+    files = [out / f"predictions.rank{r}.jsonl" for r in range(world)] if world > 1 else [pred_file]
+    rows = [r for f in files for r in read_jsonl(f)]
+    meta = {"model": str(cfg.base), "projector": cfg.projector, "projector_sha256": sha256_of(cfg.projector),
+            "prompt_set": PROMPT_SET_VERSION, "mcq_mode": cfg.mcq_mode if info.kind == "mcq" else None,
+            "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
+            "config": asdict(cfg)}
+    summary = summarise(cfg, items, problems, rows, meta)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    (out / "summary.md").write_text(markdown_table(summary))
+    return summary
+
+
+def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run one ADL-X benchmark with one model.")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--qa-file", required=True)
+    p.add_argument("--video-dir", help="folder of the benchmark's videos / their cached features")
+    p.add_argument("--feature-dir", help="feature cache (default: --video-dir)")
+    p.add_argument("--object-dir", help="object features (same names), optional")
+    p.add_argument("--pose-dir", help="pose features (same names), optional")
+    p.add_argument("--base", required=True)
+    p.add_argument("--projector")
+    p.add_argument("--output", required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mcq-mode", default="generate", choices=["generate", "loglik"])
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--template", default="vicuna_v1_1")
+    p.add_argument("--system")
+    p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
+    p.add_argument("--device")
+    p.add_argument("--dtype", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
+                    video_dir=args.video_dir, feature_dir=args.feature_dir, object_dir=args.object_dir,
+                    pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
+                    mcq_mode=args.mcq_mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    seed=args.seed, template=args.template, system=args.system, limit=args.limit,
+                    device=args.device, dtype=args.dtype)
+    summary = run(cfg)
+    if summary is not None:
+        print(markdown_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
