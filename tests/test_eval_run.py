@@ -64,3 +64,77 @@ def test_loglik_mode_scores_options_without_generation(tiny_base, bench, tmp_pat
     assert all(r["letter"] == max(r["scores"], key=r["scores"].get) for r in rows)
     summary = json.loads((tmp_path / "ll" / "summary.json").read_text())
     assert summary["mcq"]["unparsed"] == 0 and summary["mcq_mode"] == "loglik"
+
+
+def _desc_fixture(root, data):
+    """A Charades-Description file and a TSU-Description file over the synthetic videos' features."""
+    import shutil
+
+    feats = sorted(p for p in data["video_folder"].iterdir())
+    charades = [{"video_name": p.stem, "Q": "What does the person do?", "A": "The person sits down and drinks.",
+                 "cons_Q1": "Describe the video.", "cons_Q2": "What happens?", "cons_A": "The person drinks."}
+                for p in feats[:3]]
+    (root / "charades_desc.json").write_text(json.dumps(charades))
+    tsu_dir = root / "tsu"
+    tsu_dir.mkdir()
+    for i, p in enumerate(feats[:3], start=1):  # clips 1, 2, 10 must be read in this order
+        shutil.copy(p, tsu_dir / f"P02T01C07_clip{ {1: 1, 2: 2, 3: 10}[i] }.pkl")
+    (root / "tsu_desc.json").write_text(json.dumps({"P02T01C07": "A person walks in and makes tea."}))
+    return root / "charades_desc.json", root / "tsu_desc.json", tsu_dir
+
+
+def test_description_tasks_with_a_loopback_judge(tiny_base, bench, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from openai_stub import OpenAIStub
+
+    from llavidal.cli import main
+
+    charades, tsu, tsu_dir = _desc_fixture(tmp_path, bench)
+    seen = []
+
+    def responder(body):
+        text = body["messages"][-1]["content"]
+        seen.append(text)
+        if "clip" in body["messages"][0]["content"].lower() and "score" not in body["messages"][0]["content"]:
+            return "The person walks in, then makes tea."  # a TSU summary
+        return "{'score': 4}"
+
+    with OpenAIStub(responder=responder) as stub:
+        common = ["--base", str(tiny_base), "--max-new-tokens", "6", "--judge-model", "stub-judge",
+                  "--judge-base-url", stub.base_url, "--judge-api-key", "x"]
+        assert main(["eval", "run", "--task", "charades-desc", "--qa-file", str(charades), "--video-dir",
+                     str(bench["video_folder"]), "--output", str(tmp_path / "cd"), *common]) == 0
+        s = json.loads((tmp_path / "cd" / "summary.json").read_text())
+        judge = s["description_scores"]["judge"]
+        assert s["score"] == pytest.approx(80.0) and judge["final"] == pytest.approx(80.0)  # 4 x 20
+        assert s["judge"]["model"] == "stub-judge" and s["judge_prompt_set"]
+        assert s["description_scores"]["offline"]["rouge_l"] is not None
+        n_requests = stub.requests if hasattr(stub, "requests") else len(seen)
+        # a second run costs nothing: every judge call is a cache hit
+        assert main(["eval", "run", "--task", "charades-desc", "--qa-file", str(charades), "--video-dir",
+                     str(bench["video_folder"]), "--output", str(tmp_path / "cd"), *common]) == 0
+        assert (stub.requests if hasattr(stub, "requests") else len(seen)) == n_requests
+        assert json.loads((tmp_path / "cd" / "summary.json").read_text())["judge_stats"]["cache_hits"] == 15
+
+        assert main(["eval", "run", "--task", "tsu-desc", "--qa-file", str(tsu), "--video-dir", str(tsu_dir),
+                     "--output", str(tmp_path / "tsu"), *common]) == 0
+    row = json.loads((tmp_path / "tsu" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["clips"] == ["P02T01C07_clip1.pkl", "P02T01C07_clip2.pkl", "P02T01C07_clip10.pkl"]
+    assert len(row["clip_replies"]) == 3
+    t = json.loads((tmp_path / "tsu" / "summary.json").read_text())
+    assert t["score"] == pytest.approx(80.0) and t["description_scores"]["summary_failures"] == 0
+
+
+def test_description_without_judge_reports_offline_metrics(tiny_base, bench, tmp_path):
+    from llavidal.cli import main
+
+    charades, _, _ = _desc_fixture(tmp_path, bench)
+    assert main(["eval", "run", "--task", "charades-desc", "--qa-file", str(charades), "--video-dir",
+                 str(bench["video_folder"]), "--base", str(tiny_base), "--output", str(tmp_path / "o"),
+                 "--max-new-tokens", "6", "--no-embedding"]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["description_scores"]["judge"] is None and s["score_kind"].startswith("rouge_l")
+    assert 0 <= s["score"] <= 100

@@ -54,7 +54,14 @@ class RunConfig:
     limit: int | None = None
     device: str | None = None
     dtype: str = "auto"
-    extra: dict = field(default_factory=dict)
+    judge_model: str | None = None  # description tasks: OpenAI-compatible judge (None: offline metrics only)
+    judge_base_url: str | None = None
+    judge_api_key: str | None = None
+    judge_temperature: float = 0.0
+    judge_concurrency: int = 16
+    judge_cache: str | None = None  # default: {output}/judge_cache.sqlite
+    prompt_set: str | None = None  # a prompt-set JSON file (default: the built-in versioned set)
+    embedding: bool | None = None  # embedding metric: None = when installed
 
 
 # ==================================================================== features
@@ -203,16 +210,49 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
 
 
 def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict:
-    """TSU-Description: describe each 60 s clip in numeric clip order (the summary is made at scoring time)."""
+    """TSU-Description: each 60 s clip, in numeric clip order, is described (and asked the two consistency
+    questions); the per-video summaries are made at scoring time."""
     from ..inference import Query, answer_batch
 
-    clips = list_clips(cfg.feature_dir or cfg.video_dir, it.video, suffixes=FEATURE_SUFFIXES + (".mp4",))
-    feats = [item_features(cfg, it, video=str(c.relative_to(cfg.feature_dir or cfg.video_dir))) for c in clips]
+    root = Path(cfg.feature_dir or cfg.video_dir)
+    clips = list_clips(root, it.video, suffixes=FEATURE_SUFFIXES + (".mp4",))
+    feats = [item_features(cfg, it, video=str(c.relative_to(root))) for c in clips]
     if not clips or any(f is None for f in feats):
         return {**base, "status": "missing_video", "clips": [c.name for c in clips]}
-    replies = answer_batch(model, tokenizer, [Query(it.prompt, **f) for f in feats], opts,
-                           batch_size=cfg.batch_size)
-    return {**base, "status": "ok", "clips": [c.name for c in clips], "clip_replies": replies}
+    questions = {"clip_replies": it.prompt, "cons_clip_replies1": it.extra.get("cons_Q1"),
+                 "cons_clip_replies2": it.extra.get("cons_Q2")}
+    row = {**base, "status": "ok", "clips": [c.name for c in clips]}
+    for key, q in questions.items():
+        if q:
+            row[key] = answer_batch(model, tokenizer, [Query(q, **f) for f in feats], opts, batch_size=cfg.batch_size)
+    return row
+
+
+def _score_descriptions(cfg: RunConfig, items: list[EvalItem], rows: list[dict], out: Path) -> dict:
+    from .describe import score_descriptions
+
+    judge = prompts = None
+    if cfg.judge_model:
+        from .judge import Judge, JudgeConfig
+        from .prompts import load_prompt_set
+
+        prompts = load_prompt_set(cfg.prompt_set)
+        judge = Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, api_key=cfg.judge_api_key,
+                                  temperature=cfg.judge_temperature),
+                      cache=cfg.judge_cache or out / "judge_cache.sqlite")
+    scores = score_descriptions(items, rows, judge, prompts, concurrency=cfg.judge_concurrency,
+                                embedding=cfg.embedding)
+    result = {"description_scores": scores}
+    if judge is not None:
+        result["judge"] = judge.identity
+        result["judge_prompt_set"] = f"{prompts.name}@{prompts.version}"
+        result["judge_stats"] = judge.stats.to_dict()
+        final = (scores.get("judge") or {}).get("final")
+        result["score"] = final
+    else:
+        result["score"] = (scores.get("offline") or {}).get("rouge_l")
+        result["score_kind"] = "rouge_l (no judge configured)"
+    return result
 
 
 def summarise(cfg: RunConfig, items: list[EvalItem], problems: list, rows: list[dict], meta: dict) -> dict:
@@ -277,6 +317,8 @@ def run(cfg: RunConfig) -> dict | None:
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "config": asdict(cfg)}
     summary = summarise(cfg, items, problems, rows, meta)
+    if info.kind == "description":
+        summary.update(_score_descriptions(cfg, items, rows, out))
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
@@ -305,6 +347,15 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
+    j = p.add_argument_group("judge (description tasks; any OpenAI-compatible endpoint)")
+    j.add_argument("--judge-model", help="e.g. gpt-4o-mini, llama3.1 (Ollama); none: offline metrics only")
+    j.add_argument("--judge-base-url", help="e.g. http://localhost:11434/v1 (default: $LLAVIDAL_JUDGE_BASE_URL)")
+    j.add_argument("--judge-api-key", help="default: $LLAVIDAL_JUDGE_API_KEY or $OPENAI_API_KEY")
+    j.add_argument("--judge-temperature", type=float, default=0.0)
+    j.add_argument("--judge-concurrency", type=int, default=16)
+    j.add_argument("--judge-cache", help="SQLite cache (default: OUTPUT/judge_cache.sqlite)")
+    j.add_argument("--prompt-set", help="judge prompt-set JSON (default: the built-in versioned set)")
+    j.add_argument("--no-embedding", action="store_true", help="skip the embedding-similarity metric")
     return p
 
 
@@ -315,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                     pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
                     mcq_mode=args.mcq_mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
-                    device=args.device, dtype=args.dtype)
+                    device=args.device, dtype=args.dtype, judge_model=args.judge_model,
+                    judge_base_url=args.judge_base_url, judge_api_key=args.judge_api_key,
+                    judge_temperature=args.judge_temperature, judge_concurrency=args.judge_concurrency,
+                    judge_cache=args.judge_cache, prompt_set=args.prompt_set,
+                    embedding=False if args.no_embedding else None)
     summary = run(cfg)
     if summary is not None:
         print(markdown_table(summary))
