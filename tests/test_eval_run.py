@@ -138,3 +138,30 @@ def test_description_without_judge_reports_offline_metrics(tiny_base, bench, tmp
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["description_scores"]["judge"] is None and s["score_kind"].startswith("rouge_l")
     assert 0 <= s["score"] <= 100
+
+
+def test_llm_parser_through_the_judge(tiny_base, bench, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from openai_stub import OpenAIStub
+
+    from llavidal.cli import main
+
+    items = json.loads(bench["test"].read_text())
+    with OpenAIStub(default="B") as stub:
+        assert main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(bench["test"]), "--video-dir",
+                     str(bench["video_folder"]), "--base", str(tiny_base), "--output", str(tmp_path / "p"),
+                     "--max-new-tokens", "4", "--mcq-parser", "llm", "--judge-model", "stub-judge",
+                     "--judge-base-url", stub.base_url, "--judge-api-key", "x"]) == 0
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["llm_parsed"] == 6 and s["llm_parse_failures"] == 0 and s["mcq_parser"] == "llm"
+    rows = [json.loads(x) for x in (tmp_path / "p" / "scored.jsonl").read_text().splitlines()]
+    assert all(r["letter"] == "B" and r["method"] == "llm" for r in rows)
+    truth_b = sum(1 for k in sorted(items, key=int)
+                  if [items[k]["choices"][c] for c in sorted(items[k]["choices"])].index(items[k]["ground_truth"]) == 1)
+    assert s["mcq"]["correct"] == truth_b  # every reply judged "B": accuracy is the share of B answers
+    with pytest.raises(SystemExit):
+        main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(bench["test"]), "--base", str(tiny_base),
+              "--output", str(tmp_path / "q"), "--mcq-parser", "nonsense"])

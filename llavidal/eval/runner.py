@@ -46,6 +46,7 @@ class RunConfig:
     projector: str | None = None
     batch_size: int = 8
     mcq_mode: str = "generate"  # generate | loglik
+    mcq_parser: str = "rule"  # rule | llm | fallback (LLM only where the rule parser finds nothing)
     max_new_tokens: int = 256
     temperature: float = 0.0
     seed: int = 0
@@ -228,18 +229,44 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict
     return row
 
 
+def make_judge(cfg: RunConfig, out: Path):
+    """(judge, prompt set) from the run's judge flags, or (None, None) when no judge model is configured."""
+    if not cfg.judge_model:
+        return None, None
+    from .judge import Judge, JudgeConfig
+    from .prompts import load_prompt_set
+
+    prompts = load_prompt_set(cfg.prompt_set)
+    judge = Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, api_key=cfg.judge_api_key,
+                              temperature=cfg.judge_temperature),
+                  cache=cfg.judge_cache or out / "judge_cache.sqlite")
+    return judge, prompts
+
+
+def llm_parse(cfg: RunConfig, items: list[EvalItem], rows: list[dict], out: Path) -> dict:
+    """Ask the judge which option each reply expresses (``--mcq-parser llm``, or ``fallback`` for replies the
+    rule parser could not read). A judge failure leaves the reply unparsed; ``Z`` (none) is unparsed too."""
+    judge, prompts = make_judge(cfg, out)
+    if judge is None:
+        raise ValueError(f"--mcq-parser {cfg.mcq_parser} needs a judge: give --judge-model (and --judge-base-url)")
+    by_id = {it.id: it for it in items}
+    todo = [r for r in rows if r.get("status") == "ok" and "reply" in r
+            and (cfg.mcq_parser == "llm" or r.get("letter") is None)]
+    reqs = [prompts.mcq_request(by_id[r["id"]].prompt, by_id[r["id"]].options, r["reply"], id=r["id"]) for r in todo]
+    results = judge.judge_many(reqs, concurrency=cfg.judge_concurrency, desc="mcq parse") if reqs else []
+    failed = 0
+    for r, res in zip(todo, results):
+        r["rule_letter"], r["letter"] = r.get("letter"), (res.value if res.ok and res.value != "Z" else None)
+        r["method"] = "llm" if res.ok else "llm-failed"
+        failed += not res.ok
+    return {"judge": judge.identity, "judge_prompt_set": f"{prompts.name}@{prompts.version}",
+            "llm_parsed": len(todo), "llm_parse_failures": failed, "judge_stats": judge.stats.to_dict()}
+
+
 def _score_descriptions(cfg: RunConfig, items: list[EvalItem], rows: list[dict], out: Path) -> dict:
     from .describe import score_descriptions
 
-    judge = prompts = None
-    if cfg.judge_model:
-        from .judge import Judge, JudgeConfig
-        from .prompts import load_prompt_set
-
-        prompts = load_prompt_set(cfg.prompt_set)
-        judge = Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, api_key=cfg.judge_api_key,
-                                  temperature=cfg.judge_temperature),
-                      cache=cfg.judge_cache or out / "judge_cache.sqlite")
+    judge, prompts = make_judge(cfg, out)
     scores = score_descriptions(items, rows, judge, prompts, concurrency=cfg.judge_concurrency,
                                 embedding=cfg.embedding)
     result = {"description_scores": scores}
@@ -293,6 +320,8 @@ def run(cfg: RunConfig) -> dict | None:
 
     if cfg.mcq_mode not in ("generate", "loglik"):
         raise ValueError(f"--mcq-mode {cfg.mcq_mode!r}: expected generate or loglik")
+    if cfg.mcq_parser not in ("rule", "llm", "fallback"):
+        raise ValueError(f"--mcq-parser {cfg.mcq_parser!r}: expected rule, llm or fallback")
     info = task_info(cfg.task)
     cfg.task = info.name
     items, problems = load_task(info.name, cfg.qa_file)
@@ -316,9 +345,15 @@ def run(cfg: RunConfig) -> dict | None:
             "prompt_set": PROMPT_SET_VERSION, "mcq_mode": cfg.mcq_mode if info.kind == "mcq" else None,
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "config": asdict(cfg)}
+    if info.kind == "mcq" and cfg.mcq_mode == "generate" and cfg.mcq_parser != "rule":
+        meta.update(llm_parse(cfg, items, rows, out))
+        meta["mcq_parser"] = cfg.mcq_parser
     summary = summarise(cfg, items, problems, rows, meta)
     if info.kind == "description":
         summary.update(_score_descriptions(cfg, items, rows, out))
+    scored = out / "scored.jsonl.tmp"  # per item, as scored (letters after any LLM parsing)
+    scored.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
+    os.replace(scored, out / "scored.jsonl")
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
@@ -339,6 +374,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mcq-mode", default="generate", choices=["generate", "loglik"])
+    p.add_argument("--mcq-parser", default="rule", choices=["rule", "llm", "fallback"],
+                   help="reply -> letter: deterministic rules (default), the judge LLM, or the judge where rules fail")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
@@ -364,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
                     video_dir=args.video_dir, feature_dir=args.feature_dir, object_dir=args.object_dir,
                     pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
-                    mcq_mode=args.mcq_mode, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
                     device=args.device, dtype=args.dtype, judge_model=args.judge_model,
                     judge_base_url=args.judge_base_url, judge_api_key=args.judge_api_key,
