@@ -165,3 +165,36 @@ def test_llm_parser_through_the_judge(tiny_base, bench, tmp_path):
     with pytest.raises(SystemExit):
         main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(bench["test"]), "--base", str(tiny_base),
               "--output", str(tmp_path / "q"), "--mcq-parser", "nonsense"])
+
+
+def test_torchrun_two_ranks_share_the_items(tiny_base, bench, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "llavidal.eval.runner", "--task", "smarthome-ar", "--qa-file", str(bench["test"]), "--video-dir",
+           str(bench["video_folder"]), "--base", str(tiny_base), "--output", str(tmp_path / "d"),
+           "--mcq-mode", "loglik", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r0 = (tmp_path / "d" / "predictions.rank0.jsonl").read_text().splitlines()
+    r1 = (tmp_path / "d" / "predictions.rank1.jsonl").read_text().splitlines()
+    assert len(r0) == 3 and len(r1) == 3  # every other item each
+    ids = {json.loads(x)["id"] for x in r0} | {json.loads(x)["id"] for x in r1}
+    assert len(ids) == 6
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["mcq"]["total"] == 6 and summary["mcq"]["not_run"] == 0
+    # the same letters as a single-process run
+    from llavidal.cli import main
+
+    assert main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(bench["test"]), "--video-dir",
+                 str(bench["video_folder"]), "--base", str(tiny_base), "--output", str(tmp_path / "s"),
+                 "--mcq-mode", "loglik"]) == 0
+    single = {json.loads(x)["id"]: json.loads(x)["letter"]
+              for x in (tmp_path / "s" / "predictions.jsonl").read_text().splitlines()}
+    both = {json.loads(x)["id"]: json.loads(x)["letter"] for x in r0 + r1}
+    assert both == single

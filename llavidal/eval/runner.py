@@ -334,10 +334,16 @@ def run(cfg: RunConfig) -> dict | None:
     model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     run_items(cfg, model, tokenizer, items[rank::world], pred_file)
-    (out / f"done.rank{rank}").write_text(str(time.time()))
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "single")
+    (out / f"done.rank{rank}").write_text(run_id)
     if rank != 0:
         return None
-    while world > 1 and not all((out / f"done.rank{r}").is_file() for r in range(world)):
+
+    def finished(r: int) -> bool:  # done in THIS launch (a stale marker of an earlier launch does not count)
+        f = out / f"done.rank{r}"
+        return f.is_file() and f.read_text() == run_id
+
+    while world > 1 and not all(finished(r) for r in range(world)):
         time.sleep(1.0)  # file barrier: ranks may run on different nodes sharing the output folder
     files = [out / f"predictions.rank{r}.jsonl" for r in range(world)] if world > 1 else [pred_file]
     rows = [r for f in files for r in read_jsonl(f)]
