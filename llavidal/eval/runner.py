@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -334,17 +333,16 @@ def run(cfg: RunConfig) -> dict | None:
     model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     run_items(cfg, model, tokenizer, items[rank::world], pred_file)
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "single")
-    (out / f"done.rank{rank}").write_text(run_id)
-    if rank != 0:
-        return None
+    if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
+        import torch.distributed as dist
 
-    def finished(r: int) -> bool:  # done in THIS launch (a stale marker of an earlier launch does not count)
-        f = out / f"done.rank{r}"
-        return f.is_file() and f.read_text() == run_id
-
-    while world > 1 and not all(finished(r) for r in range(world)):
-        time.sleep(1.0)  # file barrier: ranks may run on different nodes sharing the output folder
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+        if rank != 0:
+            dist.destroy_process_group()
+            return None
+        dist.destroy_process_group()
     files = [out / f"predictions.rank{r}.jsonl" for r in range(world)] if world > 1 else [pred_file]
     rows = [r for f in files for r in read_jsonl(f)]
     meta = {"model": str(cfg.base), "projector": cfg.projector, "projector_sha256": sha256_of(cfg.projector),
