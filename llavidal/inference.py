@@ -197,9 +197,11 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
     feats = {f"{m}_features": (None if batch[f"{m}_features"] is None else batch[f"{m}_features"].repeat(k, 1))
              for m in MODALITY_ORDER}
     device = model.device
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t+1
-    picked = logp.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-    return (picked * target[:, 1:].to(device)).sum(-1).tolist()
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
+    where = target[:, 1:].to(device)  # position t predicts token t+1; only answer tokens are scored
+    logp = torch.log_softmax(logits[:, :-1][where].float(), dim=-1)  # [N_answer_tokens, V]
+    picked = logp.gather(-1, input_ids[:, 1:].to(device)[where].unsqueeze(-1)).squeeze(-1)
+    option_of = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
+    return torch.zeros(k, device=device).index_add_(0, option_of, picked).tolist()
 
 __all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "option_logprobs", "prepare_inputs", "stream_answer"]

@@ -124,3 +124,21 @@ def test_console_entry_points():
         pytest.skip("package not installed (pip install -e .): no llavidal console script on PATH")
     r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("llavidal ")
+
+
+def test_option_logprobs_equal_a_direct_computation(tiny, rng):
+    from llavidal.inference import option_logprobs, prepare_inputs
+
+    model, tok = tiny
+    v = rng.standard_normal((12, 1024)).astype(np.float32)
+    options = ["He drinks water.", "He reads a book in the kitchen.", "Sits."]
+    got = option_logprobs(model, tok, Query("What?", video=v), options)
+    prompt = prepare_inputs(model, tok, [Query("What?", video=v)], GenerationOptions(max_new_tokens=0))
+    for opt, value in zip(options, got):
+        ans = tok(opt + "</s>", add_special_tokens=False).input_ids
+        ids = torch.cat([prompt["input_ids"], torch.tensor([ans])], dim=1)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids, video_features=prompt["video_features"]).logits[0].float(), -1)
+        n = prompt["input_ids"].shape[1]
+        expect = sum(logp[n - 1 + j, t].item() for j, t in enumerate(ans))
+        assert value == pytest.approx(expect, abs=1e-4)
