@@ -6,7 +6,7 @@ import pytest
 from llavidal.eval.judge import JudgeResult
 from llavidal.eval.metrics import (
     EmbeddingUnavailable, SentenceEmbedder, aggregate_scores, embedding_available, embedding_cosine, lcs_length,
-    mcq_accuracy, rouge_l, rouge_tokenize, text_metrics,
+    rouge_l, rouge_tokenize, text_metrics,
 )
 from llavidal.eval.prompts import CRITERIA
 
@@ -88,11 +88,6 @@ def test_aggregate_input_checks():
         aggregate_scores({c: [6] for c in CRITERIA})
     only_two = aggregate_scores({"correctness": [5], "detail": [0]}, criteria=None)
     assert only_two.final == pytest.approx(50.0)
-
-
-def test_mcq_accuracy_counts_every_item():
-    acc = mcq_accuracy(["A", None, "Z", "c"], ["A", "B", "C", "C"])
-    assert acc.n_correct == 2 and acc.n_items == 4 and acc.n_unparsed == 1 and acc.accuracy == 0.5
 
 
 def test_text_metrics_without_embedding():

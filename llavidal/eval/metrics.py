@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
-    "CriterionScore", "DescriptionScores", "EmbeddingUnavailable", "McqAccuracy", "RougeScore",
+    "CriterionScore", "DescriptionScores", "EmbeddingUnavailable", "RougeScore",
     "SentenceEmbedder", "aggregate_scores", "embedding_available", "embedding_cosine", "lcs_length",
-    "mcq_accuracy", "rouge_l", "rouge_tokenize", "text_metrics",
+    "rouge_l", "rouge_tokenize", "text_metrics",
 ]
 
 from .prompts import CRITERIA
@@ -132,27 +132,6 @@ def aggregate_scores(per_criterion: Mapping[str, Iterable[Any]], *, criteria: Se
     final = None if (not vals or any(v is None for v in vals)) else sum(vals) / len(vals)
     return DescriptionScores(criteria=out, final=final, n_failed=sum(c.n_failed for c in out.values()),
                              judge=judge, prompt_set=prompt_set)
-
-
-@dataclass(frozen=True)
-class McqAccuracy:
-    """``accuracy`` = correct / ``n_items`` (every item in the denominator; an item whose reply could not be
-    mapped to a letter counts as wrong and is also reported in ``n_unparsed``)."""
-
-    accuracy: float
-    n_correct: int
-    n_items: int
-    n_unparsed: int
-
-
-def mcq_accuracy(predicted: Sequence[str | None], answers: Sequence[str]) -> McqAccuracy:
-    """Letters predicted (``None`` = parse failure, ``"Z"`` = none of the options) against the answer letters."""
-    if len(predicted) != len(answers):
-        raise ValueError(f"{len(predicted)} predictions for {len(answers)} answers")
-    correct = sum(1 for p, a in zip(predicted, answers) if p is not None and p.upper() == str(a).upper())
-    unparsed = sum(1 for p in predicted if p is None)
-    n = len(answers)
-    return McqAccuracy(accuracy=correct / n if n else 0.0, n_correct=correct, n_items=n, n_unparsed=unparsed)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaTokenizer, PreTrainedTokenizerBase,
 )
 
-from ..constants import ADDED_TOKENS, LLAVA_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
+from ..constants import ADDED_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
 from .configuration_llavidal import LlavidalConfig
 from .modeling_llavidal import LlavidalForCausalLM
 

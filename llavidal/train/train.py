@@ -26,7 +26,7 @@ from ..constants import MODALITIES, MODALITY_ORDER
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..model import load_pretrained, load_projector
 from ..model.checkpoint import (
-    ADAPTER_FOLDER_FILE, export_legacy_projector, resolve_dtype, save_adapter, save_adapter_folder, save_pretrained,
+    ADAPTER_FOLDER_FILE, export_legacy_projector, save_adapter, save_adapter_folder, save_pretrained,
 )
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 
