@@ -374,7 +374,7 @@ def load_projector(
                 params[key].copy_(state[key])
             report.projectors.append(m.name)
 
-        emb = _writable_input_rows(model)
+        emb = _OverlayRows(model)
         head = model.get_output_embeddings().weight
         adapter_rows = {k: v for k, v in state.items() if k.startswith((ADAPTER_EMBED_PREFIX, ADAPTER_LM_HEAD_PREFIX))}
         if adapter_rows:
@@ -441,10 +441,6 @@ class _OverlayRows:
                 self.overlay.rows.data[slot] = value.to(self.overlay.rows.dtype)
 
 
-def _writable_input_rows(model: LlavidalForCausalLM) -> _OverlayRows:
-    return _OverlayRows(model)
-
-
 # ==================================================================== saving
 def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> Path:
     """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids."""
@@ -456,13 +452,20 @@ def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBa
     return out
 
 
-def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
-    """Projectors + every added token's input and output embedding row, keyed by token name."""
+def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names."""
     sd = {}
     for m in MODALITIES.values():
-        proj = model.model.projector(m.name)
-        sd[f"model.{m.projector}.weight"] = proj.weight.detach()
-        sd[f"model.{m.projector}.bias"] = proj.bias.detach()
+        if modalities is None or m.name in modalities:
+            proj = model.model.projector(m.name)
+            sd[f"model.{m.projector}.weight"] = proj.weight.detach()
+            sd[f"model.{m.projector}.bias"] = proj.bias.detach()
+    return sd
+
+
+def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    """Projectors + every added token's input and output embedding row, keyed by token name."""
+    sd = _projector_state(model)
     emb = model.get_input_embeddings().weight.detach()
     head = model.get_output_embeddings().weight.detach()
     for name in ADDED_TOKENS:
@@ -500,14 +503,9 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {}
-    for m in MODALITIES.values():
-        if modalities is not None and m.name not in modalities:
-            continue
-        proj = model.model.projector(m.name)
-        sd[f"model.{m.projector}.weight"] = proj.weight.detach().cpu().clone()
-        sd[f"model.{m.projector}.bias"] = proj.bias.detach().cpu().clone()
-    sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach().cpu().clone()
+    sd = _projector_state(model, modalities)
+    sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
+    sd = {k: v.cpu().clone() for k, v in sd.items()}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(sd, tmp)
     os.replace(tmp, path)
