@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from pathlib import Path
+
+# Subcommands that live next to their feature: each module has ``register(subparsers)`` (keep imports there light:
+# heavy libraries are imported inside the command functions).
+COMMAND_MODULES = (
+    "llavidal.video.cli",
+    "llavidal.curation.cli",
+)
 
 RAW_VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif", ".m4v", ".mpg", ".mpeg"}
 
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("out")
     p.set_defaults(func=cmd_pack)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

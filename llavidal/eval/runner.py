@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..io_utils import append_jsonl, read_jsonl
 from .mcq import parse_item_reply, score_mcq
 from .tasks import PROMPT_SET_VERSION, TASKS, EvalItem, list_clips, load_task, task_info
 
@@ -95,36 +96,6 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
 
 
 # ==================================================================== results files
-def read_jsonl(path: Path) -> list[dict]:
-    """Lines of an append-only results file; a torn last line (killed mid-write) is ignored."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append rows, one JSON line each, flushed to disk; a torn last line left by a kill is closed first so that it
-    cannot swallow the next record."""
-    torn = False
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            torn = fh.read(1) != b"\n"
-    with open(path, "a") as fh:
-        if torn:
-            fh.write("\n")
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def sha256_of(path: str | Path | None) -> str | None:
     if not path or not Path(path).is_file():
         return None

@@ -1,0 +1,65 @@
+"""Small file helpers shared by the long-running jobs: atomic writes and append-only JSON-lines logs.
+
+A job that is killed must never leave a half-written output that a later run would take for a finished one, and
+must never lose records it already wrote: outputs go to a temporary name and are renamed into place, and result
+logs are append-only JSON lines whose torn last line (a kill mid-write) is ignored on reading.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of an append-only JSON-lines file; a torn last line (killed mid-write) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Append rows, one JSON line each, flushed to disk; a torn last line left by a kill is closed first so that it
+    cannot swallow the next record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        if torn:
+            fh.write("\n")
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
