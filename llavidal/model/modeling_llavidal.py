@@ -14,7 +14,13 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, LlamaModel, LlamaPreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+try:
+    from transformers.modeling_utils import slice_logits_to_keep
+except ImportError:  # transformers < 5.2x: the int / 1-D positions forms that LLaMA's forward used then
+
+    def slice_logits_to_keep(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden_states[:, keep, :]
 
 from ..constants import MODALITIES, MODALITY_ORDER, START_END_TOKENS, Modality
 from .configuration_llavidal import LlavidalConfig

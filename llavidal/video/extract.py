@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,34 +205,35 @@ def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg
         num_workers=workers, prefetch_factor=4 if workers else None, worker_init_fn=_worker_init if workers else None,
         pin_memory=model.device.type == "cuda", persistent_workers=False)
 
-    written, frames_total, decode_s, model_s = 0, 0, 0.0, 0.0
-    # frame buffer spanning videos: (video index, uint8 frames not yet through the model)
+    stats = {"written": 0, "frames": 0, "decode_s": 0.0, "model_s": 0.0, "write_failed": 0}
+    cuda = model.device.type == "cuda"
+    # frame buffer spanning videos, already on the device: (video index, uint8 frames not yet through the model)
     buffer: list[tuple[int, torch.Tensor]] = []
     buffered = 0
-    outs: dict[int, list[torch.Tensor]] = {}  # patch tokens computed so far per video
+    outs: dict[int, list[torch.Tensor]] = {}  # patch tokens computed so far per video (on the device)
     remaining: dict[int, int] = {}  # frames of a video not yet through the model
+    in_flight: list[tuple[int, torch.Tensor, object]] = []  # pooled features on their way to the host
+    writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llavidal-write")
+    writes: list[tuple[int, object]] = []
 
     def run_batch(limit: int) -> list[int]:
         """Send up to ``limit`` buffered frames through the model; returns the videos that became complete."""
-        nonlocal buffered, model_s
+        nonlocal buffered
         take, parts, owners = limit, [], []
         while buffer and take > 0:
             i, frames = buffer[0]
-            if len(frames) <= take:
+            k = min(len(frames), take)
+            parts.append(frames[:k])
+            owners.append((i, k))
+            if k == len(frames):
                 buffer.pop(0)
-                parts.append(frames)
-                owners.append((i, len(frames)))
-                take -= len(frames)
             else:
-                parts.append(frames[:take])
-                owners.append((i, take))
-                buffer[0] = (i, frames[take:])
-                take = 0
-        n = sum(k for _, k in owners)
-        buffered -= n
+                buffer[0] = (i, frames[k:])
+            take -= k
+        buffered -= limit - take
         t0 = time.perf_counter()
-        patches = model.patches(torch.cat(parts))  # [n, P, D]
-        model_s += time.perf_counter() - t0
+        patches = model.patches(parts[0] if len(parts) == 1 else torch.cat(parts))  # [n, P, D], queued on GPU
+        stats["model_s"] += time.perf_counter() - t0
         complete, start = [], 0
         for i, k in owners:
             outs.setdefault(i, []).append(patches[start:start + k])
@@ -241,39 +243,65 @@ def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg
                 complete.append(i)
         return complete
 
-    def finish(i: int) -> None:
-        nonlocal written, model_s
-        t0 = time.perf_counter()
-        feats = model.pool(torch.cat(outs.pop(i))).to(torch.float16).cpu().numpy()
-        model_s += time.perf_counter() - t0
-        save_feature(feats, output / f"{output_name(todo[i])}{suffix}")
-        written += 1
+    def pool(i: int) -> None:
+        """Pool a finished video on the device and start its copy to the host without waiting for it."""
+        feats = model.pool(torch.cat(outs.pop(i))).to(torch.float16)
+        if cuda:
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            in_flight.append((i, host, done))
+        else:
+            in_flight.append((i, feats, None))
+
+    def drain(wait: bool = False) -> None:
+        """Hand the features whose copy has finished to the writer threads (all of them when ``wait``)."""
+        while in_flight and (wait or in_flight[0][2] is None or in_flight[0][2].query()):
+            i, host, done = in_flight.pop(0)
+            if done is not None:
+                done.synchronize()
+            writes.append((i, writer.submit(save_feature, host.numpy(), output / f"{output_name(todo[i])}{suffix}")))
+        while writes and (wait or writes[0][1].done()):
+            i, fut = writes.pop(0)
+            try:
+                fut.result()
+                stats["written"] += 1
+            except Exception as e:  # disk full, permissions: this video fails, the run goes on
+                stats["write_failed"] += 1
+                append_jsonl(failures_file, [{"video": str(todo[i]), "stage": "write", "error": f"{type(e).__name__}: {e}"}])
+            bar.update(1)
 
     bar = tqdm(total=len(todo), unit="video", disable=not cfg.progress, dynamic_ncols=True,
                desc=f"extract {model.clip}")
     new_failures = 0
-    for item in loader:
-        decode_s += item["decode_s"]
-        i = item["index"]
-        if item["error"] is not None:
-            append_jsonl(failures_file, [{"video": str(todo[i]), "stage": "decode", "error": item["error"]}])
-            new_failures += 1
-            bar.update(1)
-            continue
-        frames = item["frames"]
-        frames_total += len(frames)
-        remaining[i] = len(frames)
-        buffer.append((i, frames))
-        buffered += len(frames)
-        while buffered >= batch:
-            for j in run_batch(batch):
-                finish(j)
+    try:
+        for item in loader:
+            stats["decode_s"] += item["decode_s"]
+            i = item["index"]
+            if item["error"] is not None:
+                append_jsonl(failures_file, [{"video": str(todo[i]), "stage": "decode", "error": item["error"]}])
+                new_failures += 1
                 bar.update(1)
-    while buffered:
-        for j in run_batch(batch):
-            finish(j)
-            bar.update(1)
-    bar.close()
+                continue
+            frames = item["frames"].to(model.device, non_blocking=True)  # pinned by the loader on CUDA
+            stats["frames"] += len(frames)
+            remaining[i] = len(frames)
+            buffer.append((i, frames))
+            buffered += len(frames)
+            while buffered >= batch:
+                for j in run_batch(batch):
+                    pool(j)
+            drain()
+        while buffered:
+            for j in run_batch(batch):
+                pool(j)
+        drain(wait=True)
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+    written, frames_total, decode_s, model_s = stats["written"], stats["frames"], stats["decode_s"], stats["model_s"]
+    new_failures += stats["write_failed"]
 
     wall = time.perf_counter() - t_start
     summary = {
@@ -282,7 +310,7 @@ def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg
         "videos_found": len(todo) + done_before + len(failures), "already_done": done_before, "written": written,
         "failed": len(failures) + new_failures, "frames": frames_total, "wall_s": round(wall, 3),
         "videos_per_s": round(written / wall, 3) if wall > 0 else None,
-        "decode_s_sum_over_workers": round(decode_s, 3), "model_s": round(model_s, 3),
+        "decode_s_sum_over_workers": round(decode_s, 3), "model_launch_s": round(model_s, 3),
         "config": asdict(cfg),
     }
     atomic_write_json(output / "extract_summary.json", summary)
