@@ -15,8 +15,6 @@ COMMAND_MODULES = (
     "llavidal.curation.cli",
 )
 
-RAW_VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif", ".m4v", ".mpg", ".mpeg"}
-
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
@@ -39,19 +37,28 @@ def cmd_make_tiny(args) -> int:
 def cmd_infer(args) -> int:
     from .inference import GenerationOptions, answer, stream_answer
     from .model import load_pretrained
+    from .video.io import is_video
 
-    for flag in ("video", "object", "pose"):
+    for flag in ("object", "pose"):
         value = getattr(args, flag)
-        if value is not None and Path(value).suffix.lower() in RAW_VIDEO_SUFFIXES:
-            raise SystemExit(f"error: --{flag} {value}: this command reads feature files (.pkl, .pickle, .npy, "
-                             ".npz, .safetensors, .pt); raw video files are not supported by this version")
+        if value is not None and is_video(value):
+            raise SystemExit(f"error: --{flag} {value}: {flag} features are read from feature files (.pkl, .pickle, "
+                             f".npy, .npz, .safetensors, .pt); compute them with `llavidal extract-{flag}"
+                             f"{'s' if flag == 'object' else ''}`")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
                                        attn_implementation=args.attn, layout=args.layout)
+    video = args.video
+    if video is not None and is_video(video):  # a raw video: features on the fly (SPEC section 6)
+        from .video.extract import VideoFeaturizer
+
+        clip = args.clip or getattr(model.config, "mm_vision_tower", None) or "openai/clip-vit-large-patch14"
+        featurizer = VideoFeaturizer(clip, device=str(model.device), max_frames=args.max_frames)
+        video = featurizer.cached(video, args.feature_cache) if args.feature_cache else featurizer(video)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed, template=args.template, system=args.system)
-    kwargs = dict(video=args.video, object=args.object, pose=args.pose, options=options)
+    kwargs = dict(video=video, object=args.object, pose=args.pose, options=options)
     if args.json:
         reply = answer(model, tokenizer, args.question, **kwargs)
         print(json.dumps({"question": args.question, "answer": reply,
@@ -150,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="ask a question about one sample's features")
     _add_model_args(p)
-    p.add_argument("--video", help="video feature file, e.g. [356, 1024] .pkl")
+    p.add_argument("--video", help="a video feature file (e.g. [356, 1024] .pkl) or a raw video (.mp4, .avi, .webm, "
+                                   ".mkv, .mov, .gif ...: features computed with --clip)")
+    p.add_argument("--clip", help="CLIP folder or hub id for raw videos (default: the base config's mm_vision_tower, "
+                                  "openai/clip-vit-large-patch14)")
+    p.add_argument("--feature-cache", help="folder to keep raw videos' features ({name}.pkl), reused next time")
+    p.add_argument("--max-frames", type=int, default=100, help="frames sampled from a raw video (SPEC: 100)")
     p.add_argument("--object", help="object feature file, [n, 8, 512]")
     p.add_argument("--pose", help="pose feature file, e.g. [256, 216]")
     p.add_argument("--question", "-q", required=True)

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ..io_utils import append_jsonl, read_jsonl
+from ..video.io import VIDEO_SUFFIXES
 from .mcq import parse_item_reply, score_mcq
 from .tasks import PROMPT_SET_VERSION, TASKS, EvalItem, list_clips, load_task, task_info
 
@@ -63,6 +64,8 @@ class RunConfig:
     judge_cache: str | None = None  # default: {output}/judge_cache.sqlite
     prompt_set: str | None = None  # a prompt-set JSON file (default: the built-in versioned set)
     embedding: bool | None = None  # embedding metric: None = when installed
+    clip: str | None = None  # raw videos: CLIP for the features of videos without cached ones
+    extract_workers: int | None = None  # decoding processes for that extraction
 
 
 # ==================================================================== features
@@ -84,7 +87,7 @@ def find_feature(folder: str | Path | None, video: str) -> Path | None:
 def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
     """Paths of the item's feature files; None when its video features are missing."""
     video = video or item.video
-    v = find_feature(cfg.feature_dir or cfg.video_dir, video)
+    v = find_feature(cfg.feature_dir, video) or find_feature(cfg.video_dir, video)
     if v is None:
         return None
     feats = {"video": v}
@@ -93,6 +96,40 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
         if p is not None:
             feats[m] = p
     return feats
+
+
+def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
+    """With ``--clip``: the raw benchmark videos under ``--video-dir`` that have no cached features get them, once,
+    through the batched extraction pipeline (:func:`llavidal.video.extract.extract_videos`), into ``--feature-dir``
+    (default ``OUTPUT/video_features``, same relative paths). Unreadable videos are listed in that folder's
+    ``failures.jsonl`` and count as missing videos. Returns the extraction summary (None without ``--clip``)."""
+    if not cfg.clip:
+        return None
+    if not cfg.video_dir:
+        raise ValueError("--clip extracts features from raw videos and needs --video-dir (where the videos are)")
+    from ..video.extract import ExtractConfig, extract_videos
+
+    root = Path(cfg.video_dir)
+    cache = Path(cfg.feature_dir or Path(cfg.output) / "video_features")
+    cfg.feature_dir = str(cache)
+    jobs: dict[Path, Path] = {}
+    for it in items:
+        if it.task == "tsu-desc":
+            rels = [c.name for c in list_clips(root, it.video, suffixes=VIDEO_SUFFIXES)]
+        else:
+            rels = [it.video]
+        for rel in rels:
+            if find_feature(cache, rel) or find_feature(root, rel):
+                continue
+            src = root / rel
+            if not src.is_file() and (root / Path(rel).name).is_file():
+                src, rel = root / Path(rel).name, Path(rel).name
+            if src.is_file():
+                jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+    rank, _ = _dist()
+    ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0)
+    return extract_videos([(v, t) for t, v in jobs.items()], cache / (f"extract.rank{rank}"), ecfg,
+                          source=str(root))
 
 
 # ==================================================================== results files
@@ -185,9 +222,17 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict
     questions); the per-video summaries are made at scoring time."""
     from ..inference import Query, answer_batch
 
-    root = Path(cfg.feature_dir or cfg.video_dir)
-    clips = list_clips(root, it.video, suffixes=FEATURE_SUFFIXES + (".mp4",))
-    feats = [item_features(cfg, it, video=str(c.relative_to(root))) for c in clips]
+    # the clips that exist: the video folder's (raw clips or their features), else the feature folder's; one entry per
+    # clip stem, so that a clip whose features are missing is a missing video, never silently left out
+    clips: list[Path] = []
+    for folder in (cfg.video_dir, cfg.feature_dir):
+        if folder and not clips:
+            seen: set[str] = set()
+            for c in list_clips(folder, it.video, suffixes=FEATURE_SUFFIXES + VIDEO_SUFFIXES):
+                if c.stem not in seen:
+                    seen.add(c.stem)
+                    clips.append(c)
+    feats = [item_features(cfg, it, video=c.name) for c in clips]
     if not clips or any(f is None for f in feats):
         return {**base, "status": "missing_video", "clips": [c.name for c in clips]}
     questions = {"clip_replies": it.prompt, "cons_clip_replies1": it.extra.get("cons_Q1"),
@@ -303,6 +348,7 @@ def run(cfg: RunConfig) -> dict | None:
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
+    extraction = prepare_raw_videos(cfg, items[rank::world])
     run_items(cfg, model, tokenizer, items[rank::world], pred_file)
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
@@ -319,6 +365,8 @@ def run(cfg: RunConfig) -> dict | None:
     meta = {"model": str(cfg.base), "projector": cfg.projector, "projector_sha256": sha256_of(cfg.projector),
             "prompt_set": PROMPT_SET_VERSION, "mcq_mode": cfg.mcq_mode if info.kind == "mcq" else None,
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
+            "video_features": ({"clip": cfg.clip, "extracted": extraction["written"], "failed": extraction["failed"]}
+                               if extraction else None),
             "config": asdict(cfg)}
     if info.kind == "mcq" and cfg.mcq_mode == "generate" and cfg.mcq_parser != "rule":
         meta.update(llm_parse(cfg, items, rows, out))
@@ -341,7 +389,10 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--qa-file", required=True)
     p.add_argument("--video-dir", help="folder of the benchmark's videos / their cached features")
-    p.add_argument("--feature-dir", help="feature cache (default: --video-dir)")
+    p.add_argument("--feature-dir", help="feature cache (default: --video-dir; with --clip: OUTPUT/video_features)")
+    p.add_argument("--clip", help="CLIP folder or hub id: extract features of raw videos that have none cached "
+                                  "(SPEC section 6; e.g. openai/clip-vit-large-patch14)")
+    p.add_argument("--extract-workers", type=int, help="decoding processes for --clip extraction")
     p.add_argument("--object-dir", help="object features (same names), optional")
     p.add_argument("--pose-dir", help="pose features (same names), optional")
     p.add_argument("--base", required=True)
@@ -374,7 +425,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
-                    video_dir=args.video_dir, feature_dir=args.feature_dir, object_dir=args.object_dir,
+                    video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
+                    extract_workers=args.extract_workers, object_dir=args.object_dir,
                     pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,

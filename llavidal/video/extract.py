@@ -163,9 +163,10 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list[Path], list[dict], int]:
-    """Videos to process, name collisions (as failure records) and the number already done."""
-    todo, failures, done, owner = [], [], 0, {}
+def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list[tuple[Path, Path]], list[dict]]:
+    """(video, output file) jobs for every video under ``input_path`` (outputs named like the original's), and
+    name collisions as failure records."""
+    jobs, failures, owner = [], [], {}
     for path in find_videos(input_path):
         name = output_name(path)
         if name in owner:
@@ -173,25 +174,34 @@ def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list
                              "error": f"output name '{name}{suffix}' is already taken by {owner[name]}"})
             continue
         owner[name] = path
-        if (output / f"{name}{suffix}").is_file():
-            done += 1
-        else:
-            todo.append(path)
-    return todo, failures, done
+        jobs.append((path, output / f"{name}{suffix}"))
+    return jobs, failures
 
 
 def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg: ExtractConfig = ExtractConfig(),
                    model: ClipFeatureModel | None = None) -> dict:
     """Extract features for every video under ``input_path`` into ``output``; returns the summary it writes."""
+    if cfg.fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {cfg.fmt!r}")
+    jobs, failures = plan(input_path, Path(output), FORMATS[cfg.fmt])
+    return extract_videos(jobs, output, cfg, model=model, failures=failures, source=str(input_path))
+
+
+def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg: ExtractConfig = ExtractConfig(),
+                   model: ClipFeatureModel | None = None, failures: list[dict] | None = None,
+                   source: str | None = None) -> dict:
+    """Extract ``(video, feature file)`` jobs whose feature file does not exist yet; ``output`` receives
+    ``failures.jsonl`` and ``extract_summary.json``. Returns the summary."""
     from tqdm import tqdm
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    if cfg.fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {cfg.fmt!r}")
-    suffix = FORMATS[cfg.fmt]
     t_start = time.perf_counter()
-    todo, failures, done_before = plan(input_path, output, suffix)
+    failures = list(failures or [])
+    pending = [(v, t) for v, t in jobs if not Path(t).is_file()]
+    done_before = len(jobs) - len(pending)
+    todo = [Path(v) for v, _ in pending]
+    targets = [Path(t) for _, t in pending]
     failures_file = output / "failures.jsonl"
     failures_file.unlink(missing_ok=True)  # the failures of THIS run (outputs of earlier runs stay)
     append_jsonl(failures_file, failures)
@@ -261,7 +271,7 @@ def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg
             i, host, done = in_flight.pop(0)
             if done is not None:
                 done.synchronize()
-            writes.append((i, writer.submit(save_feature, host.numpy(), output / f"{output_name(todo[i])}{suffix}")))
+            writes.append((i, writer.submit(save_feature, host.numpy(), targets[i])))
         while writes and (wait or writes[0][1].done()):
             i, fut = writes.pop(0)
             try:
@@ -305,7 +315,7 @@ def extract_folder(input_path: str | os.PathLike, output: str | os.PathLike, cfg
 
     wall = time.perf_counter() - t_start
     summary = {
-        "input": str(input_path), "output": str(output), "clip": model.clip, "device": str(model.device),
+        "input": source, "output": str(output), "clip": model.clip, "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "format": cfg.fmt, "batch": batch, "workers": workers,
         "videos_found": len(todo) + done_before + len(failures), "already_done": done_before, "written": written,
         "failed": len(failures) + new_failures, "frames": frames_total, "wall_s": round(wall, 3),
