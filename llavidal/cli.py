@@ -13,6 +13,7 @@ from pathlib import Path
 COMMAND_MODULES = (
     "llavidal.video.cli",
     "llavidal.curation.cli",
+    "llavidal.objects.cli",
 )
 
 
