@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "llavidal.video.cli",
     "llavidal.curation.cli",
     "llavidal.objects.cli",
+    "llavidal.demo.cli",
 )
 
 
