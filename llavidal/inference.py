@@ -129,8 +129,19 @@ def answer(model, tokenizer, question: str, video: FeatureLike = None, object: F
 def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
                   pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
                   options: GenerationOptions | None = None, **option_overrides) -> Iterator[str]:
-    """Yields the reply piece by piece as it is generated (transformers' TextIteratorStreamer)."""
-    from transformers import TextIteratorStreamer
+    """Yields the reply piece by piece as it is generated (transformers' TextIteratorStreamer).
+
+    Closing the generator early (a web client that went away, a reset in a chat) stops the generation at the next
+    token instead of letting it run to ``max_new_tokens`` in the background.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class _Cancelled(StoppingCriteria):
+        def __init__(self, event: threading.Event):
+            self.event = event
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
     options = _merge(options, option_overrides)
     batch = prepare_inputs(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)
@@ -138,11 +149,13 @@ def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, ob
     if options.seed is not None:
         torch.manual_seed(options.seed)
     errors: list[BaseException] = []
+    cancel = threading.Event()
 
     def run():
         try:
             with torch.inference_mode():
-                model.generate(**batch, **options.generate_kwargs(tokenizer), streamer=streamer)
+                model.generate(**batch, **options.generate_kwargs(tokenizer), streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
         except BaseException as e:  # surfaced in the consumer thread below
             errors.append(e)
             streamer.end()
@@ -150,12 +163,15 @@ def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, ob
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     first = True
-    for piece in streamer:
-        if first:
-            piece, first = piece.lstrip(), not piece.strip()
-        if piece:
-            yield piece
-    thread.join()
+    try:
+        for piece in streamer:
+            if first:
+                piece, first = piece.lstrip(), not piece.strip()
+            if piece:
+                yield piece
+    finally:  # normal end, or the consumer closed the generator: either way the generation thread ends
+        cancel.set()
+        thread.join()
     if errors:
         raise errors[0]
 

@@ -142,3 +142,29 @@ def test_option_logprobs_equal_a_direct_computation(tiny, rng):
         n = prompt["input_ids"].shape[1]
         expect = sum(logp[n - 1 + j, t].item() for j, t in enumerate(ans))
         assert value == pytest.approx(expect, abs=1e-4)
+
+
+def test_closing_the_stream_stops_generation(tiny):
+    """A consumer that stops reading (a web client gone, a chat reset) ends the generation at the next token."""
+    import time
+
+    model, tok = tiny
+    calls = []
+    original = model.forward
+
+    def counting_forward(*a, **k):
+        calls.append(time.perf_counter())
+        return original(*a, **k)
+
+    model.forward = counting_forward
+    video = np.zeros((4, 1024), np.float32)
+    full = "".join(stream_answer(model, tok, "Describe the video.", video=video, max_new_tokens=120))
+    assert full and len(calls) >= 100  # read to the end, this reply runs (nearly) to the limit
+    calls.clear()
+    gen = stream_answer(model, tok, "Describe the video.", video=video, max_new_tokens=120)
+    next(gen)
+    gen.close()  # joins the generation thread
+    n = len(calls)
+    assert n < 30, f"generation went on for {n} forward passes after the stream was closed"
+    time.sleep(0.2)
+    assert len(calls) == n
