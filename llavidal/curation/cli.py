@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 
 STEP_MODULES: tuple[str, ...] = (
+    "llavidal.curation.captions",
+    "llavidal.curation.describe",
+    "llavidal.curation.qa",
 )
 
 

@@ -1,0 +1,270 @@
+"""``llavidal curate qa``: question-answer generation -> the ADL-X training JSON (SPEC section 10 step 5, section 3).
+
+Per video, two LLM calls on its description (and its action list): three **summary** QAs and three **detail**
+QAs, at least one of them about the order of the actions. Each reply must hold a list of ``{"Q", "A"}`` objects;
+:func:`~llavidal.curation.llm.parse_qa_list` reads JSON, JSON in a code fence, Python literals, lists surrounded by
+prose and lists cut off after a complete object. A detail reply whose questions never ask about order (no word
+such as *order*, *sequence*, *first*, *then*, *after*, *before*, *next*) is treated as malformed. A malformed reply
+is asked again with the next seed, at most ``--max-parse-failures`` (3) times; then the call is recorded as failed
+and the video left out (a rerun asks again). Extra pairs beyond three are dropped and counted.
+
+Output (``--out adlx_train.json``): the training JSON of SPEC section 3, as ``llavidal train`` reads it: one
+record per QA pair, six per video (3 summary then 3 detail), videos sorted by name::
+
+    {"id": "001_video_001", "video": "001_video_001.pkl", "object": "001_video_001_object.pkl",
+     "pose": "001_video_001_pose.pkl",
+     "conversations": [{"from": "human", "value": "<question>\\n<video><object><human_pose>"},
+                       {"from": "gpt", "value": "<answer>"}]}
+
+The placeholders follow the question on even record indices and precede it (then a line break) on odd ones, as in
+the release. Feature file names come from ``--video-name``/``--object-name``/``--pose-name`` patterns (``{id}``
+is the video name; defaults as the release's QA script wrote them); ``--modalities`` leaves modalities out.
+Beside it: ``{stem}.results.jsonl`` (per video and kind, the resume state), ``{stem}.failures.jsonl``,
+``{stem}.manifest.json``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+from ..constants import MODALITIES, MODALITY_ORDER
+from .describe import format_captions, side_paths
+from .llm import (
+    CallResult,
+    LLMClient,
+    ReplyError,
+    StepError,
+    StepLog,
+    add_llm_args,
+    exit_code,
+    format_actions,
+    llm_config_from_args,
+    load_actions,
+    parse_qa_list,
+    print_summary,
+    read_json,
+    run_bounded,
+)
+from .prompts import load_curation_prompts
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("summary", "detail")
+QA_PER_KIND = 3
+DEFAULT_NAMES = {"video": "{id}.pkl", "object": "{id}_object.pkl", "pose": "{id}_pose.pkl"}
+_ORDER_WORDS = re.compile(r"\b(order|ordered|sequence|sequential|sequentially|first|firstly|then|after|afterwards|"
+                          r"before|next|follow|follows|followed|following|finally|last|lastly|chronolog\w*|steps?|"
+                          r"begin|begins|start|starts|end|ends)\b", re.IGNORECASE)
+
+
+def is_order_question(q: str) -> bool:
+    """Does a question ask about the order of actions? (a word-level heuristic; see the module docstring)"""
+    return bool(_ORDER_WORDS.search(q))
+
+
+def parse_summary(text: str | None) -> dict[str, Any]:
+    pairs, extra = parse_qa_list(text, QA_PER_KIND)
+    return {"qas": pairs, "dropped_extra": extra}
+
+
+def parse_detail(text: str | None) -> dict[str, Any]:
+    pairs, extra = parse_qa_list(text, QA_PER_KIND)
+    if not any(is_order_question(p["Q"]) for p in pairs):
+        raise ReplyError("no detail question asks about the order of the actions")
+    return {"qas": pairs, "dropped_extra": extra}
+
+
+PARSERS = {"summary": parse_summary, "detail": parse_detail}
+
+
+def load_descriptions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``descriptions.json`` of the describe step -> ``(good, bad)`` (a plain ``{video: text}`` map is accepted
+    too)."""
+    data = read_json(path, "descriptions JSON")
+    if not isinstance(data, dict):
+        raise StepError(f"{path}: expected an object {{video: {{'description': ...}}}}, got {type(data).__name__}")
+    good, bad = {}, {}
+    for name, v in data.items():
+        text = v.get("description") if isinstance(v, dict) else v
+        if isinstance(text, str) and text.strip():
+            good[name] = " ".join(text.split())
+        else:
+            bad[name] = f"{path}: video {name!r}: needs a non-empty 'description' string"
+    return good, bad
+
+
+def training_records(qas: dict[str, list[dict[str, str]]], modalities: tuple[str, ...] = MODALITY_ORDER,
+                     names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """SPEC section 3 records from ``{video: [6 QA pairs in order]}`` (videos sorted by name)."""
+    names = {**DEFAULT_NAMES, **(names or {})}
+    placeholders = "".join(MODALITIES[m].placeholder for m in MODALITY_ORDER if m in modalities)
+    out: list[dict[str, Any]] = []
+    for vid in sorted(qas):
+        for qa in qas[vid]:
+            rec: dict[str, Any] = {"id": vid}
+            for m in MODALITY_ORDER:
+                if m in modalities:
+                    rec[m] = names[m].format(id=vid)
+            q = qa["Q"]
+            if not placeholders:
+                human = q
+            elif len(out) % 2 == 0:
+                human = f"{q}\n{placeholders}"
+            else:
+                human = f"{placeholders}\n{q}"
+            rec["conversations"] = [{"from": "human", "value": human}, {"from": "gpt", "value": qa["A"]}]
+            out.append(rec)
+    return out
+
+
+def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: LLMClient, *,
+                concurrency: int = 8, prompts_path: str | None = None, max_tokens: int | None = None,
+                modalities: tuple[str, ...] = MODALITY_ORDER, names: dict[str, str] | None = None,
+                captions_path: Path | None = None, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the step; returns the manifest."""
+    from ..io_utils import atomic_write_json
+
+    unknown = set(modalities) - set(MODALITY_ORDER)
+    if unknown:
+        raise StepError(f"--modalities: unknown {sorted(unknown)} (expected some of {', '.join(MODALITY_ORDER)})")
+    for m, pattern in (names or {}).items():
+        if "{id}" not in pattern:
+            raise StepError(f"--{m}-name {pattern!r} must contain {{id}} (the video name)")
+    prompts = load_curation_prompts(prompts_path)
+    captions: dict[str, list[dict]] = {}
+    if captions_path is not None:
+        from .describe import load_captions
+
+        captions, _ = load_captions(Path(captions_path))
+    for key in ("qa_summary", "qa_detail"):
+        p = prompts[key]
+        if "captions" in string.Template(p.system + p.user).get_identifiers() and captions_path is None:
+            raise StepError(f"prompt {key} of {prompts.ident} uses ${{captions}}: pass --captions captions.json")
+    results_path, failures_path, manifest_path = side_paths(Path(out))
+    log = StepLog("qa", results_path, failures_path, manifest_path, {"model": client.model, "prompt": prompts.ident})
+    done = log.load(lambda r: (r["video"], r["kind"]))
+    descriptions, bad_desc = load_descriptions(Path(descriptions_path))
+    actions, bad_actions = load_actions(actions_path)
+
+    videos = sorted(set(descriptions) | set(bad_desc) | set(actions) | set(bad_actions))
+    if limit:
+        videos = videos[:limit]
+    todo: list[tuple[str, str]] = []
+    for v in videos:
+        if all((v, k) in done for k in KINDS):
+            log.counts["videos_reused"] += 1
+            continue
+        if v in bad_actions:
+            log.skip(v, "bad_actions", bad_actions[v])
+        elif v not in actions:
+            log.skip(v, "no_actions", f"not in {actions_path}")
+        elif v in bad_desc:
+            log.skip(v, "bad_description", bad_desc[v])
+        elif v not in descriptions:
+            log.skip(v, "no_description", f"no description in {descriptions_path} (the describe step failed for "
+                                          "this video or has not run; see its manifest)")
+        else:
+            todo += [(v, k) for k in KINDS if (v, k) not in done]
+
+    def work(item: tuple[str, str]) -> CallResult:
+        v, kind = item
+        prompt = prompts["qa_" + kind]
+        msgs = prompt.render(description=descriptions[v], actions=format_actions(actions[v]),
+                             captions=format_captions(captions[v]) if v in captions else "")
+        return client.call(msgs, PARSERS[kind], max_tokens=max_tokens or prompt.max_tokens)
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="qa", unit="call", dynamic_ncols=True)
+
+    def on_done(item: tuple[str, str], r: CallResult | None, error: BaseException | None) -> None:
+        v, kind = item
+        if error is not None:
+            r = CallResult(False, error=f"{type(error).__name__}: {error}")
+        if r.ok:
+            rec = {"video": v, "kind": kind, "qas": r.value["qas"], "dropped_extra": r.value["dropped_extra"],
+                   "attempts": r.attempts, "parse_failures": r.parse_failures, "seed": r.seed,
+                   "served_model": r.served_model}
+            log.add_result(rec)
+            done[item] = rec
+            log.counts[f"{kind}_generated"] += 1
+        else:
+            log.add_failure(f"{v}/{kind}", r.error or "unknown", video=v, kind=kind, reply=r.reply,
+                            attempts=r.attempts)
+        if bar is not None:
+            bar.update(1)
+
+    status = "interrupted"
+    try:
+        run_bounded(todo, work, on_done, concurrency, should_stop=lambda: client.tripped is not None,
+                    on_idle=log.flush_if_due)
+        status = "aborted" if client.tripped else "done"
+    except BaseException as e:
+        status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        for v, k in todo:
+            if (v, k) not in done and f"{v}/{k}" not in log.failed:
+                log.failed[f"{v}/{k}"] = "not attempted in this run (" + (client.tripped or "interrupted") + ")"
+        complete = {v: done[(v, "summary")]["qas"] + done[(v, "detail")]["qas"]
+                    for v in sorted({v for v, _ in done}) if all((v, k) in done for k in KINDS)}
+        records = training_records(complete, modalities, names)
+        atomic_write_json(out, records)
+        incomplete = sorted({v for v, _ in done} - set(complete))
+        extra = {
+            "inputs": {"descriptions": str(descriptions_path), "actions": str(actions_path),
+                       "captions": None if captions_path is None else str(captions_path), "videos": len(videos)},
+            "outputs": {"training_json": str(out), "videos": len(complete), "records": len(records),
+                        "videos_incomplete": incomplete},
+            "format": {"modalities": list(modalities), "names": {**DEFAULT_NAMES, **(names or {})},
+                       "qa_per_video": 2 * QA_PER_KIND,
+                       "placeholders": "after the question on even record indices, before it on odd ones"},
+            "dropped_extra_pairs": sum(r.get("dropped_extra", 0) for r in done.values()),
+            "llm": client.config.record(), "prompt_set": prompts.ident, "concurrency": concurrency,
+            "llm_stats": client.stats.to_dict(),
+        }
+        if client.tripped:
+            extra["aborted_because"] = client.tripped
+        log.write_manifest(status, **extra)
+    return read_json(manifest_path, "manifest")
+
+
+def cmd_qa(args) -> int:
+    cfg = llm_config_from_args(args)
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    names = {m: getattr(args, f"{m}_name") for m in MODALITY_ORDER if getattr(args, f"{m}_name")}
+    with LLMClient(cfg) as client:
+        manifest = generate_qa(Path(args.descriptions), Path(args.actions), Path(args.out), client,
+                               concurrency=args.concurrency, prompts_path=args.prompts, max_tokens=args.max_tokens,
+                               modalities=modalities, names=names,
+                               captions_path=Path(args.captions) if args.captions else None, limit=args.limit,
+                               progress=not args.no_progress)
+    n = manifest["outputs"]["videos"]
+    print_summary(manifest, f"videos ({manifest['outputs']['records']} training records)", n, args.out)
+    return exit_code(manifest, n)
+
+
+def register_step(steps) -> None:
+    p = steps.add_parser("qa", help="description -> 3 summary + 3 detail QAs per video -> the training JSON that "
+                                    "`llavidal train` reads")
+    p.add_argument("--descriptions", required=True, help="descriptions.json of the describe step")
+    p.add_argument("--actions", required=True, help="actions.json of the stitch step")
+    p.add_argument("--out", required=True, help="training JSON to write (results/failures/manifest beside it)")
+    p.add_argument("--captions", default=None, help="captions.json, only for prompt sets that use ${captions}")
+    p.add_argument("--modalities", default="video,object,pose",
+                   help="placeholders and feature keys per record (default video,object,pose)")
+    p.add_argument("--video-name", default=None, help=f"video feature file pattern (default {DEFAULT_NAMES['video']})")
+    p.add_argument("--object-name", default=None,
+                   help=f"object feature file pattern (default {DEFAULT_NAMES['object']})")
+    p.add_argument("--pose-name", default=None, help=f"pose feature file pattern (default {DEFAULT_NAMES['pose']})")
+    p.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted): a trial run")
+    p.add_argument("--no-progress", action="store_true")
+    add_llm_args(p, temperature=0.7, concurrency=8)
+    p.set_defaults(func=cmd_qa)
