@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 
 STEP_MODULES: tuple[str, ...] = (
+    "llavidal.curation.crop",
+    "llavidal.curation.stitch",
     "llavidal.curation.captions",
     "llavidal.curation.describe",
     "llavidal.curation.qa",
