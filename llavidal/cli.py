@@ -47,6 +47,10 @@ def cmd_infer(args) -> int:
             raise SystemExit(f"error: --{flag} {value}: {flag} features are read from feature files (.pkl, .pickle, "
                              f".npy, .npz, .safetensors, .pt); compute them with `llavidal extract-{flag}"
                              f"{'s' if flag == 'object' else ''}`")
+    for flag in ("video", "object", "pose"):  # before minutes of model loading
+        value = getattr(args, flag)
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,

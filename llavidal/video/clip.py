@@ -133,8 +133,10 @@ def image_stats(clip: str | os.PathLike) -> ImageStats:
             return ImageStats(224, CLIP_MEAN, CLIP_STD)
         from transformers import CLIPImageProcessor
 
-        proc = CLIPImageProcessor.from_pretrained(str(clip))
-        cfg = proc.to_dict()
+        try:
+            cfg = CLIPImageProcessor.from_pretrained(_resolve(clip)).to_dict()
+        except OSError as e:
+            raise ClipLoadError(f"--clip {clip}: cannot read its image processor config: {e}") from None
     else:
         cfg = json.loads(path.read_text())
     crop = cfg.get("crop_size", 224)
