@@ -49,7 +49,9 @@ def cmd_infer(args) -> int:
                              f"{'s' if flag == 'object' else ''}`")
     for flag in ("video", "object", "pose"):  # before minutes of model loading
         value = getattr(args, flag)
-        if value is not None and not Path(value).is_file():
+        cached = (flag == "video" and value is not None and args.feature_cache
+                  and (Path(args.feature_cache) / f"{Path(value).name.split('.')[0]}.pkl").is_file())
+        if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
