@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "llavidal.curation.cli",
     "llavidal.objects.cli",
     "llavidal.demo.cli",
+    "llavidal.pose.cli",
 )
 
 

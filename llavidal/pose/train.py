@@ -1,0 +1,426 @@
+"""SkeletonCLIP training of the pose encoder (SPEC section 7; SKI-LVLM phase 1): ``llavidal pose train``.
+
+Each NTU class gets the prompt "a photo of a {class}." embedded once by the frozen CLIP text tower
+(``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` from ``--clip``). The skeleton embedding (mean of the encoder's
+tokens, projected to the CLIP projection dim) is trained with cross-entropy over the cosine logits against those
+text embeddings, with a learned temperature. AdamW, linear warm-up then cosine decay, gradient clipping at 1.
+
+Output folder::
+
+    config.json, model.safetensors        the latest epoch's model (what `llavidal extract-pose --model` reads)
+    text_embeddings.safetensors           [120, P] class prompt embeddings (+ classes.json: names, template, clip)
+    checkpoint-0003/                      the same files + optimizer.pt + state.json, for resuming (last 2 kept)
+    metrics.jsonl                         one row per epoch: train loss/top-1, test top-1/top-5 (+ gzsl_* for
+                                          zero-shot), lr, samples, time
+    skipped.jsonl                         every file that was not used, with the reason
+    train_config.json, train_summary.json
+
+A run started again with the same ``--out`` resumes after the newest complete checkpoint; the data order, the
+augmentation and dropout are seeded per epoch, so an interrupted and resumed run ends with the same weights as an
+uninterrupted one. ``--epochs`` may be raised when resuming (the cosine schedule is then stretched over the new
+total from the current step); resuming with different data/model/split/optimiser settings is refused (the
+differing field is named).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..io_utils import append_jsonl, atomic_write_json, read_jsonl
+from .configuration import PoseEncoderConfig
+from .data import PROMPT_TEMPLATE, SkeletonDataset, Split, collate, make_split, scan_ntu
+from .modeling import SkeletonCLIP, load_pose_model, save_pose_model
+
+log = logging.getLogger("llavidal.pose")
+
+TEXT_NAME = "text_embeddings.safetensors"
+CLASSES_NAME = "classes.json"
+# Fields that may change when a run is resumed; every other field must match the run being resumed.
+_RESUMABLE_CHANGES = {"out", "epochs", "workers", "device", "resume", "progress", "eval_every", "keep_checkpoints"}
+
+
+@dataclass
+class PoseTrainConfig:
+    data: str
+    out: str
+    clip: str
+    split: str = "xsub"
+    unseen_classes: str | None = None  # zeroshot: a count N or a list "3,7,12"
+    epochs: int = 30
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    frames: int = 300  # every training clip is resampled to this many frames (300 = 75 tokens, NTU's length)
+    augment: bool = True
+    seed: int = 0
+    workers: int | None = None  # DataLoader processes (default min(4, CPUs - 1))
+    device: str | None = None
+    eval_every: int = 1
+    keep_checkpoints: int = 2
+    resume: bool = True
+    progress: bool = True
+    template: str = PROMPT_TEMPLATE
+    # encoder sizes (PoseEncoderConfig)
+    layers: int = 6
+    width: int = 216
+    heads: int = 9
+    stride: int = 4
+    tokens: int = 256  # default tokens of feature extraction, stored in the model config
+    dropout: float = 0.1
+
+
+# ---------------------------------------------------------------------------------------------------- text side
+def class_text_embeddings(clip: str, names: list[str], template: str = PROMPT_TEMPLATE,
+                          device: str | torch.device = "cpu", batch: int = 64) -> torch.Tensor:
+    """Frozen CLIP text embeddings ``[K, P]`` (projected, not normalised) of ``template.format(name)``."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from ..video.clip import ClipLoadError, _resolve, quiet_from_pretrained
+
+    src = _resolve(clip)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise ClipLoadError(f"--clip {src}: cannot load the CLIP tokenizer: {e}") from None
+    model = quiet_from_pretrained(CLIPTextModelWithProjection, src).to(device).eval()
+    prompts = [template.format(n) for n in names]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch):
+            enc = tokenizer(prompts[i:i + batch], padding=True, truncation=True, return_tensors="pt").to(device)
+            out.append(model(**enc).text_embeds.float().cpu())
+    return torch.cat(out)
+
+
+def save_text_embeddings(folder: Path, emb: torch.Tensor, names: list[str], clip: str, template: str) -> None:
+    from safetensors.torch import save_file
+
+    tmp = folder / f".{TEXT_NAME}.tmp"
+    save_file({"text_embeds": emb.contiguous()}, str(tmp), metadata={"clip": str(clip), "template": template})
+    os.replace(tmp, folder / TEXT_NAME)
+    atomic_write_json(folder / CLASSES_NAME, {"template": template, "clip": str(clip), "classes": names})
+
+
+def _stored_text_matches(folder: Path, clip: str, template: str, names: list[str]) -> bool:
+    """True when ``folder`` already holds the text embeddings of these prompts by this CLIP (reused on resume)."""
+    try:
+        meta = json.loads((folder / CLASSES_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return ((folder / TEXT_NAME).is_file() and meta.get("clip") == str(clip) and meta.get("template") == template
+            and meta.get("classes") == names)
+
+
+def load_text_embeddings(folder: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder / TEXT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: class text embeddings not found (a `llavidal pose train` output folder "
+                                "or checkpoint holds them)")
+    names = json.loads((folder / CLASSES_NAME).read_text())["classes"]
+    return load_file(str(path))["text_embeds"], names
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
+    """Number of rows whose target is among the k highest logits, per k (k is capped at the number of classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # [N, kmax]
+    hit = top == target[:, None]
+    return {k: int(hit[:, :min(k, logits.shape[1])].any(dim=1).sum()) for k in ks}
+
+
+def _positions(labels: torch.Tensor, classes: list[int], num_classes: int = 120) -> torch.Tensor:
+    """1-based action ids → index into ``classes`` (-1 when absent)."""
+    lut = torch.full((num_classes + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    return lut[labels]
+
+
+class _Skips:
+    """Files that could not be used: counted once each, appended to ``skipped.jsonl`` once each."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.seen = {r.get("file") for r in read_jsonl(path)} if path is not None else set()
+        self.this_run: dict[str, str] = {}
+
+    def add(self, records: list[dict]) -> None:
+        new = [r for r in records if r["file"] not in self.seen]
+        for r in records:
+            self.this_run[r["file"]] = r["reason"]
+        self.seen.update(r["file"] for r in new)
+        if new and self.path is not None:
+            append_jsonl(self.path, new)
+
+    def add_errors(self, dataset_items, errors) -> None:
+        self.add([{"file": str(dataset_items[i].path), "reason": msg} for i, msg in errors])
+
+
+@torch.no_grad()
+def evaluate(model: SkeletonCLIP, loader, text: torch.Tensor, classes: list[int], device, skips: _Skips | None = None,
+             all_classes: list[int] | None = None) -> dict:
+    """Top-1/top-5 accuracy of the test loader against the prompts of ``classes`` (and of ``all_classes`` as
+    ``gzsl_*`` when given)."""
+    model.eval()
+    sets = {"": classes} | ({"gzsl_": all_classes} if all_classes is not None else {})
+    hits = {p: {1: 0, 5: 0} for p in sets}
+    n = 0
+    for batch in loader:
+        if skips is not None:
+            skips.add_errors(loader.dataset.items, batch["errors"])
+        if batch["x"] is None:
+            continue
+        emb = model.embed(batch["x"].to(device))
+        for prefix, cls in sets.items():
+            logits = model.logits(emb, text[torch.tensor(cls) - 1].to(device))
+            pos = _positions(batch["label"], cls).to(device)
+            for k, v in topk_correct(logits, pos).items():
+                hits[prefix][k] += v
+        n += len(batch["index"])
+    out = {"n_test": n}
+    for prefix in sets:
+        out[f"{prefix}top1"] = hits[prefix][1] / n if n else None
+        out[f"{prefix}top5"] = hits[prefix][5] / n if n else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in out.glob("checkpoint-*"):
+        if p.is_dir() and (p / "state.json").is_file() and p.name.removeprefix("checkpoint-").isdigit():
+            found.append((int(p.name.removeprefix("checkpoint-")), p))
+    return sorted(found)
+
+
+def _save_checkpoint(out: Path, model, optimizer, state: dict, text, names, cfg: PoseTrainConfig) -> Path:
+    """Write ``checkpoint-{epoch}`` through a temporary folder renamed into place (a kill leaves no half
+    checkpoint), then drop all but the newest ``keep_checkpoints``."""
+    final = out / f"checkpoint-{state['epoch']:04d}"
+    tmp = out / f".checkpoint-{state['epoch']:04d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pose_model(model, tmp, {"epoch": state["epoch"]})
+    save_text_embeddings(tmp, text, names, cfg.clip, cfg.template)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for _, old in _checkpoints(out)[:-max(1, cfg.keep_checkpoints)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _check_resume(out: Path, cfg: PoseTrainConfig) -> None:
+    path = out / "train_config.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    for k, v in asdict(cfg).items():
+        if k not in _RESUMABLE_CHANGES and k in before and before[k] != v:
+            raise ValueError(f"{out}: resuming a run trained with {k}={before[k]!r}, but this run has {k}={v!r}; "
+                             "use a new --out, or --no-resume to start over in this folder")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _loader(dataset, batch: int, shuffle: bool, workers: int, generator=None):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator,
+                                       num_workers=workers, collate_fn=collate, persistent_workers=False,
+                                       prefetch_factor=2 if workers else None)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def train(cfg: PoseTrainConfig) -> dict:
+    """Train (or resume) and return the summary written to ``train_summary.json``."""
+    from tqdm import tqdm
+
+    from ..curation.ntu import NTU_ACTIONS
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    device = _device(cfg.device)
+    if not cfg.resume:
+        for _, p in _checkpoints(out):
+            shutil.rmtree(p)
+        for name in ("metrics.jsonl", "skipped.jsonl", "train_config.json"):
+            (out / name).unlink(missing_ok=True)
+    _check_resume(out, cfg)
+    atomic_write_json(out / "train_config.json", asdict(cfg))
+
+    # data
+    items, skipped_scan, duplicates = scan_ntu(cfg.data)
+    if not items:
+        raise ValueError(f"{cfg.data}: no NTU skeleton files (SsssCcccPpppRrrrAaaa.skeleton.npy / .skeleton) found")
+    split: Split = make_split(items, cfg.split, len(NTU_ACTIONS), cfg.unseen_classes, cfg.seed)
+    if not split.train:
+        raise ValueError(f"{cfg.data}: the {cfg.split} split leaves no training samples ({split.info()})")
+    skips = _Skips(out / "skipped.jsonl")
+    skips.add(skipped_scan)
+    workers = cfg.workers if cfg.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
+    train_ds = SkeletonDataset(split.train, cfg.frames, augment=cfg.augment, seed=cfg.seed)
+    test_ds = SkeletonDataset(split.test, cfg.frames)
+    test_loader = _loader(test_ds, cfg.batch, False, min(workers, len(split.test))) if split.test else None
+
+    # text side: computed once, stored with the model
+    names = list(NTU_ACTIONS)
+    if cfg.resume and _stored_text_matches(out, cfg.clip, cfg.template, names):
+        text, _ = load_text_embeddings(out)
+    else:
+        text = class_text_embeddings(cfg.clip, names, cfg.template, device)
+        save_text_embeddings(out, text, names, cfg.clip, cfg.template)
+    train_text = text[torch.tensor(split.train_classes) - 1].to(device)
+
+    # model and optimizer
+    torch.manual_seed(cfg.seed)
+    mcfg = PoseEncoderConfig(layers=cfg.layers, width=cfg.width, heads=cfg.heads, stride=cfg.stride,
+                             tokens=cfg.tokens, dropout=cfg.dropout, projection_dim=text.shape[1])
+    if cfg.frames % mcfg.stride:
+        raise ValueError(f"--frames {cfg.frames} is not a multiple of the stride {mcfg.stride}")
+    model = SkeletonCLIP(mcfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "bias" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "bias" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
+    steps_per_epoch = math.ceil(len(split.train) / cfg.batch)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = min(total_steps, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
+
+    start_epoch, step = 0, 0
+    ckpts = _checkpoints(out) if cfg.resume else []
+    if ckpts:
+        _, path = ckpts[-1]
+        resumed = load_pose_model(path, device)
+        model.load_state_dict(resumed.state_dict())
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        state = json.loads((path / "state.json").read_text())
+        start_epoch, step = state["epoch"], state["step"]
+        logged = {r.get("epoch") for r in read_jsonl(out / "metrics.jsonl")}
+        if state.get("metrics") and state["epoch"] not in logged:  # killed between checkpoint and metrics row
+            append_jsonl(out / "metrics.jsonl", [state["metrics"]])
+        print(f"pose train: resuming from {path} (epoch {start_epoch}, step {step})")
+
+    rows = read_jsonl(out / "metrics.jsonl")
+    last = rows[-1] if rows else None
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout
+        train_ds.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        loader = _loader(train_ds, cfg.batch, True, min(workers, len(split.train)), gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, dynamic_ncols=True)
+        for batch in bar:
+            skips.add_errors(split.train, batch["errors"])
+            if batch["x"] is None:
+                step += 1
+                continue
+            x = batch["x"].to(device)
+            target = _positions(batch["label"], split.train_classes).to(device)
+            lr = lr_at(step, total_steps, warmup, cfg.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(x, train_text)
+            loss = F.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(target)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        row = {"epoch": epoch + 1, "step": step, "lr": lr_at(max(0, step - 1), total_steps, warmup, cfg.lr),
+               "train_loss": loss_sum / seen if seen else None, "train_top1": correct / seen if seen else None,
+               "n_train": seen, "logit_scale": float(model.logit_scale.detach().exp())}
+        if test_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            gz = list(range(1, len(names) + 1)) if cfg.split == "zeroshot" else None
+            row.update(evaluate(model, test_loader, text, split.test_classes, device, skips, gz))
+            row["test_classes"] = len(split.test_classes)
+        row["time_s"] = round(time.perf_counter() - t0, 3)
+        state = {"epoch": epoch + 1, "step": step, "metrics": row}
+        _save_checkpoint(out, model, optimizer, state, text, names, cfg)
+        append_jsonl(out / "metrics.jsonl", [row])
+        save_pose_model(model, out, {"epoch": epoch + 1})
+        last = row
+        msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        print(f"pose train: {msg}", flush=True)
+
+    summary = {
+        "data": cfg.data, "out": str(out), "split": split.info(),
+        "files_found": len(items) + len(skipped_scan) + len(duplicates), "duplicates_not_used": len(duplicates),
+        "files_used": sum(1 for i in items if str(i.path) not in skips.this_run),
+        "skipped": len(skips.this_run), "skipped_reasons": _reason_counts(skips.this_run),
+        "epochs": cfg.epochs, "resumed_from_epoch": start_epoch, "steps": step, "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()), "model_config": mcfg.to_dict(),
+        "last_metrics": last, "wall_s": round(time.perf_counter() - t_start, 3),
+    }
+    atomic_write_json(out / "train_summary.json", summary)
+    if skips.this_run:
+        print(f"pose train: {len(skips.this_run)} file(s) not used, listed in {out / 'skipped.jsonl'}")
+    return summary
+
+
+def _reason_counts(skipped: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in skipped.values():
+        key = ("bad name" if reason.startswith("not an NTU")
+               else "no tracked body" if "no tracked body" in reason else "unreadable")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def evaluate_folder(model_dir: str, data: str, split: str = "xsub", unseen=None, seed: int = 0, frames: int = 300,
+                    batch: int = 32, device: str | None = None, workers: int = 0) -> dict:
+    """``llavidal pose eval``: top-1/top-5 of a trained model on a split's test side (all of ``data`` with
+    ``split="all"``). Zero-shot without ``unseen`` takes the held-out classes (and seed) from the training run's
+    ``train_config.json``."""
+    dev = _device(device)
+    model = load_pose_model(model_dir, dev)
+    text, names = load_text_embeddings(model_dir)
+    items, skipped, _ = scan_ntu(data)
+    if split == "zeroshot" and unseen is None:  # the held-out classes of the run that trained this model
+        for cfg_path in (Path(model_dir) / "train_config.json", Path(model_dir).parent / "train_config.json"):
+            if cfg_path.is_file():
+                trained_cfg = json.loads(cfg_path.read_text())
+                unseen, seed = trained_cfg.get("unseen_classes"), trained_cfg.get("seed", seed)
+                break
+    if split == "all":
+        test, classes = items, list(range(1, len(names) + 1))
+    else:
+        s = make_split(items, split, len(names), unseen, seed)
+        test, classes = s.test, s.test_classes
+    if not test:
+        raise ValueError(f"{data}: no test samples for split {split!r}")
+    skips = _Skips(None)
+    loader = _loader(SkeletonDataset(test, frames), batch, False, workers)
+    gz = list(range(1, len(names) + 1)) if split == "zeroshot" else None
+    result = evaluate(model, loader, text, classes, dev, skips, gz)
+    result.update({"model": str(model_dir), "data": data, "split": split, "test_classes": len(classes),
+                   "skipped": len(skipped) + len(skips.this_run),
+                   "skipped_files": skipped + [{"file": f, "reason": r} for f, r in skips.this_run.items()]})
+    return result
