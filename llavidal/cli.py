@@ -235,10 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataError
-    from .features import FeatureError
-    from .model import CheckpointError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:2] == ["eval", "prepare"]:
@@ -259,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return args.func(args)
-    except (FeatureError, CheckpointError, DataError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # FeatureError, CheckpointError, DataError, VideoReadError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
 
