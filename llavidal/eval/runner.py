@@ -1,8 +1,9 @@
 """``llavidal eval run``: one benchmark, one model → append-only predictions, a summary JSON and a Markdown table.
 
 * Items come from :mod:`llavidal.eval.tasks`; the video of an item is read from a feature cache: for
-  ``{video}.mp4`` the file ``{video}.pkl`` (or ``.pickle/.npy/.safetensors/.pt``) under ``--feature-dir`` (default:
-  ``--video-dir``), also looked up by basename. Object and pose features come from ``--object-dir`` and
+  ``{video}.mp4`` the file ``{video}.pkl`` (or ``.pickle/.npy/.safetensors/.pt``) under ``--feature-dir``, then
+  ``--video-dir``, also looked up by basename. With ``--clip``, raw videos without cached features are extracted
+  once beforehand (:func:`prepare_raw_videos`). Object and pose features come from ``--object-dir`` and
   ``--pose-dir`` when given (same names). An item without its video features is counted as a missing video, never
   as a wrong answer, and stays in the denominator.
 * Replies are generated in batches (greedy by default, seedable) and appended to ``predictions[.rankR].jsonl``
