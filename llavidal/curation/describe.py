@@ -39,7 +39,7 @@ from .llm import (
     parse_description,
     print_summary,
     read_json,
-    run_bounded,
+    run_step_items,
     word_count,
 )
 from .prompts import load_curation_prompts
@@ -166,20 +166,7 @@ def describe_videos(captions_path: Path, actions_path: Path, out: Path, client: 
         if bar is not None:
             bar.update(1)
 
-    status = "interrupted"
-    try:
-        run_bounded(todo, work, on_done, concurrency, should_stop=lambda: client.tripped is not None,
-                    on_idle=log.flush_if_due)
-        status = "aborted" if client.tripped else "done"
-    except BaseException as e:
-        status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        for name in todo:  # never started (aborted / interrupted)
-            if name not in done and name not in log.failed:
-                log.failed[name] = "not attempted in this run (" + (client.tripped or "interrupted") + ")"
+    def finish(status: str) -> None:
         output = {}
         for name in sorted(done):
             r = done[name]
@@ -201,6 +188,9 @@ def describe_videos(captions_path: Path, actions_path: Path, out: Path, client: 
         if client.tripped:
             extra["aborted_because"] = client.tripped
         log.write_manifest(status, **extra)
+
+    run_step_items(todo, work, on_done, finish, client=client, log=log, concurrency=concurrency, label=str,
+                   attempted=lambda name: name in done, bar=bar)
     return read_json(manifest_path, "manifest")
 
 

@@ -578,6 +578,32 @@ class LLMClient:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def run_step_items(todo: list[T], work: Callable[[T], Any], on_done: Callable[[T, Any, BaseException | None], None],
+                   finish: Callable[[str], None], *, client: LLMClient, log: StepLog, concurrency: int,
+                   label: Callable[[T], str], attempted: Callable[[T], bool], bar=None) -> str:
+    """The run of one LLM step over its items, shared by ``describe`` and ``qa``: :func:`run_bounded` until done or
+    the endpoint's circuit breaker trips, then — also when interrupted — close the progress bar, record every item
+    that never started as failed (never silently dropped), and ``finish(status)`` (write outputs and manifest).
+    Returns the status: ``done``, ``aborted`` or, before the exception propagates, ``interrupted (...)``."""
+    status = "interrupted"
+    try:
+        run_bounded(todo, work, on_done, concurrency, should_stop=lambda: client.tripped is not None,
+                    on_idle=log.flush_if_due)
+        status = "aborted" if client.tripped else "done"
+    except BaseException as e:
+        status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        reason = "not attempted in this run (" + (client.tripped or "interrupted") + ")"
+        for item in todo:
+            if not attempted(item) and label(item) not in log.failed:
+                log.failed[label(item)] = reason
+        finish(status)
+    return status
+
+
 def run_bounded(tasks: Iterable[T], fn: Callable[[T], Any],
                 on_done: Callable[[T, Any, BaseException | None], None], concurrency: int = 8,
                 should_stop: Callable[[], bool] | None = None, on_idle: Callable[[], None] | None = None,

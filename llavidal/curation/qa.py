@@ -46,7 +46,7 @@ from .llm import (
     parse_qa_list,
     print_summary,
     read_json,
-    run_bounded,
+    run_step_items,
 )
 from .prompts import load_curation_prompts
 
@@ -199,20 +199,7 @@ def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: 
         if bar is not None:
             bar.update(1)
 
-    status = "interrupted"
-    try:
-        run_bounded(todo, work, on_done, concurrency, should_stop=lambda: client.tripped is not None,
-                    on_idle=log.flush_if_due)
-        status = "aborted" if client.tripped else "done"
-    except BaseException as e:
-        status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        for v, k in todo:
-            if (v, k) not in done and f"{v}/{k}" not in log.failed:
-                log.failed[f"{v}/{k}"] = "not attempted in this run (" + (client.tripped or "interrupted") + ")"
+    def finish(status: str) -> None:
         complete = {v: done[(v, "summary")]["qas"] + done[(v, "detail")]["qas"]
                     for v in sorted({v for v, _ in done}) if all((v, k) in done for k in KINDS)}
         records = training_records(complete, modalities, names)
@@ -233,6 +220,9 @@ def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: 
         if client.tripped:
             extra["aborted_because"] = client.tripped
         log.write_manifest(status, **extra)
+
+    run_step_items(todo, work, on_done, finish, client=client, log=log, concurrency=concurrency,
+                   label=lambda item: f"{item[0]}/{item[1]}", attempted=lambda item: item in done, bar=bar)
     return read_json(manifest_path, "manifest")
 
 
