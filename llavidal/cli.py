@@ -40,7 +40,7 @@ def cmd_make_tiny(args) -> int:
 def cmd_infer(args) -> int:
     from .inference import GenerationOptions, answer, stream_answer
     from .model import load_pretrained
-    from .video.io import is_video
+    from .video.io import is_video, video_id
 
     for flag in ("object", "pose"):
         value = getattr(args, flag)
@@ -51,7 +51,7 @@ def cmd_infer(args) -> int:
     for flag in ("video", "object", "pose"):  # before minutes of model loading
         value = getattr(args, flag)
         cached = (flag == "video" and value is not None and args.feature_cache
-                  and (Path(args.feature_cache) / f"{Path(value).name.split('.')[0]}.pkl").is_file())
+                  and (Path(args.feature_cache) / f"{video_id(value)}.pkl").is_file())
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:

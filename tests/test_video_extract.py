@@ -13,8 +13,8 @@ import torch
 
 from llavidal.features import load_feature
 from llavidal.video.clip import TinyClipSpec, load_clip_vision, make_tiny_clip, quiet_from_pretrained
-from llavidal.video.extract import ExtractConfig, VideoFeaturizer, extract_folder, output_name
-from llavidal.video.io import VideoReadError, find_videos, frame_indices, read_frames, write_video
+from llavidal.video.extract import ExtractConfig, VideoFeaturizer, extract_folder
+from llavidal.video.io import VideoReadError, find_videos, frame_indices, read_frames, video_id, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = TinyClipSpec(vision_hidden_size=32, vision_intermediate_size=64, vision_heads=2, vision_layers=3)
@@ -200,7 +200,7 @@ def test_featurizer_cache(tmp_path, small_clip):
     path = _lossless(tmp_path / "x.y.mkv", _frames(8))
     fz = VideoFeaturizer(str(small_clip), device="cpu")
     a = fz.cached(path, tmp_path / "cache")
-    assert (tmp_path / "cache" / "x.pkl").is_file() and output_name(path) == "x"
+    assert (tmp_path / "cache" / "x.pkl").is_file() and video_id(path) == "x"
     (tmp_path / "cache" / "x.pkl").write_bytes((tmp_path / "cache" / "x.pkl").read_bytes())
     np.testing.assert_array_equal(fz.cached(path, tmp_path / "cache"), a)
     with pytest.raises(VideoReadError):

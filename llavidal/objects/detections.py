@@ -36,6 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..video.io import video_id  # the one naming rule of feature files
+
 BOX_FORMATS = ("xyxy", "xywh")
 DETECTION_KEYS = {"box", "label", "score", "track_id"}
 
@@ -176,12 +178,6 @@ def _read_json(path: Path) -> Any:
         raise DetectionError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise DetectionError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def video_id(path: str | os.PathLike) -> str:
-    """The name features of a video are stored under: its file name up to the first dot (as the video features,
-    SPEC section 6), e.g. ``001_001_video_001.mp4`` → ``001_001_video_001``."""
-    return Path(path).name.split(".")[0]
 
 
 class DetectionSource:

@@ -17,7 +17,6 @@ recorded in ``failures.jsonl`` with the reason; it never stops the run. ``extrac
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ import torch
 from ..features import save_feature
 from ..io_utils import append_jsonl, atomic_write_json
 from .clip import DEFAULT_VIDEO_CLIP, image_stats, load_clip_vision, normalise_frames, pool_spatio_temporal
-from .io import VideoReadError, find_videos, sample_video
+from .io import VideoReadError, find_videos, sample_video, video_id
 
 log = logging.getLogger("llavidal.video")
 
@@ -50,11 +49,6 @@ class ExtractConfig:
     max_frames: int = 100  # frames sampled per video = temporal rows
     select_layer: int = -2
     progress: bool = True
-
-
-def output_name(path: str | os.PathLike) -> str:
-    """The original's naming: the file name up to its first dot (``a.b.mp4`` → ``a``)."""
-    return Path(path).name.split(".")[0]
 
 
 def _device(name: str | None) -> torch.device:
@@ -125,7 +119,7 @@ class VideoFeaturizer:
     def cached(self, path: str | os.PathLike, cache_dir: str | os.PathLike) -> np.ndarray:
         from ..features import load_feature
 
-        target = Path(cache_dir) / f"{output_name(path)}.pkl"
+        target = Path(cache_dir) / f"{video_id(path)}.pkl"
         if target.is_file():
             arr = load_feature(target)
             if arr.ndim == 2 and arr.shape[1] == self.model.hidden_size:
@@ -168,7 +162,7 @@ def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list
     name collisions as failure records."""
     jobs, failures, owner = [], [], {}
     for path in find_videos(input_path):
-        name = output_name(path)
+        name = video_id(path)
         if name in owner:
             failures.append({"video": str(path), "stage": "name",
                              "error": f"output name '{name}{suffix}' is already taken by {owner[name]}"})
@@ -329,7 +323,3 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     log.info(msg)
     print(f"extract-video: {msg}; {summary['videos_per_s']} videos/s")
     return summary
-
-
-def load_summary(output: str | os.PathLike) -> dict:
-    return json.loads((Path(output) / "extract_summary.json").read_text())

@@ -33,6 +33,12 @@ def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+def video_id(path: str | os.PathLike) -> str:
+    """The name a video's features are stored under, as the original feature script names them: the file name up
+    to its first dot (``001_001_video_001.mp4`` → ``001_001_video_001``, ``a.b.mp4`` → ``a``)."""
+    return Path(path).name.split(".")[0]
+
+
 def find_videos(root: str | os.PathLike) -> list[Path]:
     """A video file, or every video under a folder (recursively, sorted, hidden files skipped)."""
     root = Path(root)
