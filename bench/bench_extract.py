@@ -9,8 +9,8 @@ clips of 100 sampled frames per second, goal >= 15 on one H100.
 Stages, all on the same synthetic videos (``--videos`` clips of ``--frames`` frames at ``--res``, H.264 .mp4,
 written once into ``--work``):
 
-``decode``    the pipeline's own DataLoader of decoding workers (``--workers``), iterated with no model: SPEC frame
-              indices, decode, nearest resize to 224.
+``decode``    the pipeline's own DataLoader of decoding workers (``--workers``), iterated with no model:
+              the sampled frame indices, decode, nearest resize to 224.
 ``model``     the same number of uint8 frames (random, already in host memory) through the pipeline's model in
               batches of ``--batch``: host→device copy, normalisation, the CLIP tower up to layer -2, pooling,
               float16 to host. Decoding excluded.

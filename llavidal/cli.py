@@ -59,7 +59,7 @@ def cmd_infer(args) -> int:
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
                                        attn_implementation=args.attn, layout=args.layout)
     video = args.video
-    if video is not None and is_video(video):  # a raw video: features on the fly (SPEC section 6)
+    if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
         from .video.extract import VideoFeaturizer
 
         clip = args.clip or getattr(model.config, "mm_vision_tower", None) or "openai/clip-vit-large-patch14"
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="CLIP folder or hub id for raw videos (default: the base config's mm_vision_tower, "
                                   "openai/clip-vit-large-patch14)")
     p.add_argument("--feature-cache", help="folder to keep raw videos' features ({name}.pkl), reused next time")
-    p.add_argument("--max-frames", type=int, default=100, help="frames sampled from a raw video (SPEC: 100)")
+    p.add_argument("--max-frames", type=int, default=100, help="frames sampled from a raw video (default 100)")
     p.add_argument("--object", help="object feature file, [n, 8, 512]")
     p.add_argument("--pose", help="pose feature file, e.g. [256, 216]")
     p.add_argument("--question", "-q", required=True)

@@ -1,4 +1,4 @@
-"""Token names, placeholders and token layouts of LLAVIDAL (SPEC sections 1 and 2).
+"""Token names, placeholders and token layouts of LLAVIDAL (docs/design.md#artifacts, docs/design.md#model).
 
 Everything that names a token lives here so that prompt building, the model splice and the checkpoint
 loaders agree on one table.

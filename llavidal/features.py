@@ -1,4 +1,4 @@
-"""Reading and validating pre-computed feature files (SPEC section 1, "ADL-X feature folders").
+"""Reading and validating pre-computed feature files (docs/design.md#artifacts, "Feature files").
 
 Published features are pickles, and a pickle can run code when loaded; :func:`load_feature` reads them through a
 restricted unpickler that admits numpy arrays (and plain containers) only. ``.npy`` (no pickled objects),

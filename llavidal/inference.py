@@ -1,4 +1,6 @@
-"""Asking LLAVIDAL about a video: prompt building, batching, generation and streaming (SPEC sections 4 and 8).
+"""Asking LLAVIDAL about a video: prompt building, batching, generation and streaming.
+
+Template and defaults: docs/design.md#template and docs/design.md#inference.
 
 Unlike the original, every modality that is given is used (not only video), the system prompt defaults to the
 training one (vicuna_v1_1), decoding is greedy unless a temperature is set, and replies stop at ``</s>`` (the id

@@ -1,4 +1,4 @@
-"""Conversation templates and modality spans (SPEC sections 2 and 4).
+"""Conversation templates and modality spans (docs/design.md#model, docs/design.md#template).
 
 A prompt is rendered as text in which every modality placeholder (``<video>``, ``<object>``, ``<human_pose>``)
 has been replaced by its span ``[prefix] <x_start> <x_patch>*N <x_end>``, with N taken from the sample's feature

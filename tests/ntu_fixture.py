@@ -1,4 +1,5 @@
-"""A tiny synthetic NTU RGB+D 120 root, in the real layout and formats (SPEC section 10), built in well under a second.
+"""A tiny synthetic NTU RGB+D 120 root, in the real layout and formats (docs/design.md#curation), built in well
+under a second.
 
 ``make_ntu_root(root)`` writes ``root/rgb/<stem>_rgb.avi`` and ``root/skeletons/<stem>.skeleton.npy`` (plus the raw
 ``<stem>.skeleton`` text when ``with_txt``). Each clip is a stick figure drawn at its skeleton's RGB pixel

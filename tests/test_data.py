@@ -1,5 +1,5 @@
 """Training data: label masks, both JSON formats, missing-file policies, over-long samples, the collator, masking,
-the feature store (SPEC sections 3, 4 and 12)."""
+the feature store (docs/design.md#training-data, docs/design.md#template, docs/design.md#differences)."""
 from __future__ import annotations
 
 import json

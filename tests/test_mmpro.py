@@ -1,5 +1,5 @@
 """MMPro: stage inits merged by name (projectors AND start/end rows), completed stages skipped, the merge CLI and
-scripts/merge_weights.py, merges of original-layout .bin files (SPEC sections 1 and 5)."""
+scripts/merge_weights.py, merges of original-layout .bin files (docs/design.md#artifacts, docs/design.md#recipe)."""
 from __future__ import annotations
 
 import contextlib

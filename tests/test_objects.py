@@ -157,7 +157,7 @@ def test_select_drops_short_tracks_and_keeps_the_best():
 def test_eight_frame_sampling_positions():
     assert sample_positions(23).tolist() == [1, 4, 7, 10, 12, 15, 18, 21]  # centres of 8 parts of 23
     assert sample_positions(16).tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
-    assert sample_positions(8).tolist() == list(range(8))  # the SPEC video rule would repeat 4 and miss 7
+    assert sample_positions(8).tolist() == list(range(8))  # the video-feature frame rule would repeat 4 and miss 7
     assert frame_indices(8, 8).tolist() == [0, 1, 2, 3, 4, 4, 5, 6]
     assert sample_positions(3).tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
     assert sample_positions(1).tolist() == [0] * 8

@@ -1,5 +1,5 @@
 """Training: what each mode trains, loadable outputs, resume, a real 2-process torchrun, the published entry points,
-training from a feature store (SPEC sections 2, 5 and 12)."""
+training from a feature store (docs/design.md#model, docs/design.md#recipe, docs/design.md#differences)."""
 from __future__ import annotations
 
 import json

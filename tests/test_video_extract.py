@@ -1,5 +1,6 @@
-"""Video → features (SPEC section 6): frame indices, decoders, the CLIP layer cut, pooling, the folder pipeline
-(failures, name collisions, resume, batches spanning videos, workers) and the original script's flags."""
+"""Video → features (docs/design.md#video-features): frame indices, decoders, the CLIP layer cut, pooling, the
+folder pipeline (failures, name collisions, resume, batches spanning videos, workers) and the original script's
+flags."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ def _lossless(path, frames, fps=10):
 
 
 def spec_indices(total, n_max=100):
-    """The SPEC's formula, written out as a loop."""
+    """The frame-index formula of docs/design.md#video-features, written out as a loop."""
     n = min(total, n_max)
     seg = float(total - 1) / n
     return [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2 for i in range(n)]
@@ -106,7 +107,7 @@ def test_layer_cut_equals_hidden_states_of_the_full_tower(small_clip):
 
 
 def direct_features(path, clip_dir, n_max=100):
-    """The SPEC pipeline written out step by step with independent tools: PyAV, torch interpolate, the CLIP image
+    """The feature pipeline written out step by step with independent tools: PyAV, torch interpolate, the CLIP image
     processor (PIL), the full CLIP tower's hidden_states[-2], numpy pooling."""
     import av
     import torch.nn.functional as F

@@ -1,1 +1,1 @@
-"""ADL-X curation from NTU RGB+D 120 (SPEC section 10): crops, stitching, captions, descriptions, QA."""
+"""ADL-X curation from NTU RGB+D 120 (docs/design.md#curation): crops, stitching, captions, descriptions, QA."""

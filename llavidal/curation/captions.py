@@ -1,4 +1,4 @@
-"""``llavidal curate captions``: frame captions of the stitched videos (SPEC section 10, step 3).
+"""``llavidal curate captions``: frame captions of the stitched videos (docs/design.md#curation, step 3).
 
 Each video is sampled at ``--fps`` frames per second (2 by default: the frame nearest to every 0.5 s, its index
 and time recorded) and every sampled frame is captioned either by an OpenAI-compatible vision endpoint (chat

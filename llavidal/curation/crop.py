@@ -1,4 +1,4 @@
-"""``llavidal curate crop``: person-augmented clips (SPEC section 10, step 1).
+"""``llavidal curate crop``: person-augmented clips (docs/design.md#curation, step 1).
 
 For every NTU clip ``rgb/<stem>_rgb.avi`` with a skeleton ``skeletons/<stem>.skeleton.npy`` (or the raw
 ``.skeleton`` text), each frame is cropped to the box around all joints of all tracked bodies, grown by ``slack``

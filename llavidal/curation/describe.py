@@ -1,4 +1,4 @@
-"""``llavidal curate describe``: weakly supervised video descriptions (SPEC section 10, step 4).
+"""``llavidal curate describe``: weakly supervised video descriptions (docs/design.md#curation, step 4).
 
 An LLM reads the frame captions of a stitched video (time-stamped, in order) together with its action sentence
 (the certain part: which actions, in which order) and writes one paragraph of 150-300 words.

@@ -1,4 +1,4 @@
-"""NTU RGB+D 120 input: action names, file names, and the skeleton files (SPEC section 10).
+"""NTU RGB+D 120 input: action names, file names, and the skeleton files (docs/design.md#curation).
 
 Layout of a dataset root::
 

@@ -1,4 +1,4 @@
-"""Curation prompts (SPEC section 10, steps 3-5): a named, versioned set, loadable from JSON.
+"""Curation prompts (docs/design.md#curation, steps 3-5): a named, versioned set, loadable from JSON.
 
 The default set, ``llavidal-curation@1``, has four prompts, all written for this project:
 

@@ -1,4 +1,5 @@
-"""``llavidal curate qa``: question-answer generation -> the ADL-X training JSON (SPEC section 10 step 5, section 3).
+"""``llavidal curate qa``: question-answer generation -> the ADL-X training JSON
+(docs/design.md#curation, step 5; the format: docs/design.md#training-data).
 
 Per video, two LLM calls on its description (and its action list): three **summary** QAs and three **detail**
 QAs, at least one of them about the order of the actions. Each reply must hold a list of ``{"Q", "A"}`` objects;
@@ -8,8 +9,8 @@ such as *order*, *sequence*, *first*, *then*, *after*, *before*, *next*) is trea
 is asked again with the next seed, at most ``--max-parse-failures`` (3) times; then the call is recorded as failed
 and the video left out (a rerun asks again). Extra pairs beyond three are dropped and counted.
 
-Output (``--out adlx_train.json``): the training JSON of SPEC section 3, as ``llavidal train`` reads it: one
-record per QA pair, six per video (3 summary then 3 detail), videos sorted by name::
+Output (``--out adlx_train.json``): the training JSON (docs/design.md#training-data), as ``llavidal train`` reads
+it: one record per QA pair, six per video (3 summary then 3 detail), videos sorted by name::
 
     {"id": "001_video_001", "video": "001_video_001.pkl", "object": "001_video_001_object.pkl",
      "pose": "001_video_001_pose.pkl",
@@ -98,7 +99,7 @@ def load_descriptions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 def training_records(qas: dict[str, list[dict[str, str]]], modalities: tuple[str, ...] = MODALITY_ORDER,
                      names: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """SPEC section 3 records from ``{video: [6 QA pairs in order]}`` (videos sorted by name)."""
+    """docs/design.md#training-data records from ``{video: [6 QA pairs in order]}`` (videos sorted by name)."""
     names = {**DEFAULT_NAMES, **(names or {})}
     placeholders = "".join(MODALITIES[m].placeholder for m in MODALITY_ORDER if m in modalities)
     out: list[dict[str, Any]] = []

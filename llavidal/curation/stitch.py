@@ -1,4 +1,4 @@
-"""``llavidal curate stitch-map`` and ``llavidal curate stitch``: temporal stitching (SPEC section 10, step 2).
+"""``llavidal curate stitch-map`` and ``llavidal curate stitch``: temporal stitching (docs/design.md#curation, step 2).
 
 **The map.** ``{stitched_name: [clip file, ...]}``, clips in playing order, names ``{PPP}_video_{NNN}`` (performer,
 then a running number per performer, both zero-padded to 3 digits). Per performer (in performer order):

@@ -1,4 +1,4 @@
-"""The ADL-X training data (SPEC section 3): records, a lazy dataset over the feature folders, a collator.
+"""The ADL-X training data (docs/design.md#training-data): records, a lazy dataset over the feature folders, a collator.
 
 A modality is active iff its folder is given; a record without the modality's key simply lacks it. Missing or
 unreadable feature files follow a policy (``error`` by default, ``skip`` or ``zeros``), and over-long samples are

@@ -3,9 +3,9 @@
 ``llavidal demo --base DIR [--projector F] [--clip C]`` serves http://127.0.0.1:7860 (``--host 0.0.0.0`` to expose
 it, ``--share`` for a gradio link). What a user sees:
 
-- upload a video: its CLIP features (SPEC section 6: at most ``--max-frames`` frames, 100 by default) are computed
-  at once, with the progress in the status line; videos longer than ``--max-video-seconds`` or larger than
-  ``--max-upload-mb`` are refused with a message that says so;
+- upload a video: its CLIP features (docs/design.md#video-features; at most ``--max-frames`` frames, 100 by default)
+  are computed at once, with the progress in the status line; videos longer than ``--max-video-seconds`` or larger
+  than ``--max-upload-mb`` are refused with a message that says so;
 - optionally pose and object feature files (``.pkl``/``.pickle``/``.npy``/``.npz``/``.safetensors``/``.pt``, read
   with the numpy-only unpickler and checked against the model) as extra modalities;
 - a multi-turn chat whose replies stream in, with temperature and max-new-tokens controls, regenerate and clear.
@@ -47,7 +47,7 @@ class DemoConfig:
     attn: str = "sdpa"
     layout: str | None = None
     decoder: str = "auto"
-    max_frames: int = 100  # frames sampled per video (SPEC: 100)
+    max_frames: int = 100  # frames sampled per video (100 as the original)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
     max_upload_mb: float = 500.0  # larger files are refused (0: no limit)
     template: str = "vicuna_v1_1"
@@ -164,7 +164,7 @@ class DemoBackend:
                 self._cache.move_to_end(key)
                 feats, n_frames = self._cache[key]
             else:
-                frames = self.featurizer.frames(path)  # [N <= max_frames, 224, 224, 3] uint8, SPEC sampling
+                frames = self.featurizer.frames(path)  # [N <= max_frames, 224, 224, 3] uint8
                 n_frames = len(frames)
                 feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D]
                 self._cache[key] = (feats, n_frames)

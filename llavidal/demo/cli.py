@@ -17,7 +17,7 @@ def add_video_args(p) -> None:
     p.add_argument("--clip", default=DEFAULT_CLIP,
                    help=f"CLIP folder or hub id for raw videos (default {DEFAULT_CLIP}; "
                         "`llavidal make-tiny-clip DIR` writes an offline one for tests)")
-    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (SPEC: 100)")
+    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (default 100)")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
 
 

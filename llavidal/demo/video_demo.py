@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
     p.add_argument("--layout", choices=["current", "2024", "videochatgpt"], help="force a .bin projector's layout")
-    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (SPEC: 100)")
+    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (default 100)")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     p.add_argument("--max-video-seconds", type=float, default=600.0, help="refuse longer videos (0 = no limit)")
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="refuse larger uploads (0 = no limit)")

@@ -1,1 +1,4 @@
-"""Evaluation on the ADL-X benchmarks (SPEC section 9): benchmark loaders, reply parsing, judging and metrics."""
+"""Evaluation on the ADL-X benchmarks: benchmark loaders, reply parsing, judging and metrics.
+
+Formats and protocols: docs/design.md#benchmarks.
+"""

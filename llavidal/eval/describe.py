@@ -1,4 +1,4 @@
-"""Scoring of the description benchmarks (Video-ChatGPT protocol, SPEC section 9).
+"""Scoring of the description benchmarks (Video-ChatGPT protocol, docs/design.md#benchmarks).
 
 * Charades-Description: five judge calls per item (correctness, detail, context, temporal on the reply to the
   question; consistency on the replies to the two paraphrases against ``cons_A``); score = mean x 20 per criterion,

@@ -3,7 +3,7 @@
 One client for any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama's ``/v1``, vLLM, llama.cpp
 server, a loopback stub), driven through the ``openai`` package (``pip install 'llavidal[eval]'``).
 
-What it guarantees, in contrast to the original scripts (SPEC section 12):
+What it guarantees, in contrast to the original scripts (docs/design.md#differences):
 
 * **Deterministic by default**: temperature 0 and a fixed seed (sent to servers that honour it).
 * **Bounded retries**: timeouts, connection errors, 408/409/429 and 5xx are retried with exponential backoff and

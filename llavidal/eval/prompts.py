@@ -1,10 +1,10 @@
 """Judge prompts: a named, versioned set, loadable from JSON.
 
-The default set, ``llavidal-judge@1``, follows the Video-ChatGPT protocol used by the LLAVIDAL release (SPEC
-section 9): five criteria scored 0-5 by an LLM (correctness of information, detail orientation, contextual
-understanding, temporal understanding, consistency), one call per criterion, each a system message that defines
-the criterion plus a user message carrying the question, the reference answer and the prediction, and asking for
-a Python-dict string ``{'score': N}``. Two more prompts serve the other benchmarks: the TSU clip summary (clip
+The default set, ``llavidal-judge@1``, follows the Video-ChatGPT protocol used by the LLAVIDAL release
+(docs/design.md#benchmarks): five criteria scored 0-5 by an LLM (correctness of information, detail orientation,
+contextual understanding, temporal understanding, consistency), one call per criterion, each a system message that
+defines the criterion plus a user message carrying the question, the reference answer and the prediction, and asking
+for a Python-dict string ``{'score': N}``. Two more prompts serve the other benchmarks: the TSU clip summary (clip
 descriptions, in clip order, merged into one ~300-word description) and MCQ letter matching (which option does a
 free-form reply express, or ``Z`` for none). The wording is this project's own.
 

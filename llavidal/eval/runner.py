@@ -392,7 +392,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--video-dir", help="folder of the benchmark's videos / their cached features")
     p.add_argument("--feature-dir", help="feature cache (default: --video-dir; with --clip: OUTPUT/video_features)")
     p.add_argument("--clip", help="CLIP folder or hub id: extract features of raw videos that have none cached "
-                                  "(SPEC section 6; e.g. openai/clip-vit-large-patch14)")
+                                  "(docs/design.md#video-features; e.g. openai/clip-vit-large-patch14)")
     p.add_argument("--extract-workers", type=int, help="decoding processes for --clip extraction")
     p.add_argument("--object-dir", help="object features (same names), optional")
     p.add_argument("--pose-dir", help="pose features (same names), optional")

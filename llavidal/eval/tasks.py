@@ -1,4 +1,4 @@
-"""Loaders for the six ADL-X benchmarks (SPEC section 9), in the formats of the published benchmark files.
+"""Loaders for the six ADL-X benchmarks (docs/design.md#benchmarks), in the formats of the published benchmark files.
 
 Every benchmark is read into a list of :class:`EvalItem`, one per record, in file order. A record that cannot be
 read (a missing field, an answer that is not one of the options, an ``Options`` string that does not parse ...) is

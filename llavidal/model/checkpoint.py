@@ -1,4 +1,4 @@
-"""Loading and saving LLAVIDAL checkpoints (SPEC section 1).
+"""Loading and saving LLAVIDAL checkpoints (docs/design.md#artifacts).
 
 Three kinds of folders/files meet here:
 
@@ -42,7 +42,7 @@ ADAPTER_VERSION = "1"
 ADAPTER_EMBED_PREFIX = "added_tokens.embed_tokens."
 ADAPTER_LM_HEAD_PREFIX = "added_tokens.lm_head."
 
-# LLaMA fields that are copied from a base config.json; special ids are deliberately absent (SPEC 1).
+# LLaMA fields that are copied from a base config.json; special ids are deliberately absent (docs/design.md#artifacts).
 _LLAMA_FIELDS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "max_position_embeddings", "rms_norm_eps", "hidden_act", "initializer_range", "tie_word_embeddings",
@@ -206,7 +206,7 @@ def config_from_base(cfg: dict, vocab_size: int, **overrides) -> LlavidalConfig:
 
 
 def _mean_init_rows(weight: torch.Tensor, n_old: int) -> None:
-    """Rows past ``n_old`` := mean of the first ``n_old`` rows (SPEC 2: start/end rows start at the mean)."""
+    """Rows past ``n_old`` := mean of the first ``n_old`` rows (how start/end rows start: docs/design.md#model)."""
     if weight.shape[0] > n_old:
         weight[n_old:] = weight[:n_old].float().mean(dim=0, keepdim=True).to(weight.dtype)
 

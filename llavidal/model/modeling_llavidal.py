@@ -1,6 +1,6 @@
 """LLAVIDAL causal LM: LLaMA + one linear projector per modality, spliced into the token embeddings.
 
-The splice (SPEC section 2): a prompt holds, per modality, a span ``<x_start> <x_patch>*N <x_end>``. The N patch
+The splice (docs/design.md#model): a prompt holds, per modality, a span ``<x_start> <x_patch>*N <x_end>``. The N patch
 positions receive the projected feature rows of that sample, in order; every other position keeps its token
 embedding, and the sequence length does not change. Spans are found by token id, so any subset of modalities,
 in any order, works per sample, and a batch needs no padding of features: the rows of all samples are packed
@@ -53,8 +53,8 @@ def pack_features(features: FeatureInput, dim: int, name: str) -> torch.Tensor |
 class EmbeddingWithTrainableRows(nn.Module):
     """A frozen embedding whose rows ``ids`` are replaced by a small trainable matrix.
 
-    Projector-only training (SPEC 2) trains exactly the start/end rows: this keeps the gradient, the optimizer
-    state and any weight decay on those k rows instead of the whole ``[V, H]`` matrix. ``weight`` returns the
+    Projector-only training (docs/design.md#recipe) trains exactly the start/end rows: this keeps the gradient, the
+    optimizer state and any weight decay on those k rows instead of the whole ``[V, H]`` matrix. ``weight`` returns the
     merged matrix, so checkpoint code reads it like a plain ``nn.Embedding``; :meth:`merged` gives one back.
     """
 

@@ -1,6 +1,6 @@
-"""Object features (SPEC section 7): ``[n, 8, 512]`` per video — n tracked objects × 8 frames × a CLIP image
-embedding of the object's crop. The release published only the feature files; this package makes them from
-videos plus detections (JSON files, or a pluggable detector).
+"""Object features: ``[n, 8, 512]`` per video — n tracked objects × 8 frames × a CLIP image embedding of the object's
+crop (docs/design.md#pose-and-object-features). The release published only the feature files; this package makes them
+from videos plus detections (JSON files, or a pluggable detector).
 
 - :mod:`.detections`: the detection JSON schema, its validation, and the detector registry.
 - :mod:`.track`: linking detections over frames (IoU + label, Hungarian or greedy) and choosing the objects.

@@ -33,7 +33,7 @@ def register(sub) -> None:
     from ..video.clip import DEFAULT_OBJECT_CLIP
 
     p = sub.add_parser("extract-objects", help="videos + object detections -> [n, 8, 512] CLIP object features "
-                       "(SPEC 7), one <video id>_object.pkl per video")
+                       "(docs/design.md#pose-and-object-features), one <video id>_object.pkl per video")
     p.add_argument("--videos", required=True, help="a video file or a folder (searched recursively)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--detections", help="a folder of <video id>.json, or one JSON mapping video -> detections "

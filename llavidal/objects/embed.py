@@ -24,7 +24,7 @@ from ..video.clip import DEFAULT_OBJECT_CLIP
 
 logger = logging.getLogger(__name__)
 
-OBJECT_WIDTH = 512  # LLAVIDAL's object projector input (SPEC section 1)
+OBJECT_WIDTH = 512  # LLAVIDAL's object projector input (docs/design.md#artifacts)
 
 
 def sample_positions(n: int, k: int = OBJECT_FRAMES) -> np.ndarray:

@@ -1,9 +1,9 @@
 """``llavidal extract-objects``: videos + detections → one ``<video id>_object.<fmt>`` of shape ``[n, 8, 512]`` each.
 
-Per video: detections (a JSON file/entry, or a detector run on ``detect_frames`` frames sampled with the SPEC rule)
-→ tracks (:mod:`.track`) → 8 frames per kept track → crops → CLIP image embeddings (:mod:`.embed`). Features are
-stored as float16 by default (like the video features; ``out_dtype="float32"`` keeps full precision), rows in rank
-order (row 0 = the longest, most confident track).
+Per video: detections (a JSON file/entry, or a detector run on ``detect_frames`` frames sampled with the video-feature
+frame rule) → tracks (:mod:`.track`) → 8 frames per kept track → crops → CLIP image embeddings (:mod:`.embed`).
+Features are stored as float16 by default (like the video features; ``out_dtype="float32"`` keeps full precision),
+rows in rank order (row 0 = the longest, most confident track).
 
 The output folder holds, next to the features:
 
@@ -58,7 +58,7 @@ class ObjectExtractConfig:
     decoder: str = "auto"
     frames_per_object: int = OBJECT_FRAMES
     context: float = 0.1  # crop margin, a fraction of the box's longer side
-    detect_frames: int = 32  # frames a --detector looks at (SPEC index rule)
+    detect_frames: int = 32  # frames a --detector looks at (video-feature frame rule)
     progress: bool = True
     track: TrackConfig = field(default_factory=TrackConfig)
 

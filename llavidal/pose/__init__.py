@@ -1,4 +1,5 @@
-"""Pose features for LLAVIDAL (SPEC section 7): a skeleton encoder, its SkeletonCLIP training and feature extraction.
+"""Pose features for LLAVIDAL: a skeleton encoder, its SkeletonCLIP training and feature extraction
+(docs/design.md#pose-and-object-features).
 
 - :mod:`.configuration` — :class:`PoseEncoderConfig` (width 216 = 24 × 9 heads, temporal stride 4, tokens).
 - :mod:`.graph` — the 25-joint NTU / Kinect v2 skeleton: bones, hop distances, body parts.

@@ -1,5 +1,5 @@
-"""Configuration of the skeleton encoder (SPEC section 7): one dataclass, saved as ``config.json`` next to the
-weights so that a checkpoint folder is self-describing."""
+"""Configuration of the skeleton encoder (docs/design.md#pose-and-object-features): one dataclass, saved as
+``config.json`` next to the weights so that a checkpoint folder is self-describing."""
 from __future__ import annotations
 
 import json

@@ -4,7 +4,7 @@ One output per video, named ``{stem}{suffix}.{pkl|npy}`` with ``suffix`` = ``_po
 ``S001C001P001R001A001.skeleton.npy`` → ``S001C001P001R001A001_pose.pkl``; with ``--stitch-map`` (the ADL-X
 temporal stitching, ``{video_name: [clip, ...]}``) the clips' skeletons are joined in list order and the output is
 ``{video_name}_pose.pkl`` (e.g. ``001_video_001_pose.pkl``). The training JSON's ``"pose"`` field names these files;
-``--suffix _pose --format pkl`` matches the ``..._pose.pkl`` of SPEC section 3 (the ADL-X download uses
+``--suffix _pose --format pkl`` matches the ``..._pose.pkl`` of docs/design.md#training-data (the ADL-X download uses
 ``.pickle``: the loader reads both).
 
 Every sequence (one clip, or the joined clips of a stitched video) is resampled to ``tokens × stride`` frames (1024

@@ -1,4 +1,4 @@
-"""The skeleton encoder behind the pose features, and its SkeletonCLIP head (SPEC section 7).
+"""The skeleton encoder behind the pose features, and its SkeletonCLIP head (docs/design.md#pose-and-object-features).
 
 ``PoseEncoder``: skeletons ``[N, C=3, T, V=25, M=2]`` → per-timestep tokens ``[N, T / stride, width]``
 (``[N, T/4, 216]`` by default).

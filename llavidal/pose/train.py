@@ -1,4 +1,6 @@
-"""SkeletonCLIP training of the pose encoder (SPEC section 7; SKI-LVLM phase 1): ``llavidal pose train``.
+"""SkeletonCLIP training of the pose encoder (SKI-LVLM phase 1): ``llavidal pose train``.
+
+Background: docs/design.md#pose-and-object-features.
 
 Each NTU class gets the prompt "a photo of a {class}." embedded once by the frozen CLIP text tower
 (``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` from ``--clip``). The skeleton embedding (mean of the encoder's

@@ -1,4 +1,4 @@
-"""Command-line arguments of training: every flag of the published recipe (SPEC section 5) on top of
+"""Command-line arguments of training: every flag of the published recipe (docs/design.md#recipe) on top of
 transformers' TrainingArguments, plus the choices this implementation adds."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ start/end rows are taken from the file that TRAINED that modality (the last such
 * our adapter files say which modalities they trained (safetensors metadata ``modalities``);
 * our training folders hold ``adapter.safetensors``;
 * files of the original code hold projectors only for the modalities they trained, and the whole embedding
-  matrix (rows mapped by token name through the layouts of SPEC section 1).
+  matrix (rows mapped by token name through the layouts of docs/design.md#artifacts).
 """
 from __future__ import annotations
 

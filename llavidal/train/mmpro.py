@@ -1,4 +1,4 @@
-"""MMPro, the multimodal progressive curriculum of LLAVIDAL (SPEC section 5).
+"""MMPro, the multimodal progressive curriculum of LLAVIDAL (docs/design.md#recipe).
 
 1. three independent projector-only runs: video, object, pose;
 2. video + pose, initialised from the merge of the stage-1 video and pose results;
@@ -37,7 +37,7 @@ STAGES = (
     Stage("stage3-video-object-pose", ("video", "object", "pose"), ("stage2-video-pose", "stage1-object")),
 )
 
-# The published hyper-parameters of every stage (SPEC section 5); user flags given after them take precedence.
+# The published hyper-parameters of every stage (docs/design.md#recipe); user flags given after them take precedence.
 RECIPE_FLAGS = [
     "--version", "v1", "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "True",
     "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",

@@ -37,8 +37,8 @@ def add_extract_args(p) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="CLIP compute dtype (default float16 on GPU, float32 on CPU); features are stored as float16")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
-    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (SPEC: 100)")
-    p.add_argument("--select-layer", type=int, default=-2, help="CLIP hidden layer (SPEC: -2, the penultimate)")
+    p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (default 100)")
+    p.add_argument("--select-layer", type=int, default=-2, help="CLIP hidden layer (default -2, the penultimate)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -50,7 +50,7 @@ def register(sub) -> None:
                    help="width of the vision tower = video feature width (1024 fits `llavidal make-tiny` models)")
     p.set_defaults(func=cmd_make_tiny_clip)
 
-    p = sub.add_parser("extract-video", help="raw videos -> [356, 1024] spatio-temporal CLIP features (SPEC 6)")
+    p = sub.add_parser("extract-video", help="raw videos -> [356, 1024] spatio-temporal CLIP features")
     p.add_argument("--input", required=True, help="a video file or a folder (searched recursively)")
     p.add_argument("--output", required=True, help="feature folder ({name}.pkl, failures.jsonl, summary)")
     add_extract_args(p)

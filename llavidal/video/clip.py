@@ -1,9 +1,9 @@
 """CLIP for LLAVIDAL: loading the vision tower the features need, and a tiny random CLIP folder for offline use.
 
-Video features (SPEC section 6) are the penultimate-layer patch tokens of CLIP ViT-L/14
-(``openai/clip-vit-large-patch14``); object features (section 7) are CLIP image embeddings (512-d, ViT-B); the pose
-encoder's SkeletonCLIP training aligns with CLIP text embeddings. All of them load from one CLIP folder (a full
-``CLIPModel`` checkpoint, as on the hub) through transformers.
+Video features (docs/design.md#video-features) are the penultimate-layer patch tokens of CLIP ViT-L/14
+(``openai/clip-vit-large-patch14``); object features (docs/design.md#pose-and-object-features) are CLIP image
+embeddings (512-d, ViT-B); the pose encoder's SkeletonCLIP training aligns with CLIP text embeddings. All of them load
+from one CLIP folder (a full ``CLIPModel`` checkpoint, as on the hub) through transformers.
 
 ``make_tiny_clip`` writes a folder laid out like the real one — ``config.json`` of a ``CLIPModel``, safetensors
 weights, ``preprocessor_config.json`` with CLIP's mean/std and sizes, a byte-level BPE tokenizer
@@ -179,9 +179,9 @@ def load_clip_vision(clip: str | os.PathLike = DEFAULT_VIDEO_CLIP, select_layer:
                      dtype=None):
     """The CLIP vision tower cut after the layer whose hidden states the features use.
 
-    ``hidden_states[select_layer]`` of the full model (``-2``: the penultimate layer, SPEC section 6) is the
-    ``last_hidden_state`` of the tower with only the first ``L + 1 + select_layer`` encoder layers: the layers after
-    it are dropped instead of being computed and thrown away (ViT-L/14: 23 of 24 layers run).
+    ``hidden_states[select_layer]`` of the full model (``-2``: the penultimate layer; docs/design.md#video-features)
+    is the ``last_hidden_state`` of the tower with only the first ``L + 1 + select_layer`` encoder layers: the layers
+    after it are dropped instead of being computed and thrown away (ViT-L/14: 23 of 24 layers run).
     """
     import torch
     from transformers import CLIPVisionModel

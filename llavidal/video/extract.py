@@ -1,10 +1,12 @@
-"""Raw video → spatio-temporal CLIP features (SPEC section 6), for a folder of videos or one video at a time.
+"""Raw video → spatio-temporal CLIP features, for a folder of videos or one video at a time.
+
+The features: docs/design.md#video-features.
 
 Pipeline of ``llavidal extract-video`` (and ``scripts/save_spatio_temporal_clip_features.py``):
 
     worker processes (DataLoader)          main process (model device)
     ─────────────────────────────          ───────────────────────────────────────────────
-    decode SPEC frame indices               frame buffer spanning videos → batches of `batch` frames
+    decode the frame indices                frame buffer spanning videos → batches of `batch` frames
     nearest-resize to 224×224 (uint8)  ──►  uint8 → device, CLIP normalisation on device
     (errors travel as values)               CLIP tower up to the selected layer → [B, 256, D] patch tokens
                                             per video: pooling → [100 + 256, D] float16 → atomic write

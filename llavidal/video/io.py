@@ -1,5 +1,5 @@
 """Reading and writing video files: decord first, PyAV for what decord cannot open (gif, some webm/mkv), and the
-frame sampling of SPEC section 6.
+frame sampling of docs/design.md#video-features.
 
 All readers return RGB uint8 arrays ``[N, H, W, 3]``. Every failure is a :class:`VideoReadError` whose message
 names the file and what went wrong, so that batch jobs can record it and go on.
@@ -50,7 +50,7 @@ def find_videos(root: str | os.PathLike) -> list[Path]:
 
 
 def frame_indices(total: int, max_frames: int = 100) -> np.ndarray:
-    """SPEC section 6: N = min(T, max_frames) frames; with seg = (T-1)/N, frame i is
+    """docs/design.md#video-features: N = min(T, max_frames) frames; with seg = (T-1)/N, frame i is
     ``(round(seg*i) + round(seg*(i+1))) // 2`` (rounding half to even, as numpy rounds)."""
     if total < 1:
         raise ValueError(f"a video needs at least one frame, got {total}")
@@ -165,7 +165,8 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None, m
                 decoder: str = "auto") -> tuple[np.ndarray, int]:
     """Frames of a video as RGB uint8 ``[N, H, W, 3]`` plus the video's frame count.
 
-    ``indices``: exactly these frames; ``max_frames``: the SPEC's uniform sample of at most that many; neither: all.
+    ``indices``: exactly these frames; ``max_frames``: the uniform sample of at most that many
+    (docs/design.md#video-features); neither: all.
     ``decoder``: ``decord``, ``pyav`` or ``auto`` (decord, then PyAV for what decord cannot read).
     """
     path = Path(path)
@@ -194,8 +195,9 @@ def _has_decord() -> bool:
 
 
 def resize_nearest(frames: np.ndarray, size: int = 224) -> np.ndarray:
-    """``[N, H, W, 3]`` uint8 → ``[N, size, size, 3]`` by nearest-neighbour sampling, aspect not kept (SPEC 6.2:
-    the original's ``torch.nn.functional.interpolate`` default); frames already that size are returned as they are."""
+    """``[N, H, W, 3]`` uint8 → ``[N, size, size, 3]`` by nearest-neighbour sampling, aspect not kept (the original's
+    ``torch.nn.functional.interpolate`` default; docs/design.md#video-features); frames already that size are returned
+    as they are."""
     if frames.shape[1] == size and frames.shape[2] == size:
         return frames
     import torch
@@ -208,7 +210,7 @@ def resize_nearest(frames: np.ndarray, size: int = 224) -> np.ndarray:
 
 def sample_video(path: str | os.PathLike, max_frames: int = 100, size: int = 224,
                  decoder: str = "auto") -> np.ndarray:
-    """The frames video features are computed from: SPEC indices, nearest-resized to ``size`` → uint8
+    """The frames video features are computed from: the sampled indices, nearest-resized to ``size`` → uint8
     ``[min(T, max_frames), size, size, 3]``."""
     frames, _ = read_frames(path, max_frames=max_frames, decoder=decoder)
     return resize_nearest(frames, size)
