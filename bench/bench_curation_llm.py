@@ -90,18 +90,19 @@ def make_inputs(root: Path, n_videos: int, seconds: float, n_qa_videos: int) -> 
 
 def run_captions(vids: Path, out: Path, base_url: str, concurrency: int, procs: int) -> dict:
     from llavidal.curation.captions import CaptionConfig, caption_videos
-    from llavidal.curation.llm import LLMConfig
+    from llavidal.curation.steps import CurationConfig
 
-    cfg = CaptionConfig(videos=vids, out=out, llm=LLMConfig(base_url=base_url, model="stub", timeout=30),
+    cfg = CaptionConfig(videos=vids, out=out, llm=CurationConfig(base_url=base_url, model="stub", timeout=30),
                         concurrency=concurrency, procs=procs, progress=False)
     return caption_videos(cfg)
 
 
 def run_qa(desc: Path, actions: Path, out: Path, base_url: str, concurrency: int) -> dict:
-    from llavidal.curation.llm import LLMClient, LLMConfig
     from llavidal.curation.qa import generate_qa
+    from llavidal.curation.steps import CurationConfig
+    from llavidal.llm import LLMClient
 
-    with LLMClient(LLMConfig(base_url=base_url, model="stub", timeout=30)) as client:
+    with LLMClient(CurationConfig(base_url=base_url, model="stub", timeout=30)) as client:
         return generate_qa(desc, actions, out / "adlx_train.json", client, concurrency=concurrency, progress=False)
 
 

@@ -108,7 +108,7 @@ def run_row(server, base_url: str, concurrency: int, n: int, repeats: int, cache
     with tempfile.TemporaryDirectory() as tmp:
         with Judge(cfg) as warm_judge:  # fill the connection pool, import everything, outside the timing
             time_batch(warm_judge, make_requests(min(2 * concurrency, n), f"{tag}-warm"), concurrency)
-            shared_client = warm_judge.client
+            shared_client = warm_judge.llm.client
             for rep in range(repeats):
                 db = None if cache is None else os.path.join(tmp, f"cache{rep}.sqlite")
                 reqs = make_requests(n, f"{tag}-{rep}")

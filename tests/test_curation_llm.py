@@ -21,17 +21,11 @@ from openai_stub import OpenAIStub, status
 
 from llavidal.curation.captions import CaptionConfig, caption_videos, merge_captions, plan_frames, run_shard
 from llavidal.curation.describe import describe_videos
-from llavidal.curation.llm import (
-    LLMClient,
-    LLMConfig,
-    ReplyError,
-    StepError,
-    parse_description,
-    parse_qa_list,
-    run_bounded,
-)
 from llavidal.curation.prompts import default_curation_prompts
 from llavidal.curation.qa import generate_qa, is_order_question, training_records
+from llavidal.curation.steps import CurationConfig as LLMConfig
+from llavidal.curation.steps import ReplyError, StepError, parse_description, parse_qa_list
+from llavidal.llm import LLMClient, run_bounded
 
 COLORS = {"001_video_001": (200, 30, 30), "001_video_002": (30, 200, 30), "002_video_001": (30, 30, 200)}
 ACTIONS = {
@@ -109,7 +103,7 @@ def stub():
 
 
 def llm(stub: OpenAIStub, **kw) -> LLMConfig:
-    base = dict(base_url=stub.base_url, model="stub-vlm", backoff_base=0.01, backoff_max=0.02, timeout=5.0)
+    base = dict(base_url=stub.base_url, model="stub-vlm", timeout=5.0)
     base.update(kw)
     return LLMConfig(**base)
 
@@ -458,7 +452,7 @@ def test_qa_malformed_retried_then_failed_others_kept_and_trainable(tmp_path, st
     out = tmp_path / "adlx_train.json"
     with LLMClient(llm(stub, max_parse_failures=3)) as client:
         m = generate_qa(desc, acts, out, client, concurrency=1, progress=False)
-    assert m["failed"]["items"]["002_video_001/summary"].startswith("malformed reply")
+    assert m["failed"]["items"]["002_video_001/summary"].startswith("unparsable")
     assert m["skipped"]["by_kind"] == {"no_description": 1}
     assert m["outputs"]["videos"] == 2 and m["outputs"]["records"] == 12
     # 2 ok videos x 2 calls + 1 order retry, 002: detail ok + 3 malformed summary replies

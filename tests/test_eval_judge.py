@@ -1,7 +1,6 @@
 """LLM judge: reply parsing, retries, failure records, cache, concurrency, prompt sets - against a real HTTP stub."""
 from __future__ import annotations
 
-import email.utils
 import json
 import sys
 import time
@@ -16,14 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_stub import Action, OpenAIStub, garbage, reply, slow, status  # noqa: E402
 
 from llavidal.eval.judge import (  # noqa: E402
-    DUMMY_API_KEY, Judge, JudgeCache, JudgeConfig, JudgeConfigError, JudgeRequest, ReplyParseError,
-    _retry_after_seconds, cache_key, parse_letter, parse_reply, parse_score,
+    DUMMY_API_KEY, Judge, JudgeCache, JudgeConfig, JudgeConfigError, JudgeRequest, ReplyParseError, cache_key,
+    parse_letter, parse_reply, parse_score,
 )
 from llavidal.eval.metrics import aggregate_scores  # noqa: E402
 from llavidal.eval.prompts import (  # noqa: E402
-    CRITERIA, REQUIRED_PLACEHOLDERS, PromptSet, PromptSetError, default_prompt_set, format_options,
-    load_prompt_set, save_prompt_set,
+    CRITERIA, JUDGE_SPECS, PromptSetError, default_prompt_set, format_options, load_prompt_set, save_prompt_set,
 )
+from llavidal.eval.prompts import JudgePromptSet as PromptSet  # noqa: E402
 
 PS = default_prompt_set()
 
@@ -35,9 +34,9 @@ def stub():
 
 
 def make_judge(stub, cache=None, **kw):
-    cfg = dict(base_url=stub.base_url, model="stub-judge", backoff_base=0.01, backoff_max=0.05, timeout=2.0)
+    cfg = dict(base_url=stub.base_url, model="stub-judge", timeout=2.0)
     cfg.update(kw)
-    return Judge(JudgeConfig(**cfg), cache=cache, rng_seed=0)
+    return Judge(JudgeConfig(**cfg), cache=cache)
 
 
 def score_req(i=0, criterion="correctness", prompts=PS):
@@ -156,7 +155,7 @@ def test_429_then_success_honours_retry_after(stub):
     elapsed = time.perf_counter() - t0
     assert r.ok and r.value == 4 and r.attempts == 2
     assert stub.count == 2
-    assert elapsed >= 0.3  # waited as the server asked, not the 10 ms backoff
+    assert elapsed >= 0.3  # waited as the server asked
     assert judge.stats.retries == 1 and judge.stats.failures == 0
 
 
@@ -211,7 +210,7 @@ def test_garbage_body_then_success(stub):
 def test_connection_refused_is_a_failure_record():
     with OpenAIStub() as s:
         url = s.base_url
-    judge = Judge(JudgeConfig(base_url=url, model="m", max_attempts=2, backoff_base=0.01, timeout=1.0))
+    judge = Judge(JudgeConfig(base_url=url, model="m", max_attempts=2, timeout=1.0))
     r = judge.judge(score_req())
     assert not r.ok and r.error.startswith("connection") and r.attempts == 2
 
@@ -346,18 +345,6 @@ def test_config_resolution(monkeypatch):
         JudgeConfig(model="x", temperature=-1).validate()
 
 
-def test_retry_after_header_forms():
-    class E:
-        def __init__(self, headers):
-            self.response = type("R", (), {"headers": headers})()
-
-    assert _retry_after_seconds(E({"retry-after": "2"})) == 2.0
-    assert _retry_after_seconds(E({"retry-after-ms": "250"})) == 0.25
-    date = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < _retry_after_seconds(E({"retry-after": date})) <= 31
-    assert _retry_after_seconds(E({})) is None
-
-
 def test_request_validation():
     with pytest.raises(ValueError):
         JudgeRequest(messages=(), kind="score")
@@ -371,7 +358,7 @@ def test_request_validation():
 
 def test_default_prompt_set_is_complete():
     assert PS.ident == "llavidal-judge@1"
-    assert set(PS.prompts) == set(REQUIRED_PLACEHOLDERS)
+    assert set(PS.prompts) == set(JUDGE_SPECS)
     for c in CRITERIA:
         p = PS.prompts[c]
         assert p.kind == "score" and "{'score': N}" in p.user

@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .llm import (
-    CallResult,
-    LLMClient,
-    LLMConfig,
+from ..llm import CallResult, LLMClient, LLMConfig, Prompt, run_bounded
+from .prompts import load_curation_prompts
+from .steps import (
     StepError,
     StepLog,
     add_llm_args,
@@ -47,10 +46,8 @@ from .llm import (
     parse_text,
     print_summary,
     read_json,
-    run_bounded,
     sum_stats,
 )
-from .prompts import CurationPrompt, load_curation_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +153,7 @@ class FrameTask:
 class EndpointCaptioner:
     """One frame per request to an OpenAI-compatible vision endpoint."""
 
-    def __init__(self, cfg: CaptionConfig, prompt: CurationPrompt):
+    def __init__(self, cfg: CaptionConfig, prompt: Prompt):
         self.cfg, self.prompt = cfg, prompt
         self.client = LLMClient(cfg.llm)
         self.max_tokens = cfg.max_new_tokens or prompt.max_tokens or cfg.llm.max_tokens
@@ -192,7 +189,7 @@ class LocalCaptioner:
 
     max_consecutive_failures = 3  # batches failing in a row (a broken model, out of memory): stop the shard
 
-    def __init__(self, cfg: CaptionConfig, prompt: CurationPrompt, device: str | None):
+    def __init__(self, cfg: CaptionConfig, prompt: Prompt, device: str | None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

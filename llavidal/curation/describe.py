@@ -26,9 +26,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .llm import (
-    CallResult,
-    LLMClient,
+from ..llm import CallResult, LLMClient
+from .prompts import load_curation_prompts
+from .steps import (
     StepError,
     StepLog,
     add_llm_args,
@@ -42,7 +42,6 @@ from .llm import (
     run_step_items,
     word_count,
 )
-from .prompts import load_curation_prompts
 
 logger = logging.getLogger(__name__)
 

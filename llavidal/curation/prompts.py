@@ -16,38 +16,26 @@ it, then pass ``--prompts FILE`` to the steps; bump ``version`` whenever the wor
 """
 from __future__ import annotations
 
-import json
 import os
-import string
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_NAME", "DEFAULT_VERSION", "REQUIRED_PLACEHOLDERS", "CurationPrompt", "CurationPrompts",
-           "PromptError", "default_curation_prompts", "load_curation_prompts", "save_curation_prompts"]
+from ..llm.prompts import PromptSet, PromptSetError, PromptSpec
+
+__all__ = ["CURATION_SPECS", "DEFAULT_NAME", "DEFAULT_VERSION", "CurationPrompts", "PromptSetError",
+           "default_curation_prompts", "load_curation_prompts", "save_curation_prompts"]
 
 DEFAULT_NAME = "llavidal-curation"
 DEFAULT_VERSION = "1"
 
-_QA_FIELDS = frozenset({"description", "actions", "captions"})
-#: prompt key -> the placeholders its system + user text may use (``required`` ones must appear)
-REQUIRED_PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "caption": frozenset(),
-    "describe": frozenset({"captions", "actions"}),
-    "qa_summary": frozenset({"description"}),
-    "qa_detail": frozenset({"description", "actions"}),
+_QA = frozenset({"description", "actions", "captions"})
+#: prompt key -> the placeholders it must use and may use (no kind: every reply is free text)
+CURATION_SPECS: dict[str, PromptSpec] = {
+    "caption": PromptSpec(system=False),
+    "describe": PromptSpec(frozenset({"captions", "actions"}), frozenset({"min_words", "max_words"}), system=False),
+    "qa_summary": PromptSpec(frozenset({"description"}), _QA - {"description"}, system=False),
+    "qa_detail": PromptSpec(frozenset({"description", "actions"}), _QA - {"description", "actions"}, system=False),
 }
-ALLOWED_PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "caption": frozenset(),
-    "describe": frozenset({"captions", "actions", "min_words", "max_words"}),
-    "qa_summary": _QA_FIELDS,
-    "qa_detail": _QA_FIELDS,
-}
-
-
-class PromptError(ValueError):
-    """A prompt file is incomplete or malformed; the message names the file and the prompt."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,134 +113,29 @@ _QA_DETAIL = {
 }
 
 
-def _default_dict() -> dict[str, Any]:
-    return {"name": DEFAULT_NAME, "version": DEFAULT_VERSION,
-            "description": "ADL-X curation prompts: frame caption, weakly supervised description, summary and "
-                           "detail QA generation",
-            "prompts": {"caption": dict(_CAPTION), "describe": dict(_DESCRIBE), "qa_summary": dict(_QA_SUMMARY),
-                        "qa_detail": dict(_QA_DETAIL)}}
+class CurationPrompts(PromptSet):
+    """The four curation prompts (``CURATION_SPECS``)."""
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# prompt set
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _placeholders(text: str, where: str) -> set[str]:
-    tpl = string.Template(text)
-    if not tpl.is_valid():
-        raise PromptError(f"{where}: malformed placeholder (use ${{name}}; write $$ for a literal $)")
-    return set(tpl.get_identifiers())
-
-
-@dataclass(frozen=True)
-class CurationPrompt:
-    key: str
-    system: str
-    user: str
-    max_tokens: int | None = None
-
-    def render(self, **fields: Any) -> list[dict[str, str]]:
-        """Chat messages with ``fields`` filled in (a system message only when the prompt has one)."""
-        values = {k: "" if v is None else str(v) for k, v in fields.items()}
-        msgs = []
-        if self.system.strip():
-            msgs.append({"role": "system", "content": string.Template(self.system).substitute(values)})
-        msgs.append({"role": "user", "content": string.Template(self.user).substitute(values)})
-        return msgs
-
-
-@dataclass(frozen=True)
-class CurationPrompts:
-    """A validated, versioned set of the four curation prompts; ``ident`` is ``name@version``."""
-
-    name: str
-    version: str
-    prompts: Mapping[str, CurationPrompt]
-    description: str = ""
-    source: str | None = field(default=None, compare=False)
-
-    @property
-    def ident(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def __getitem__(self, key: str) -> CurationPrompt:
-        return self.prompts[key]
+    SPECS = CURATION_SPECS
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> CurationPrompts:
-        where = source or "curation prompts"
-        if not isinstance(data, Mapping):
-            raise PromptError(f"{where}: expected a JSON object at the top level")
-        for k in ("name", "version"):
-            if not isinstance(data.get(k), (str, int)) or not str(data.get(k)).strip():
-                raise PromptError(f"{where}: missing or empty {k!r}")
-        raw = data.get("prompts")
-        if not isinstance(raw, Mapping):
-            raise PromptError(f"{where}: missing 'prompts' object")
-        missing = [k for k in REQUIRED_PLACEHOLDERS if k not in raw]
-        unknown = sorted(set(raw) - set(REQUIRED_PLACEHOLDERS))
-        if missing or unknown:
-            raise PromptError(f"{where}: prompts missing {missing}, unknown {unknown} "
-                              f"(expected exactly {sorted(REQUIRED_PLACEHOLDERS)})")
-        prompts = {}
-        for key in REQUIRED_PLACEHOLDERS:
-            p, at = raw[key], f"{where}: prompts.{key}"
-            if not isinstance(p, Mapping):
-                raise PromptError(f"{at}: expected an object with 'system' and 'user'")
-            system, user = p.get("system", ""), p.get("user")
-            if not isinstance(system, str) or not isinstance(user, str) or not user.strip():
-                raise PromptError(f"{at}: 'user' must be a non-empty string and 'system' a string")
-            used = _placeholders(system, f"{at}.system") | _placeholders(user, f"{at}.user")
-            if REQUIRED_PLACEHOLDERS[key] - used:
-                raise PromptError(f"{at}: placeholders missing: "
-                                  f"{sorted('${' + n + '}' for n in REQUIRED_PLACEHOLDERS[key] - used)}")
-            unknown_names = used - ALLOWED_PLACEHOLDERS[key]
-            if unknown_names:
-                raise PromptError(f"{at}: unknown placeholders {sorted('${' + n + '}' for n in unknown_names)} "
-                                  f"(allowed: {sorted(ALLOWED_PLACEHOLDERS[key])})")
-            mt = p.get("max_tokens")
-            if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-                raise PromptError(f"{at}: max_tokens must be a positive integer")
-            prompts[key] = CurationPrompt(key, system, user, mt)
-        return cls(str(data["name"]).strip(), str(data["version"]).strip(), prompts,
-                   str(data.get("description", "")), source)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for k, p in self.prompts.items():
-            out[k] = {"system": p.system, "user": p.user}
-            if p.max_tokens is not None:
-                out[k]["max_tokens"] = p.max_tokens
-        return {"name": self.name, "version": self.version, "description": self.description, "prompts": out}
-
-
-_DEFAULT: CurationPrompts | None = None
+    def default_dict(cls) -> dict[str, Any]:
+        return {"name": DEFAULT_NAME, "version": DEFAULT_VERSION,
+                "description": "ADL-X curation prompts: frame caption, weakly supervised description, summary and "
+                               "detail QA generation",
+                "prompts": {"caption": dict(_CAPTION), "describe": dict(_DESCRIBE), "qa_summary": dict(_QA_SUMMARY),
+                            "qa_detail": dict(_QA_DETAIL)}}
 
 
 def default_curation_prompts() -> CurationPrompts:
     """The built-in ``llavidal-curation@1`` set."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = CurationPrompts.from_dict(_default_dict(), source="builtin")
-    return _DEFAULT
+    return CurationPrompts.default()
 
 
 def load_curation_prompts(path: str | os.PathLike[str] | None = None) -> CurationPrompts:
     """The set in a JSON file (validated), or the built-in set when ``path`` is ``None``."""
-    if path is None:
-        return default_curation_prompts()
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PromptError(f"{p}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise PromptError(f"{p}: not valid JSON ({e})") from None
-    return CurationPrompts.from_dict(data, source=str(p))
+    return CurationPrompts.load(path)
 
 
 def save_curation_prompts(prompts: CurationPrompts, path: str | os.PathLike[str]) -> Path:
-    from ..io_utils import atomic_write_json
-
-    return atomic_write_json(path, prompts.to_dict())
+    return prompts.save(path)

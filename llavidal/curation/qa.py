@@ -3,7 +3,7 @@
 
 Per video, two LLM calls on its description (and its action list): three **summary** QAs and three **detail**
 QAs, at least one of them about the order of the actions. Each reply must hold a list of ``{"Q", "A"}`` objects;
-:func:`~llavidal.curation.llm.parse_qa_list` reads JSON, JSON in a code fence, Python literals, lists surrounded by
+:func:`~llavidal.curation.steps.parse_qa_list` reads JSON, JSON in a code fence, Python literals, lists surrounded by
 prose and lists cut off after a complete object. A detail reply whose questions never ask about order (no word
 such as *order*, *sequence*, *first*, *then*, *after*, *before*, *next*) is treated as malformed. A malformed reply
 is asked again with the next seed, at most ``--max-parse-failures`` (3) times; then the call is recorded as failed
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import MODALITIES, MODALITY_ORDER
+from ..llm import CallResult, LLMClient
 from .describe import format_captions, side_paths
-from .llm import (
-    CallResult,
-    LLMClient,
+from .prompts import load_curation_prompts
+from .steps import (
     ReplyError,
     StepError,
     StepLog,
@@ -49,7 +49,6 @@ from .llm import (
     read_json,
     run_step_items,
 )
-from .prompts import load_curation_prompts
 
 logger = logging.getLogger(__name__)
 

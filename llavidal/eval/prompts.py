@@ -8,8 +8,8 @@ for a Python-dict string ``{'score': N}``. Two more prompts serve the other benc
 descriptions, in clip order, merged into one ~300-word description) and MCQ letter matching (which option does a
 free-form reply express, or ``Z`` for none). The wording is this project's own.
 
-Placeholders use :class:`string.Template` syntax (``${question}``) so that literal braces such as ``{'score': N}``
-need no escaping. Every prompt key has a fixed kind and a fixed set of placeholders; :func:`load_prompt_set`
+The set is a :class:`llavidal.llm.PromptSet` (``${name}`` placeholders, a JSON file format, validation, ``ident``).
+Every prompt key has a fixed kind and a fixed set of placeholders (``JudgePromptSet.SPECS``); :func:`load_prompt_set`
 checks a JSON file against them::
 
     {"name": "my-judge", "version": "2",
@@ -23,20 +23,17 @@ case, so a stale cache can never answer for new wording).
 """
 from __future__ import annotations
 
-import json
 import os
-import string
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..llm.prompts import PromptSet, PromptSetError, PromptSpec
 from .judge import KIND_MCQ, KIND_SCORE, KIND_TEXT, JudgeRequest
 
 __all__ = [
-    "CRITERIA", "CRITERION_LABELS", "DEFAULT_PROMPT_SET_NAME", "DEFAULT_PROMPT_SET_VERSION", "PROMPT_KINDS",
-    "REQUIRED_PLACEHOLDERS", "Prompt", "PromptSet",
-    "PromptSetError", "default_prompt_set", "format_clip_descriptions", "format_options", "load_prompt_set",
-    "save_prompt_set",
+    "CRITERIA", "CRITERION_LABELS", "DEFAULT_PROMPT_SET_NAME", "DEFAULT_PROMPT_SET_VERSION", "JUDGE_SPECS",
+    "JudgePromptSet", "PromptSetError", "default_prompt_set", "format_clip_descriptions", "format_options",
+    "load_prompt_set", "save_prompt_set",
 ]
 
 DEFAULT_PROMPT_SET_NAME = "llavidal-judge"
@@ -53,26 +50,14 @@ CRITERION_LABELS = {
 }
 
 _QAP = frozenset({"question", "answer", "prediction"})
-#: prompt key -> the placeholders its system + user text must use (no more, no fewer)
-REQUIRED_PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "correctness": _QAP,
-    "detail": _QAP,
-    "context": _QAP,
-    "temporal": _QAP,
-    "consistency": frozenset({"question1", "question2", "answer", "prediction1", "prediction2"}),
-    "tsu_summary": frozenset({"clip_descriptions"}),
-    "mcq": frozenset({"question", "options", "prediction"}),
+#: prompt key -> its placeholders (exactly these) and the kind of reply it asks for
+JUDGE_SPECS: dict[str, PromptSpec] = {
+    **{c: PromptSpec(_QAP, kind=KIND_SCORE) for c in CRITERIA[:4]},
+    "consistency": PromptSpec(frozenset({"question1", "question2", "answer", "prediction1", "prediction2"}),
+                              kind=KIND_SCORE),
+    "tsu_summary": PromptSpec(frozenset({"clip_descriptions"}), kind=KIND_TEXT),
+    "mcq": PromptSpec(frozenset({"question", "options", "prediction"}), kind=KIND_MCQ),
 }
-PROMPT_KINDS: dict[str, str] = {
-    **{c: KIND_SCORE for c in CRITERIA},
-    "tsu_summary": KIND_TEXT,
-    "mcq": KIND_MCQ,
-}
-
-
-class PromptSetError(ValueError):
-    """A prompt set is incomplete or malformed."""
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # default wording
@@ -207,105 +192,25 @@ def _default_dict() -> dict[str, Any]:
             "description": "LLAVIDAL judge prompts: Video-ChatGPT criteria, TSU clip summary, MCQ letter matching",
             "prompts": prompts}
 
-
 # ----------------------------------------------------------------------------------------------------------------
-# prompt set
+# the judge's prompt set
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _placeholders(text: str, where: str) -> set[str]:
-    tpl = string.Template(text)
-    if not tpl.is_valid():
-        raise PromptSetError(f"{where}: malformed placeholder (use ${{name}}; write $$ for a literal $)")
-    return set(tpl.get_identifiers())
+class JudgePromptSet(PromptSet):
+    """The judge's prompts (``SPECS``) and the request builders of each benchmark."""
 
+    SPECS = JUDGE_SPECS
 
-@dataclass(frozen=True)
-class Prompt:
-    key: str
-    kind: str
-    system: str
-    user: str
-    max_tokens: int | None = None
-
-    def render(self, **fields: Any) -> list[dict[str, str]]:
-        need = REQUIRED_PLACEHOLDERS.get(self.key)
-        if need is not None:
-            missing = sorted(need - fields.keys())
-            extra = sorted(fields.keys() - need)
-            if missing or extra:
-                raise TypeError(f"prompt {self.key!r}: missing fields {missing}, unexpected fields {extra}")
-        values = {k: "" if v is None else str(v) for k, v in fields.items()}
-        return [{"role": "system", "content": string.Template(self.system).substitute(values)},
-                {"role": "user", "content": string.Template(self.user).substitute(values)}]
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """A validated, versioned set of judge prompts. ``ident`` (``name@version``) goes into the cache key and the
-    records; :meth:`request` and the helpers build :class:`~llavidal.eval.judge.JudgeRequest` objects."""
-
-    name: str
-    version: str
-    prompts: Mapping[str, Prompt]
-    description: str = ""
-    source: str | None = field(default=None, compare=False)
-
-    @property
-    def ident(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    # -- (de)serialisation ----------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "PromptSet":
-        where = source or "prompt set"
-        if not isinstance(data, Mapping):
-            raise PromptSetError(f"{where}: expected a JSON object at the top level")
-        for k in ("name", "version"):
-            if not isinstance(data.get(k), (str, int)) or not str(data.get(k)).strip():
-                raise PromptSetError(f"{where}: missing or empty {k!r}")
-        raw = data.get("prompts")
-        if not isinstance(raw, Mapping):
-            raise PromptSetError(f"{where}: missing 'prompts' object")
-        missing = [k for k in REQUIRED_PLACEHOLDERS if k not in raw]
-        if missing:
-            raise PromptSetError(f"{where}: missing prompts {missing} (required: {sorted(REQUIRED_PLACEHOLDERS)})")
-        unknown = sorted(set(raw) - set(REQUIRED_PLACEHOLDERS))
-        if unknown:
-            raise PromptSetError(f"{where}: unknown prompts {unknown}")
-        prompts: dict[str, Prompt] = {}
-        for key, need in REQUIRED_PLACEHOLDERS.items():
-            p = raw[key]
-            at = f"{where}: prompts.{key}"
-            if not isinstance(p, Mapping):
-                raise PromptSetError(f"{at}: expected an object with 'system' and 'user'")
-            for part in ("system", "user"):
-                if not isinstance(p.get(part), str) or not p[part].strip():
-                    raise PromptSetError(f"{at}: missing or empty {part!r}")
-            kind = p.get("kind", PROMPT_KINDS[key])
-            if kind != PROMPT_KINDS[key]:
-                raise PromptSetError(f"{at}: kind must be {PROMPT_KINDS[key]!r}, got {kind!r}")
-            used = _placeholders(p["system"], f"{at}.system") | _placeholders(p["user"], f"{at}.user")
-            if need - used:
-                raise PromptSetError(f"{at}: placeholders missing: {sorted('${' + n + '}' for n in need - used)}")
-            if used - need:
-                raise PromptSetError(f"{at}: unknown placeholders {sorted('${' + n + '}' for n in used - need)} "
-                                     f"(allowed: {sorted(need)})")
-            mt = p.get("max_tokens")
-            if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-                raise PromptSetError(f"{at}: max_tokens must be a positive integer")
-            prompts[key] = Prompt(key=key, kind=kind, system=p["system"], user=p["user"], max_tokens=mt)
-        return cls(name=str(data["name"]).strip(), version=str(data["version"]).strip(), prompts=prompts,
-                   description=str(data.get("description", "")), source=source)
-
-    def to_dict(self) -> dict[str, Any]:
-        prompts = {}
-        for k, p in self.prompts.items():
-            d: dict[str, Any] = {"kind": p.kind, "system": p.system, "user": p.user}
-            if p.max_tokens is not None:
-                d["max_tokens"] = p.max_tokens
-            prompts[k] = d
-        return {"name": self.name, "version": self.version, "description": self.description, "prompts": prompts}
+    def default_dict(cls) -> dict[str, Any]:
+        prompts = {k: _criterion_prompt(k) for k in ("correctness", "detail", "context", "temporal")}
+        prompts["consistency"] = dict(_CONSISTENCY)
+        prompts["tsu_summary"] = dict(_TSU_SUMMARY)
+        prompts["mcq"] = dict(_MCQ)
+        return {"name": DEFAULT_PROMPT_SET_NAME, "version": DEFAULT_PROMPT_SET_VERSION,
+                "description": "LLAVIDAL judge prompts: Video-ChatGPT criteria, TSU clip summary, MCQ letter matching",
+                "prompts": prompts}
 
     # -- request builders -----------------------------------------------------------------------------------------
     def request(self, key: str, *, id: str | None = None, choices: Sequence[str] | None = None,
@@ -385,34 +290,16 @@ def format_clip_descriptions(clip_descriptions: Sequence[str]) -> str:
     return "\n\n".join(f"Clip {i}: {' '.join(str(d).split())}" for i, d in enumerate(clip_descriptions, 1))
 
 
-_DEFAULT: PromptSet | None = None
-
-
-def default_prompt_set() -> PromptSet:
+def default_prompt_set() -> JudgePromptSet:
     """The built-in ``llavidal-judge@1`` set."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = PromptSet.from_dict(_default_dict(), source="builtin")
-    return _DEFAULT
+    return JudgePromptSet.default()
 
 
-def load_prompt_set(path: str | os.PathLike[str] | None = None) -> PromptSet:
-    """A prompt set from a JSON file (validated; :class:`PromptSetError` says what is wrong), or the default set
-    when ``path`` is ``None``."""
-    if path is None:
-        return default_prompt_set()
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PromptSetError(f"{p}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise PromptSetError(f"{p}: not valid JSON ({e})") from None
-    return PromptSet.from_dict(data, source=str(p))
+def load_prompt_set(path: str | os.PathLike[str] | None = None) -> JudgePromptSet:
+    """A judge prompt set from a JSON file (validated; :class:`PromptSetError` says what is wrong), or the built-in
+    set when ``path`` is ``None``."""
+    return JudgePromptSet.load(path)
 
 
 def save_prompt_set(prompt_set: PromptSet, path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(prompt_set.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return p
+    return prompt_set.save(path)

@@ -27,8 +27,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..io_utils import append_jsonl, read_jsonl
+from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ..llm import LLMConfig, add_endpoint_args
+from ..llm.config import config_from_args
 from ..video.io import VIDEO_SUFFIXES
+from .judge import JudgeConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import PROMPT_SET_VERSION, TASKS, EvalItem, list_clips, load_task, task_info
 
@@ -57,16 +60,19 @@ class RunConfig:
     limit: int | None = None
     device: str | None = None
     dtype: str = "auto"
-    judge_model: str | None = None  # description tasks: OpenAI-compatible judge (None: offline metrics only)
-    judge_base_url: str | None = None
-    judge_api_key: str | None = None
-    judge_temperature: float = 0.0
+    judge: LLMConfig | None = None  # OpenAI-compatible judge (None: offline metrics only, rule-parsed MCQ)
     judge_concurrency: int = 16
     judge_cache: str | None = None  # default: {output}/judge_cache.sqlite
     prompt_set: str | None = None  # a prompt-set JSON file (default: the built-in versioned set)
     embedding: bool | None = None  # embedding metric: None = when installed
     clip: str | None = None  # raw videos: CLIP for the features of videos without cached ones
     extract_workers: int | None = None  # decoding processes for that extraction
+
+    def record(self) -> dict:
+        """The configuration as recorded in ``summary.json``: the judge by its identity, never its API key."""
+        d = asdict(self)
+        d["judge"] = self.judge.record() if self.judge is not None else None
+        return d
 
 
 # ==================================================================== features
@@ -247,16 +253,13 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict
 
 def make_judge(cfg: RunConfig, out: Path):
     """(judge, prompt set) from the run's judge flags, or (None, None) when no judge model is configured."""
-    if not cfg.judge_model:
+    if cfg.judge is None:
         return None, None
-    from .judge import Judge, JudgeConfig
+    from .judge import Judge
     from .prompts import load_prompt_set
 
     prompts = load_prompt_set(cfg.prompt_set)
-    judge = Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, api_key=cfg.judge_api_key,
-                              temperature=cfg.judge_temperature),
-                  cache=cfg.judge_cache or out / "judge_cache.sqlite")
-    return judge, prompts
+    return Judge(cfg.judge, cache=cfg.judge_cache or out / "judge_cache.sqlite"), prompts
 
 
 def llm_parse(cfg: RunConfig, items: list[EvalItem], rows: list[dict], out: Path) -> dict:
@@ -368,20 +371,18 @@ def run(cfg: RunConfig) -> dict | None:
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "video_features": ({"clip": cfg.clip, "extracted": extraction["written"], "failed": extraction["failed"]}
                                if extraction else None),
-            "config": asdict(cfg)}
+            "config": cfg.record()}
     if info.kind == "mcq" and cfg.mcq_mode == "generate" and cfg.mcq_parser != "rule":
         meta.update(llm_parse(cfg, items, rows, out))
         meta["mcq_parser"] = cfg.mcq_parser
     summary = summarise(cfg, items, problems, rows, meta)
     if info.kind == "description":
         summary.update(_score_descriptions(cfg, items, rows, out))
-    scored = out / "scored.jsonl.tmp"  # per item, as scored (letters after any LLM parsing)
-    scored.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
-    os.replace(scored, out / "scored.jsonl")
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
-    (out / "summary.md").write_text(markdown_table(summary))
+    # per item, as scored (letters after any LLM parsing)
+    atomic_write_text(out / "scored.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
+    atomic_write_json(out / "summary.json", summary, indent=2)
+    atomic_write_text(out / "summary.md", markdown_table(summary))
     return summary
 
 
@@ -411,16 +412,20 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
-    j = p.add_argument_group("judge (description tasks; any OpenAI-compatible endpoint)")
-    j.add_argument("--judge-model", help="e.g. gpt-4o-mini, llama3.1 (Ollama); none: offline metrics only")
-    j.add_argument("--judge-base-url", help="e.g. http://localhost:11434/v1 (default: $LLAVIDAL_JUDGE_BASE_URL)")
-    j.add_argument("--judge-api-key", help="default: $LLAVIDAL_JUDGE_API_KEY or $OPENAI_API_KEY")
-    j.add_argument("--judge-temperature", type=float, default=0.0)
-    j.add_argument("--judge-concurrency", type=int, default=16)
+    j = add_endpoint_args(p, "judge", JudgeConfig, concurrency=16,
+                          title="judge (description scores, --mcq-parser llm; any OpenAI-compatible endpoint; "
+                                "without --judge-model or $LLAVIDAL_JUDGE_MODEL: offline metrics only)")
     j.add_argument("--judge-cache", help="SQLite cache (default: OUTPUT/judge_cache.sqlite)")
     j.add_argument("--prompt-set", help="judge prompt-set JSON (default: the built-in versioned set)")
     j.add_argument("--no-embedding", action="store_true", help="skip the embedding-similarity metric")
     return p
+
+
+def judge_from_args(args: argparse.Namespace) -> LLMConfig | None:
+    """The judge of the ``--judge-*`` flags, or ``None`` when no judge model is named (flag or environment)."""
+    if not (args.judge_model or os.environ.get(f"{JudgeConfig.env}_MODEL")):
+        return None
+    return config_from_args(args, "judge", JudgeConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
                     video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
                     extract_workers=args.extract_workers, object_dir=args.object_dir,
                     pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
-                    mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
-                    device=args.device, dtype=args.dtype, judge_model=args.judge_model,
-                    judge_base_url=args.judge_base_url, judge_api_key=args.judge_api_key,
-                    judge_temperature=args.judge_temperature, judge_concurrency=args.judge_concurrency,
-                    judge_cache=args.judge_cache, prompt_set=args.prompt_set,
+                    device=args.device, dtype=args.dtype, judge=judge_from_args(args),
+                    judge_concurrency=args.judge_concurrency, judge_cache=args.judge_cache,
+                    prompt_set=args.prompt_set,
                     embedding=False if args.no_embedding else None)
     summary = run(cfg)
     if summary is not None:
