@@ -84,6 +84,37 @@ def _single_array(obj, path: Path, modality: str | None) -> np.ndarray:
     return obj
 
 
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` array, its header checked against the file size before anything is allocated: an empty or
+    truncated file, or a header that claims more data than the file holds, is a :class:`FeatureError`."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise FeatureError(f"{path}: empty file (0 bytes); expected a .npy array")
+    from numpy.lib import format as npformat
+
+    with open(path, "rb") as fh:
+        try:
+            version = npformat.read_magic(fh)
+            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        except (ValueError, EOFError, SyntaxError) as e:
+            raise FeatureError(f"{path}: not a .npy file (bad header): {e}") from None
+        header_end = fh.tell()
+    if dtype.hasobject:
+        raise FeatureError(f"{path}: not a readable .npy array: it holds Python objects (dtype {dtype}; object "
+                           "arrays are refused); expected a numeric array")
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    have = size - header_end
+    if need != have:
+        raise FeatureError(f"{path}: the header describes shape {list(shape)} of {dtype} ({need} bytes) but the file "
+                           f"holds {have} bytes of data; truncated or corrupt")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise FeatureError(f"{path}: not a readable .npy array: {e}") from None
+
+
 def load_feature(path: str | os.PathLike, modality: str | None = None) -> np.ndarray:
     """Read one feature file into a numpy array (no validation of its shape; see :func:`validate_feature`)."""
     path = Path(path)
@@ -95,10 +126,7 @@ def load_feature(path: str | os.PathLike, modality: str | None = None) -> np.nda
         with open(path, "rb") as fh:
             obj = safe_unpickle(fh, str(path))
     elif suffix == ".npy":
-        try:
-            obj = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise FeatureError(f"{path}: not a readable .npy array (object arrays are refused): {e}") from None
+        obj = read_npy(path)
     elif suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -173,6 +201,27 @@ def load_validated(path: str | os.PathLike, modality: str, config) -> np.ndarray
     return validate_feature(load_feature(path, modality), modality, config, str(path))
 
 
+def check_feature_file(path: str | os.PathLike, width: int | None = None, rows: int | None = None) -> str | None:
+    """Why an existing output of an extraction cannot count as finished, or None when it can: the file must load,
+    hold a finite floating-point array, and match ``width`` (last dimension) and ``rows`` (first dimension) when
+    given. A 0-byte or truncated file left by a crash or a full disk is caught here, so a rerun redoes it."""
+    try:
+        arr = load_feature(path)
+    except (OSError, FeatureError) as e:
+        return str(e)
+    if not (np.issubdtype(arr.dtype, np.floating) or str(arr.dtype) == "bfloat16"):
+        return f"{path}: dtype {arr.dtype}, expected floating point"
+    if arr.ndim < 2 or arr.shape[0] < 1:
+        return f"{path}: shape {list(arr.shape)}, expected at least [rows, width]"
+    if width is not None and arr.shape[-1] != width:
+        return f"{path}: shape {list(arr.shape)}, expected width {width}"
+    if rows is not None and arr.shape[0] != rows:
+        return f"{path}: shape {list(arr.shape)}, expected {rows} rows"
+    if not np.isfinite(arr.astype(np.float32, copy=False)).all():
+        return f"{path}: holds NaN/inf values"
+    return None
+
+
 def patch_rows(arr: np.ndarray) -> int:
     """Number of patch tokens a feature array occupies (objects: n * frames)."""
     return int(np.prod(arr.shape[:-1]))
@@ -200,5 +249,5 @@ def save_feature(arr: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["FeatureError", "load_feature", "load_validated", "patch_rows", "safe_unpickle", "save_feature",
-           "validate_feature"]
+__all__ = ["FeatureError", "check_feature_file", "load_feature", "load_validated", "patch_rows", "read_npy", "safe_unpickle",
+           "save_feature", "validate_feature"]

@@ -212,7 +212,8 @@ def test_in_memory_records_and_letter_rules():
     assert "not one of the options" in problems[1].reason
     assert f"'G' in 'options' is not a letter A-{LETTERS[-1]}" in problems[2].reason
     assert isinstance(problems[0], Problem)
-    assert load_task_data("tsu-tc", []) == ([], [])
+    with pytest.raises(TaskFormatError, match="holds no records"):  # an empty benchmark is an error, not 0 items
+        load_task_data("tsu-tc", [])
 
 
 def test_prepare_cli(capsys):

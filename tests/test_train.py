@@ -245,6 +245,28 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_base, synth, t
     assert max_abs_diff(adapter(full / "checkpoint-4"), adapter(part / "checkpoint-4")) <= 1e-6
 
 
+def test_rerun_of_a_finished_run_changes_nothing(tiny_base, synth, tmp_path, capsys):
+    """Running the same command again after it finished leaves every output as it was (the summary was once
+    rewritten with loss 0.0); a run killed after its last checkpoint but before its final outputs finishes from that
+    checkpoint without training a step past the end (the Trainer alone would run one more step)."""
+    flags = dict(per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2)
+    out = tmp_path / "run"
+    first = run_train(train_flags(tiny_base, synth, out, **flags))
+    assert first["global_step"] == 4 and first["train_loss"] > 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = run_train(train_flags(tiny_base, synth, out, **flags))
+    assert again == first and "training already finished" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    for name in ("train_summary.json", "adapter.safetensors", "mm_projector.bin"):  # killed before the end
+        (out / name).unlink()
+    resumed = run_train(train_flags(tiny_base, synth, out, **flags))
+    assert resumed["global_step"] == 4 and resumed["resumed_from"] == str(out / "checkpoint-4")
+    assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-6)
+    assert max_abs_diff(adapter(out), adapter(out / "checkpoint-4")) == 0.0
+    assert not (out / "checkpoint-5").exists()
+
+
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_resume_in_lora_and_full_modes(tiny_base, synth, tmp_path, mode):
     """LoRA resumes through its own checkpoint loader (peft adapter + projector/rows), full mode through the

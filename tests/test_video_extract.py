@@ -183,6 +183,29 @@ def test_folder_extraction_failures_resume_and_names(tmp_path, small_clip):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
+def test_unusable_existing_outputs_are_redone_and_dangling_links_listed(tmp_path, small_clip, capsys):
+    """A 0-byte or truncated output (a crash or a full disk) is not a finished video: the rerun redoes it and says so;
+    a video-named link whose target is gone is listed as a failure, never skipped silently."""
+    src, out = tmp_path / "v", tmp_path / "f"
+    for i in range(3):
+        _lossless(src / f"v{i}.mkv", _frames(4, seed=20 + i))
+    (src / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    cfg = ExtractConfig(clip=str(small_clip), batch=8, workers=0, device="cpu", progress=False)
+    s1 = extract_folder(src, out, cfg)
+    assert s1["written"] == 3 and s1["failed"] == 1
+    fails = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(Path(f["video"]).name, f["stage"]) for f in fails] == [("gone.mp4", "input")]
+    assert "dangling symbolic link" in fails[0]["error"] and "nowhere.mp4" in fails[0]["error"]
+    good = {p.name: p.read_bytes() for p in out.glob("*.pkl")}
+    (out / "v0.pkl").write_bytes(b"")
+    (out / "v1.pkl").write_bytes(good["v1.pkl"][: len(good["v1.pkl"]) // 2])
+    s2 = extract_folder(src, out, cfg)
+    assert (s2["written"], s2["already_done"], s2["redone_unusable"]) == (2, 1, 2)
+    assert {Path(r["output"]).name for r in s2["redone_examples"]} == {"v0.pkl", "v1.pkl"}
+    assert "2 unusable earlier outputs redone" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in out.glob("*.pkl")} == good
+
+
 def test_decode_workers_give_the_same_features(tmp_path, small_clip):
     src = tmp_path / "v"
     for i in range(3):

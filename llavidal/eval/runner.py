@@ -33,9 +33,9 @@ from ..llm.config import config_from_args
 from ..video.io import VIDEO_SUFFIXES
 from .judge import JudgeConfig
 from .mcq import parse_item_reply, score_mcq
-from .tasks import PROMPT_SET_VERSION, TASKS, EvalItem, list_clips, load_task, task_info
-
-FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors", ".pt")
+from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
+    FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, task_info,
+)
 
 
 @dataclass
@@ -76,21 +76,6 @@ class RunConfig:
 
 
 # ==================================================================== features
-def find_feature(folder: str | Path | None, video: str) -> Path | None:
-    """The cached feature file of ``video`` (relative path, any extension) in ``folder``, or None."""
-    if not folder:
-        return None
-    folder = Path(folder)
-    rel = Path(video)
-    stems = [rel.with_suffix(""), Path(rel.with_suffix("").name)]
-    for stem in stems:
-        for suffix in FEATURE_SUFFIXES:
-            p = folder / stem.parent / (stem.name + suffix)
-            if p.is_file():
-                return p
-    return None
-
-
 def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
     """Paths of the item's feature files; None when its video features are missing."""
     video = video or item.video
@@ -344,6 +329,9 @@ def run(cfg: RunConfig) -> dict | None:
     info = task_info(cfg.task)
     cfg.task = info.name
     items, problems = load_task(info.name, cfg.qa_file)
+    if not items:  # nothing to score: an error, never an accuracy of 0 with exit status 0
+        first = f"; e.g. {problems[0]}" if problems else ""
+        raise ValueError(f"{cfg.qa_file}: none of its {len(problems)} records can be read as {info.name} items{first}")
     if cfg.limit is not None:
         items = items[:cfg.limit]
     rank, world = _dist()

@@ -486,7 +486,9 @@ def load_task_data(task: str, data: Any, source: str = "<data>") -> tuple[list[E
         entries: list[tuple[str | None, Any]] = [(str(k), v) for k, v in data.items()]
     else:
         entries = [(None, v) for v in data]
-    if entries and not any(_looks_like(info.name, rec) for _, rec in entries):
+    if not entries:
+        raise TaskFormatError(f"{source}: holds no records (an empty {type(data).__name__}); expected {info.expected}")
+    if not any(_looks_like(info.name, rec) for _, rec in entries):
         first = entries[0][1]
         found = (f"records with keys {sorted(first)}" if isinstance(first, Mapping)
                  else f"records of type {type(first).__name__}")
@@ -551,6 +553,25 @@ def video_path(item: EvalItem, video_dir: str | Path) -> Path:
     return Path(video_dir) / item.video
 
 
+FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors", ".pt")
+
+
+def find_feature(folder: str | Path | None, video: str) -> Path | None:
+    """The cached feature file of ``video`` (relative path, any extension) in ``folder``, also looked up by the
+    video's basename, or None."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    rel = Path(video)
+    stems = [rel.with_suffix(""), Path(rel.with_suffix("").name)]
+    for stem in stems:
+        for suffix in FEATURE_SUFFIXES:
+            p = folder / stem.parent / (stem.name + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
 def clip_number(path: str | Path, video_name: str) -> int | None:
     """The clip index of ``{video_name}_clip{i}.ext`` (``_clip_{i}`` too), or None if the name does not fit."""
     m = re.fullmatch(re.escape(video_name) + r"_clip_?(\d+)", Path(path).stem)
@@ -584,7 +605,8 @@ def build_prepare_parser(prog: str = "llavidal eval prepare") -> argparse.Argume
                                 "item (id, video, prompt, options, answer); a summary goes to stderr.")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--qa-file", required=True, help="the benchmark's JSON file")
-    p.add_argument("--video-dir", help="also report whether each item's video (clips for tsu-desc) is there")
+    p.add_argument("--video-dir", help="also report whether each item's video or its cached features (clips for "
+                                       "tsu-desc) are there")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is unreadable")
     return p
 
@@ -607,11 +629,16 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
             line.update({k: item.extra[k] for k in ("cons_Q1", "cons_Q2", "cons_A")})
         if args.video_dir is not None:
             if info.name == "tsu-desc":
-                clips = list_clips(args.video_dir, item.video)
+                # raw clips or their cached features, one entry per clip (as `eval run` reads them)
+                found = list_clips(args.video_dir, item.video, suffixes=(".mp4",) + FEATURE_SUFFIXES)
+                clips = list({c.stem: c for c in reversed(found)}.values())[::-1]
                 line["clips"] = [str(c) for c in clips]
                 present = bool(clips)
-            else:
-                present = video_path(item, args.video_dir).is_file()
+            else:  # the raw video, or its cached features (what `eval run` reads first)
+                feature = find_feature(args.video_dir, item.video)
+                present = feature is not None or video_path(item, args.video_dir).is_file()
+                if feature is not None:
+                    line["features"] = str(feature)
             line["video_found"] = present
             missing += not present
         print(json.dumps(line, ensure_ascii=False))

@@ -31,6 +31,10 @@ from transformers import (
 from ..constants import ADDED_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
 from .configuration_llavidal import LlavidalConfig
 from .modeling_llavidal import LlavidalForCausalLM
+from .validate import (
+    CheckpointError, check_base_config, check_config_dict, check_finite, check_model_finite, check_model_vocab,
+    check_tokenizer, check_tokenizer_files, check_tokenizer_vs_embedding, check_torch_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +55,10 @@ _LLAMA_FIELDS = (
 _LLAVA_FIELDS = ("mm_hidden_size", "mm_vision_tower", "mm_vision_select_layer", "use_mm_proj")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file or folder that cannot be used; the message names the file and what was expected."""
-
-
 # ==================================================================== reading raw state dicts
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load`` restricted to tensors (``weights_only=True``), with errors that name the file."""
+    check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except FileNotFoundError:
@@ -67,8 +68,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: refused to load: the file holds Python objects other than tensors, which could execute "
             f"code when unpickled (torch.load weights_only=True). Detail: {str(e).splitlines()[0]}"
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     return obj
@@ -140,17 +142,21 @@ def read_config_dict(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a model folder (config.json missing)")
     try:
-        return json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON: {e}") from None
+    return check_config_dict(cfg, path)
 
 
 def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The folder's tokenizer with every LLAVIDAL modality token, pad = ``<unk>`` when the folder has none."""
+    cls = _tokenizer_class(Path(folder))
+    check_tokenizer_files(Path(folder), sentencepiece=cls is LlamaTokenizer)
     try:
-        tok = _tokenizer_class(Path(folder)).from_pretrained(str(folder))
+        tok = cls.from_pretrained(str(folder))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load a tokenizer from it: {e}") from None
+    check_tokenizer(tok, folder)
     missing = [t for t in ADDED_TOKENS if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
@@ -225,17 +231,15 @@ def load_base(
     """
     folder = Path(folder)
     cfg = read_config_dict(folder)
+    check_base_config(cfg, folder / "config.json")
     tokenizer = load_tokenizer(folder)
     state = _normalise_keys(read_folder_state_dict(folder))
+    check_finite(state, folder)
     if "model.embed_tokens.weight" not in state:
         raise CheckpointError(f"{folder}: weights hold no model.embed_tokens.weight; not a LLaMA checkpoint")
     n_base_rows = state["model.embed_tokens.weight"].shape[0]
     n_tok_base = len(tokenizer) - sum(1 for t in ADDED_TOKENS if t in tokenizer.get_vocab())
-    if n_base_rows < n_tok_base:
-        raise CheckpointError(
-            f"{folder}: the embedding has {n_base_rows} rows but the tokenizer has {n_tok_base} tokens "
-            f"before the modality tokens; tokenizer and weights do not belong together"
-        )
+    check_tokenizer_vs_embedding(n_tok_base, n_base_rows, folder)
     vocab = max(n_base_rows, len(tokenizer))
     config = config_from_base(cfg, vocab_size=vocab)
     if attn_implementation is not None:
@@ -353,6 +357,7 @@ def load_projector(
     """Load projectors and added-token rows from a projector/adapter file into ``model``, by token name."""
     path = Path(path)
     state = _normalise_keys(read_tensor_file(path))
+    check_finite(state, path)
     H = model.config.hidden_size
     report = ProjectorLoadReport(path=str(path), layout="adapter")
     params = dict(model.named_parameters())
@@ -558,6 +563,8 @@ def load_pretrained(
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
         model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
+        check_model_vocab(len(tokenizer), model.config.vocab_size, base)
+        check_model_finite(model, base)
         if model.config.modality_token_ids != modality_token_ids(tokenizer):
             raise CheckpointError(f"{base}: config.modality_token_ids disagree with the tokenizer's ids")
     else:

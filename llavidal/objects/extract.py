@@ -19,6 +19,7 @@ Re-running skips videos whose output exists (resumable); outputs are written ato
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import OBJECT_FRAMES
+from ..features import check_feature_file, load_feature
 from ..io_utils import append_jsonl, atomic_write_json
 from ..video.clip import DEFAULT_OBJECT_CLIP
 from ..video.io import VideoReadError, find_videos, frame_indices, read_frames
@@ -220,10 +222,11 @@ def extract_objects(videos: str | Path | list[Path], output: str | Path, cfg: Ob
             raise ValueError(f"{name} must be at least {least}, got {value}")
     matcher = resolve_matcher(cfg.track.matcher)
     start = time.time()
+    dangling: list[Path] = []  # video-named links whose target is gone: listed as failures, never skipped silently
     if isinstance(videos, (list, tuple)):
         video_list, root = [Path(v) for v in videos], None
     else:
-        video_list = find_videos(videos)
+        video_list = find_videos(videos, dangling=dangling)
         root = Path(videos) if Path(videos).is_dir() else None
     _check_ids(video_list)
     out_dir = Path(output)
@@ -235,7 +238,7 @@ def extract_objects(videos: str | Path | list[Path], output: str | Path, cfg: Ob
                              f"{len(video_list)} videos were given; use a mapping video -> detections or a folder")
     detector_name = None if detector is None else (
         detector if isinstance(detector, str) else getattr(detector, "__name__", type(detector).__name__))
-    todo = [v for v in video_list if not output_path(out_dir, v, cfg.fmt).is_file()]
+    todo = [v for v in video_list if not _output_done(output_path(out_dir, v, cfg.fmt))]
     summary = {"modality": "object", "videos": len(video_list), "done": 0,
                "skipped_existing": len(video_list) - len(todo), "failed": 0, "no_objects": 0, "objects": 0,
                "shape": f"[n, {cfg.frames_per_object}, D]", "dtype": cfg.out_dtype, "format": cfg.fmt,
@@ -244,6 +247,11 @@ def extract_objects(videos: str | Path | list[Path], output: str | Path, cfg: Ob
                "tracking": asdict(cfg.track), "tracks": asdict(TrackStats()), "failed_videos": [],
                "no_object_videos": [], "started": _now()}
     summary["tracks"].pop("matcher")
+    for link in dangling:
+        _record_failure(out_dir, Outcome(video=link, vid=video_id(link), out=output_path(out_dir, link, cfg.fmt),
+                                         stage="input",
+                                         error=f"{link}: dangling symbolic link (its target {os.readlink(link)} "
+                                               "does not exist)"), summary)
 
     if todo:
         if isinstance(detector, str):
@@ -282,6 +290,19 @@ def extract_objects(videos: str | Path | list[Path], output: str | Path, cfg: Ob
     summary["seconds"] = round(time.time() - start, 2)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _output_done(path: Path) -> bool:
+    """An existing output counts as done only when it loads as a finite [n, frames, D] array (a 0-byte or
+    truncated file left by a crash or a full disk is redone, with a warning)."""
+    if not path.is_file():
+        return False
+    why = check_feature_file(path)
+    if why is None and load_feature(path).ndim != 3:
+        why = f"{path}: expected an [n, frames, D] array"
+    if why is not None:
+        logger.warning("unusable earlier output, redone: %s", why)
+    return why is None
 
 
 def _record_failure(out_dir: Path, o: Outcome, summary: dict) -> None:

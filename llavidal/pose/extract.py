@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features import save_feature
+from ..features import check_feature_file, save_feature
 from ..io_utils import append_jsonl, atomic_write_json
 from .configuration import WEIGHTS_NAME, PoseEncoderConfig
 from .data import concat_clips, find_skeleton_files, load_clip_array
@@ -165,7 +165,14 @@ def extract_pose(skeletons: str | os.PathLike, output: str | os.PathLike, cfg: P
     t_start = time.perf_counter()
 
     jobs, failures, duplicates = plan_jobs(skeletons, cfg.stitch_map)
-    todo = [j for j in jobs if not (output / f"{j[0]}{cfg.suffix}{ext}").is_file()]
+    def done(name: str) -> bool:  # an existing output counts only when it loads with the right shape
+        path = output / f"{name}{cfg.suffix}{ext}"
+        why = check_feature_file(path, width=mcfg.width, rows=cfg.tokens) if path.is_file() else "absent"
+        if why not in (None, "absent"):
+            print(f"extract-pose: unusable earlier output, redone: {why}", file=sys.stderr)
+        return why is None
+
+    todo = [j for j in jobs if not done(j[0])]
     done_before = len(jobs) - len(todo)
     failures_file = output / "failures.jsonl"
     failures_file.unlink(missing_ok=True)  # the failures of THIS run (outputs of earlier runs stay)

@@ -20,9 +20,11 @@ import torch
 import transformers
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import MODALITIES, MODALITY_ORDER
+from ..io_utils import atomic_write_json
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..model import load_pretrained, load_projector
 from ..model.checkpoint import (
@@ -153,8 +155,13 @@ def train(argv: list[str] | None = None) -> dict:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     transformers.set_seed(training_args.seed)
     mode = model_args.mode()
-    model, tokenizer, active = build_model(model_args, data_args, training_args)
     out = Path(training_args.output_dir)
+    finished = finished_summary(out) if training_args.auto_resume else None
+    if finished is not None:  # a rerun of a finished run changes nothing (and never rewrites its summary)
+        print(f"{out}: training already finished (train_summary.json, step {finished.get('global_step')}); nothing "
+              "to do. Use another --output_dir, or --auto_resume False to train again from scratch")
+        return finished
+    model, tokenizer, active = build_model(model_args, data_args, training_args)
 
     records = read_records(data_args.data_path)
     issue_log = DataIssueLog(path=out / f"data_issues.rank{training_args.process_index}.jsonl")
@@ -172,12 +179,19 @@ def train(argv: list[str] | None = None) -> dict:
         resume = last_complete_checkpoint(out)
         if resume:
             logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume and checkpoint_reached_end(resume):
+        # killed after its last checkpoint but before the final outputs: nothing left to train (the Trainer would
+        # run one step past the end), so take the weights and state of that checkpoint as they are
+        logger.info("%s already holds the last training step; writing the final outputs from it", resume)
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
 
     final = unwrap(trainer.model)
     summary = {"mode": mode, "modalities": active, "global_step": trainer.state.global_step,
-               "train_loss": result.training_loss, "resumed_from": resume}
+               "train_loss": mean_train_loss(trainer.state.log_history), "resumed_from": resume}
     if training_args.should_save:
         if mode == "projector":
             save_adapter_folder(final, tokenizer, out, model_args.model_name_or_path, active)
@@ -197,9 +211,41 @@ def train(argv: list[str] | None = None) -> dict:
         torch.distributed.barrier()
     if training_args.should_save:
         summary["data_issues"] = DataIssueLog.summarise(sorted(out.glob("data_issues.rank*.jsonl")))
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(out / SUMMARY_FILE, summary)
         report_data_issues(summary["data_issues"])
     return summary
+
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def finished_summary(out: Path) -> dict | None:
+    """The summary of a run that finished in ``out`` (its summary and final adapter are there), else None."""
+    path = out / SUMMARY_FILE
+    if not (path.is_file() and (out / ADAPTER_FOLDER_FILE).is_file()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # torn by a crash: the run is finished again from its checkpoints
+    return summary if isinstance(summary, dict) else None
+
+
+def checkpoint_reached_end(checkpoint: str | os.PathLike) -> bool:
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
+def mean_train_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over every step of the run, resumed parts included: each logged loss (the mean over its
+    logging interval) weighted by the steps of that interval. The Trainer's own ``training_loss`` covers only the
+    steps of the last process (0.0 when a resumed run had nothing left to do)."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            n = entry["step"] - last
+            total, steps, last = total + entry["loss"] * n, steps + n, entry["step"]
+    return total / steps if steps else None
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features import save_feature
+from ..features import check_feature_file, save_feature
 from ..io_utils import append_jsonl, atomic_write_json
 from .clip import DEFAULT_VIDEO_CLIP, image_stats, load_clip_vision, normalise_frames, pool_spatio_temporal
 from .io import VideoReadError, find_videos, sample_video, video_id
@@ -80,6 +80,7 @@ class ClipFeatureModel:
         self.model = load_clip_vision(clip, select_layer=select_layer, device=self.device, dtype=self.dtype)
         self.hidden_size = self.model.config.hidden_size
         self.max_frames = max_frames
+        self.rows = max_frames + (self.model.config.image_size // self.model.config.patch_size) ** 2  # output rows
         self.clip = str(clip)
 
     @torch.inference_mode()
@@ -123,11 +124,10 @@ class VideoFeaturizer:
 
         target = Path(cache_dir) / f"{video_id(path)}.pkl"
         if target.is_file():
-            arr = load_feature(target)
-            if arr.ndim == 2 and arr.shape[1] == self.model.hidden_size:
-                return arr
-            log.warning("%s: cached features have shape %s, not [*, %d]; recomputing", target, arr.shape,
-                        self.model.hidden_size)
+            why = check_feature_file(target, width=self.model.hidden_size)
+            if why is None:
+                return load_feature(target)
+            log.warning("unusable cached features, recomputing: %s", why)
         arr = self(path)
         save_feature(arr, target)
         return arr
@@ -162,8 +162,8 @@ def _worker_init(_):
 def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list[tuple[Path, Path]], list[dict]]:
     """(video, output file) jobs for every video under ``input_path`` (outputs named like the original's), and
     name collisions as failure records."""
-    jobs, failures, owner = [], [], {}
-    for path in find_videos(input_path):
+    jobs, failures, owner, dangling = [], [], {}, []
+    for path in find_videos(input_path, dangling=dangling):
         name = video_id(path)
         if name in owner:
             failures.append({"video": str(path), "stage": "name",
@@ -171,6 +171,8 @@ def plan(input_path: str | os.PathLike, output: Path, suffix: str) -> tuple[list
             continue
         owner[name] = path
         jobs.append((path, output / f"{name}{suffix}"))
+    failures += [{"video": str(p), "stage": "input", "error": f"dangling symbolic link: its target {os.readlink(p)} "
+                  "does not exist"} for p in dangling]
     return jobs, failures
 
 
@@ -194,7 +196,17 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     output.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     failures = list(failures or [])
-    pending = [(v, t) for v, t in jobs if not Path(t).is_file()]
+    model = model or ClipFeatureModel(cfg.clip, cfg.device, cfg.dtype, cfg.select_layer, cfg.max_frames)
+    pending, redone = [], []
+    for v, t in jobs:  # an existing output counts as done only when it loads with the right shape
+        why = check_feature_file(t, width=model.hidden_size, rows=model.rows) if Path(t).is_file() else "absent"
+        if why is not None:
+            pending.append((v, t))
+            if why != "absent":
+                redone.append({"video": str(v), "output": str(t), "reason": why})
+    if redone:
+        log.warning("%d existing outputs are unusable and are extracted again, e.g. %s", len(redone),
+                    redone[0]["reason"])
     done_before = len(jobs) - len(pending)
     todo = [Path(v) for v, _ in pending]
     targets = [Path(t) for _, t in pending]
@@ -202,7 +214,6 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     failures_file.unlink(missing_ok=True)  # the failures of THIS run (outputs of earlier runs stay)
     append_jsonl(failures_file, failures)
 
-    model = model or ClipFeatureModel(cfg.clip, cfg.device, cfg.dtype, cfg.select_layer, cfg.max_frames)
     batch = cfg.batch or (256 if model.device.type == "cuda" else 48)
     workers = cfg.workers if cfg.workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
     workers = min(workers, len(todo))
@@ -314,6 +325,7 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
         "input": source, "output": str(output), "clip": model.clip, "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "format": cfg.fmt, "batch": batch, "workers": workers,
         "videos_found": len(todo) + done_before + len(failures), "already_done": done_before, "written": written,
+        "redone_unusable": len(redone), "redone_examples": redone[:20],
         "failed": len(failures) + new_failures, "frames": frames_total, "wall_s": round(wall, 3),
         "videos_per_s": round(written / wall, 3) if wall > 0 else None,
         "decode_s_sum_over_workers": round(decode_s, 3), "model_launch_s": round(model_s, 3),
@@ -322,6 +334,8 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     atomic_write_json(output / "extract_summary.json", summary)
     msg = (f"{written} written, {done_before} already there, {summary['failed']} failed "
            f"({failures_file} lists them)" if summary["failed"] else f"{written} written, {done_before} already there")
+    if redone:
+        msg += f", {len(redone)} unusable earlier outputs redone"
     log.info(msg)
     print(f"extract-video: {msg}; {summary['videos_per_s']} videos/s")
     return summary

@@ -39,14 +39,27 @@ def video_id(path: str | os.PathLike) -> str:
     return Path(path).name.split(".")[0]
 
 
-def find_videos(root: str | os.PathLike) -> list[Path]:
-    """A video file, or every video under a folder (recursively, sorted, hidden files skipped)."""
+def find_videos(root: str | os.PathLike, dangling: list[Path] | None = None) -> list[Path]:
+    """A video file, or every video under a folder (recursively, sorted, hidden files skipped).
+
+    Video-named symbolic links whose target is gone are not videos; pass a list as ``dangling`` to receive them
+    (so that a caller can report them instead of skipping them silently)."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
+        if root.is_symlink():
+            raise FileNotFoundError(f"{root}: dangling symbolic link (its target {os.readlink(root)} is gone)")
         raise FileNotFoundError(f"{root}: no such file or folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_video(p) and not p.name.startswith("."))
+    found = []
+    for p in sorted(root.rglob("*")):
+        if not is_video(p) or p.name.startswith("."):
+            continue
+        if p.is_file():
+            found.append(p)
+        elif p.is_symlink() and not p.exists() and dangling is not None:
+            dangling.append(p)
+    return found
 
 
 def frame_indices(total: int, max_frames: int = 100) -> np.ndarray:
