@@ -252,7 +252,7 @@ class LocalCaptioner:
             try:
                 results.append(CallResult(True, parse_text(r), reply=r, attempts=1, latency_s=dt))
             except ValueError as e:
-                results.append(CallResult(False, error=f"malformed reply: {e}", reply=r, attempts=1))
+                results.append(CallResult(False, error=f"unparsable: {e}", reply=r, attempts=1))
         return results
 
     def stats(self) -> dict[str, Any]:
@@ -335,67 +335,79 @@ def _log(cfg: CaptionConfig, prompt_ident: str, shard: int = 0) -> StepLog:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_shard(cfg: CaptionConfig, shard: int, num_shards: int) -> dict[str, Any]:
-    """Caption the videos of shard ``shard`` of ``num_shards``; returns a summary (counts, failures, stats)."""
-    from ..video.io import VideoReadError, probe, read_frames
+class CaptionShard:
+    """Captions the videos of shard ``shard`` of ``num_shards``: frames of the next videos are decoded on two
+    threads while the requests of the current ones are in flight; every result is recorded on the calling thread."""
 
-    prompts = load_curation_prompts(cfg.prompts)
-    prompt = prompts["caption"]
-    log = _log(cfg, prompts.ident, shard)
-    state = CaptionState.read(Path(cfg.out), log)
-    videos, _ = list_videos(Path(cfg.videos))
-    names = list(videos)[: cfg.limit] if cfg.limit else list(videos)
-    mine = names[shard::num_shards]
+    def __init__(self, cfg: CaptionConfig, shard: int, num_shards: int):
+        self.cfg, self.shard, self.num_shards = cfg, shard, num_shards
+        prompts = load_curation_prompts(cfg.prompts)
+        self.log = _log(cfg, prompts.ident, shard)
+        self.state = CaptionState.read(Path(cfg.out), self.log)
+        self.videos, _ = list_videos(Path(cfg.videos))
+        names = list(self.videos)[: cfg.limit] if cfg.limit else list(self.videos)
+        self.mine = names[shard::num_shards]
+        self.captioner, self.batch, self.concurrency = self._captioner(prompts["caption"])
+        self.counts: Counter = Counter()
+        self.failed: dict[str, str] = {}
+        self.remaining: dict[str, int] = {}  # video -> frames still in flight
+        self.frame_fail: Counter = Counter()
+        self.bar = None
 
-    device = cfg.device
-    if cfg.local_vlm is not None:
+    def _captioner(self, prompt: Prompt) -> tuple[Any, int, int]:
+        """``(captioner, frames per task, tasks in flight)``: a local VLM batches frames on its device (one task
+        at a time); an endpoint takes one frame per request, ``concurrency`` at a time."""
+        cfg = self.cfg
+        if cfg.local_vlm is None:
+            return EndpointCaptioner(cfg, prompt), 1, cfg.concurrency
+        device = cfg.device
         import torch
 
-        if num_shards > 1 and (device or "cuda") == "cuda" and torch.cuda.is_available():
-            device = f"cuda:{shard % torch.cuda.device_count()}"
-        captioner: Any = LocalCaptioner(cfg, prompt, device)
-        batch, concurrency = cfg.batch, 1
-    else:
-        captioner = EndpointCaptioner(cfg, prompt)
-        batch, concurrency = 1, cfg.concurrency
+        if self.num_shards > 1 and (device or "cuda") == "cuda" and torch.cuda.is_available():
+            device = f"cuda:{self.shard % torch.cuda.device_count()}"
+        return LocalCaptioner(cfg, prompt, device), cfg.batch, 1
 
-    counts: Counter = Counter()
-    failed: dict[str, str] = {}
-    remaining: dict[str, int] = {}
-    frame_fail: Counter = Counter()
-
-    def prepare(name: str) -> tuple[dict | None, list[tuple[int, float]], Any]:
+    def prepare(self, name: str) -> tuple[dict | None, list[tuple[int, float]], Any]:
         """Plan (when new) and decode the frames still missing; runs on a decode thread (the decoders release
-        the GIL), so decoding the next videos overlaps the requests of the current ones."""
-        path = videos[name]
-        plan, missing = None, state.missing(name)
+        the GIL)."""
+        from ..video.io import probe, read_frames
+
+        path = self.videos[name]
+        plan, missing = None, self.state.missing(name)
         if missing is None:
             info = probe(path)
-            missing = plan_frames(info.frames, info.fps, cfg.fps)
+            missing = plan_frames(info.frames, info.fps, self.cfg.fps)
             plan = {"kind": "plan", "video": name, "frames": [i for i, _ in missing],
                     "times": [t for _, t in missing], "video_fps": info.fps, "total_frames": info.frames,
-                    "shard": shard}
-        images, _ = read_frames(path, indices=[i for i, _ in missing], decoder=cfg.decoder)
+                    "shard": self.shard}
+        images, _ = read_frames(path, indices=[i for i, _ in missing], decoder=self.cfg.decoder)
         return plan, missing, images
 
-    def tasks() -> Iterator[FrameTask]:
+    def _video_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _todo(self) -> list[str]:
         todo = []
-        for name in mine:
-            if state.complete(name):
-                counts["videos_reused"] += 1
-                if bar is not None:
-                    bar.update(1)
+        for name in self.mine:
+            if self.state.complete(name):
+                self.counts["videos_reused"] += 1
+                self._video_done()
             else:
                 todo.append(name)
-        names = iter(todo)
+        return todo
+
+    def tasks(self) -> Iterator[FrameTask]:
+        """Frame tasks of the videos to do, ``DECODE_AHEAD`` videos decoded ahead; an unreadable video is
+        recorded and skipped."""
+        from ..video.io import VideoReadError
+
+        names = iter(self._todo())
         ahead: collections.deque = collections.deque()
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="llavidal-decode") as decoder:
             def fill() -> None:
-                while len(ahead) < DECODE_AHEAD:
-                    name = next(names, None)
-                    if name is None:
-                        return
-                    ahead.append((name, decoder.submit(prepare, name)))
+                while len(ahead) < DECODE_AHEAD and (name := next(names, None)) is not None:
+                    ahead.append((name, decoder.submit(self.prepare, name)))
 
             fill()
             while ahead:
@@ -404,62 +416,70 @@ def run_shard(cfg: CaptionConfig, shard: int, num_shards: int) -> dict[str, Any]
                 try:
                     plan, missing, images = fut.result()
                 except (VideoReadError, ValueError, OSError) as e:
-                    counts["videos_unreadable"] += 1
-                    failed[name] = f"unreadable video: {e}"
-                    log.add_failure(name, failed[name], video=name, shard=shard)
-                    if bar is not None:
-                        bar.update(1)
+                    self.counts["videos_unreadable"] += 1
+                    self.failed[name] = f"unreadable video: {e}"
+                    self.log.add_failure(name, self.failed[name], video=name, shard=self.shard)
+                    self._video_done()
                     continue
                 if plan is not None:
-                    log.add_result(plan)
-                    state.plans[name] = plan
-                remaining[name] = len(missing)
-                counts["videos_started"] += 1
-                for k in range(0, len(missing), batch):
-                    yield FrameTask(name, missing[k:k + batch], list(images[k:k + batch]))
+                    self.log.add_result(plan)
+                    self.state.plans[name] = plan
+                self.remaining[name] = len(missing)
+                self.counts["videos_started"] += 1
+                for k in range(0, len(missing), self.batch):
+                    yield FrameTask(name, missing[k:k + self.batch], list(images[k:k + self.batch]))
 
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), desc=f"captions shard {shard}" if num_shards > 1 else "captions", unit="video",
-                   dynamic_ncols=True, position=shard if num_shards > 1 else None)
-
-    def on_done(task: FrameTask, results: list[CallResult] | None, error: BaseException | None) -> None:
+    def on_done(self, task: FrameTask, results: list[CallResult] | None, error: BaseException | None) -> None:
         if error is not None:  # a bug in a captioner, not a server problem: recorded per frame all the same
             results = [CallResult(False, error=f"{type(error).__name__}: {error}") for _ in task.frames]
         for (idx, t), r in zip(task.frames, results):
-            if r.ok:
-                rec = {"kind": "frame", "video": task.video, "frame": int(idx), "t": float(t), "caption": r.value,
-                       "attempts": r.attempts, "seed": r.seed, "served_model": r.served_model}
-                log.add_result(rec)
-                state.captions.setdefault(task.video, {})[int(idx)] = rec
-                counts["frames_captioned"] += 1
+            self._record_frame(task.video, int(idx), float(t), r)
+        self.remaining[task.video] -= len(task.frames)
+        if self.remaining[task.video] <= 0:
+            if self.frame_fail[task.video]:
+                self.failed[task.video] = (f"{self.frame_fail[task.video]} of "
+                                           f"{len(self.state.plans[task.video]['frames'])} frames have no caption "
+                                           "(see failures.jsonl); a rerun asks again")
             else:
-                counts["frames_failed"] += 1
-                frame_fail[task.video] += 1
-                log.add_failure(f"{task.video}#frame{idx}", r.error or "unknown", video=task.video, frame=int(idx),
-                                t=float(t), reply=r.reply, attempts=r.attempts, shard=shard)
-        remaining[task.video] -= len(task.frames)
-        if remaining[task.video] <= 0:
-            if frame_fail[task.video]:
-                failed[task.video] = (f"{frame_fail[task.video]} of {len(state.plans[task.video]['frames'])} "
-                                      "frames have no caption (see failures.jsonl); a rerun asks again")
-            else:
-                counts["videos_completed"] += 1
-            if bar is not None:
-                bar.update(1)
+                self.counts["videos_completed"] += 1
+            self._video_done()
 
-    try:
-        run_bounded(tasks(), captioner, on_done, concurrency, should_stop=lambda: captioner.tripped is not None,
-                    on_idle=log.flush_if_due)
-    finally:
-        log.flush()
-        if bar is not None:
-            bar.close()
-        captioner.close()
-    return {"shard": shard, "videos": len(mine), "counts": dict(counts), "failed": failed,
-            "stats": captioner.stats(), "tripped": captioner.tripped}
+    def _record_frame(self, video: str, idx: int, t: float, r: CallResult) -> None:
+        if r.ok:
+            rec = {"kind": "frame", "video": video, "frame": idx, "t": t, "caption": r.value, "attempts": r.attempts,
+                   "seed": r.seed, "served_model": r.served_model}
+            self.log.add_result(rec)
+            self.state.captions.setdefault(video, {})[idx] = rec
+            self.counts["frames_captioned"] += 1
+        else:
+            self.counts["frames_failed"] += 1
+            self.frame_fail[video] += 1
+            self.log.add_failure(f"{video}#frame{idx}", r.error or "unknown", video=video, frame=idx, t=t,
+                                 reply=r.reply, attempts=r.attempts, shard=self.shard)
+
+    def run(self) -> dict[str, Any]:
+        """Returns a summary: counts, failures, the captioner's statistics, why it stopped early (if it did)."""
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            multi = self.num_shards > 1
+            self.bar = tqdm(total=len(self.mine), desc=f"captions shard {self.shard}" if multi else "captions",
+                            unit="video", dynamic_ncols=True, position=self.shard if multi else None)
+        try:
+            run_bounded(self.tasks(), self.captioner, self.on_done, self.concurrency,
+                        should_stop=lambda: self.captioner.tripped is not None, on_idle=self.log.flush_if_due)
+        finally:
+            self.log.flush()
+            if self.bar is not None:
+                self.bar.close()
+            self.captioner.close()
+        return {"shard": self.shard, "videos": len(self.mine), "counts": dict(self.counts), "failed": self.failed,
+                "stats": self.captioner.stats(), "tripped": self.captioner.tripped}
+
+
+def run_shard(cfg: CaptionConfig, shard: int, num_shards: int) -> dict[str, Any]:
+    """Caption the videos of shard ``shard`` of ``num_shards``; returns a summary (counts, failures, stats)."""
+    return CaptionShard(cfg, shard, num_shards).run()
 
 
 def _shard_entry(cfg: CaptionConfig, shard: int, num_shards: int) -> dict[str, Any]:

@@ -23,12 +23,15 @@ described video (no request) and asks again for the failed ones.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io_utils import atomic_write_json
 from ..llm import CallResult, LLMClient
 from .prompts import load_curation_prompts
 from .steps import (
+    LLMStep,
     StepError,
     StepLog,
     add_llm_args,
@@ -39,7 +42,6 @@ from .steps import (
     parse_description,
     print_summary,
     read_json,
-    run_step_items,
     word_count,
 )
 
@@ -80,54 +82,76 @@ def format_captions(frames: list[dict]) -> str:
     return "\n".join(f"[{float(f['t']):.1f} s] {' '.join(f['caption'].split())}" for f in frames)
 
 
-def describe_videos(captions_path: Path, actions_path: Path, out: Path, client: LLMClient, *, concurrency: int = 8,
-                    prompts_path: str | None = None, min_words: int = 150, max_words: int = 300,
-                    length_retries: int = 1, max_tokens: int | None = None, limit: int | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-    """Run the step; returns the manifest."""
-    from ..io_utils import atomic_write_json
+@dataclass
+class DescribeOptions:
+    min_words: int = 150
+    max_words: int = 300
+    length_retries: int = 1  # a reply outside the range is asked again this many times, then the nearest is kept
+    max_tokens: int | None = None  # default: the prompt's own budget
+    limit: int | None = None  # only the first N videos (sorted)
 
-    if not 0 < min_words <= max_words:
-        raise StepError(f"--min-words/--max-words must satisfy 0 < min <= max, got {min_words}, {max_words}")
-    if length_retries < 0:
-        raise StepError("--length-retries must be >= 0")
-    prompts = load_curation_prompts(prompts_path)
-    prompt = prompts["describe"]
-    results_path, failures_path, manifest_path = side_paths(Path(out))
-    log = StepLog("describe", results_path, failures_path, manifest_path,
-                  {"model": client.model, "prompt": prompts.ident})
-    done = log.load(lambda r: r["video"])
-    captions, bad_captions = load_captions(Path(captions_path))
-    actions, bad_actions = load_actions(actions_path)
+    def validate(self) -> None:
+        if not 0 < self.min_words <= self.max_words:
+            raise StepError(f"--min-words/--max-words must satisfy 0 < min <= max, got {self.min_words}, "
+                            f"{self.max_words}")
+        if self.length_retries < 0:
+            raise StepError("--length-retries must be >= 0")
 
-    names = sorted(set(actions) | set(bad_actions) | set(captions) | set(bad_captions))
-    if limit:
-        names = names[:limit]
-    todo = []
-    for name in names:
-        if name in done:
+
+class DescribeStep(LLMStep):
+    """Per video: captions + actions -> one description in the word range (asked again when outside it)."""
+
+    name, unit = "describe", "video"
+
+    def __init__(self, captions_path: Path, actions_path: Path, out: Path, client: LLMClient,
+                 options: DescribeOptions, *, prompts_path: str | None = None, concurrency: int = 8,
+                 progress: bool = True):
+        options.validate()
+        self.prompts = load_curation_prompts(prompts_path)
+        self.prompt = self.prompts["describe"]
+        results, failures, manifest = side_paths(Path(out))
+        log = StepLog("describe", results, failures, manifest, {"model": client.model, "prompt": self.prompts.ident})
+        super().__init__(client, log, concurrency=concurrency, progress=progress)
+        self.captions_path, self.actions_path, self.out, self.opt = captions_path, actions_path, Path(out), options
+        self.budget = options.max_tokens or self.prompt.max_tokens
+        self.done = log.load(lambda r: r["video"])
+        self.captions, self.bad_captions = load_captions(Path(captions_path))
+        self.actions, self.bad_actions = load_actions(actions_path)
+        self.names: list[str] = []
+
+    def plan(self) -> list[str]:
+        names = sorted(set(self.actions) | set(self.bad_actions) | set(self.captions) | set(self.bad_captions))
+        self.names = names[: self.opt.limit] if self.opt.limit else names
+        return [name for name in self.names if self._ready(name)]
+
+    def _ready(self, name: str) -> bool:
+        """Whether ``name`` is to be described now; reused and skipped videos are counted in the log."""
+        log = self.log
+        if name in self.done:
             log.counts["reused"] += 1
-        elif name in bad_actions:
-            log.skip(name, "bad_actions", bad_actions[name])
-        elif name not in actions:
-            log.skip(name, "no_actions", f"not in {actions_path}")
-        elif name in bad_captions:
-            log.skip(name, "bad_captions", bad_captions[name])
-        elif name not in captions:
-            log.skip(name, "no_captions", f"no captions in {captions_path} (the captions step failed for this "
-                                          "video or has not run; see its manifest)")
+        elif name in self.bad_actions:
+            log.skip(name, "bad_actions", self.bad_actions[name])
+        elif name not in self.actions:
+            log.skip(name, "no_actions", f"not in {self.actions_path}")
+        elif name in self.bad_captions:
+            log.skip(name, "bad_captions", self.bad_captions[name])
+        elif name not in self.captions:
+            log.skip(name, "no_captions", f"no captions in {self.captions_path} (the captions step failed for "
+                                          "this video or has not run; see its manifest)")
         else:
-            todo.append(name)
-    budget = max_tokens or prompt.max_tokens
+            return True
+        return False
 
-    def work(name: str) -> tuple[CallResult, list[int], int]:
-        msgs = prompt.render(captions=format_captions(captions[name]), actions=format_actions(actions[name]),
-                             min_words=min_words, max_words=max_words)
+    def work(self, name: str) -> tuple[CallResult, list[int], int]:
+        """The best description of up to ``1 + length_retries`` asks, the word counts seen, the requests made."""
+        lo, hi = self.opt.min_words, self.opt.max_words
+        msgs = self.prompt.render(captions=format_captions(self.captions[name]),
+                                  actions=format_actions(self.actions[name]), min_words=lo, max_words=hi)
         best: CallResult | None = None
         counts: list[int] = []
         requests = 0
-        for k in range(length_retries + 1):
-            r = client.call(msgs, parse_description, max_tokens=budget, seed_offset=k * 100)
+        for k in range(self.opt.length_retries + 1):
+            r = self.client.call(msgs, parse_description, max_tokens=self.budget, seed_offset=k * 100)
             requests += r.attempts
             if not r.ok:
                 if best is None:
@@ -135,62 +159,59 @@ def describe_videos(captions_path: Path, actions_path: Path, out: Path, client: 
                 break  # keep the out-of-range one we have
             n = word_count(r.value)
             counts.append(n)
-            if best is None or _distance(n, min_words, max_words) < _distance(word_count(best.value), min_words,
-                                                                               max_words):
+            if best is None or _distance(n, lo, hi) < _distance(word_count(best.value), lo, hi):
                 best = r
-            if min_words <= n <= max_words:
+            if lo <= n <= hi:
                 break
         return best, counts, requests
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+    def failed_result(self, error: str) -> tuple[CallResult, list[int], int]:
+        return CallResult(False, error=error), [], 0
 
-        bar = tqdm(total=len(todo), desc="describe", unit="video", dynamic_ncols=True)
+    def record(self, name: str, result: tuple[CallResult, list[int], int]) -> None:
+        r, counts, requests = result
+        if not r.ok:
+            self.log.add_failure(name, r.error or "unknown", video=name, reply=r.reply, requests=requests)
+            return
+        n = word_count(r.value)
+        rec = {"video": name, "description": r.value, "word_count": n,
+               "in_range": self.opt.min_words <= n <= self.opt.max_words, "word_counts_seen": counts,
+               "requests": requests, "seed": r.seed, "served_model": r.served_model}
+        self.log.add_result(rec)
+        self.done[name] = rec
+        self.log.counts["described"] += 1
 
-    def on_done(name: str, res, error: BaseException | None) -> None:
-        if error is not None:
-            res = (CallResult(False, error=f"{type(error).__name__}: {error}"), [], 0)
-        r, counts, requests = res
-        if r.ok:
-            n = word_count(r.value)
-            rec = {"video": name, "description": r.value, "word_count": n,
-                   "in_range": min_words <= n <= max_words, "word_counts_seen": counts, "requests": requests,
-                   "seed": r.seed, "served_model": r.served_model}
-            log.add_result(rec)
-            done[name] = rec
-            log.counts["described"] += 1
-        else:
-            log.add_failure(name, r.error or "unknown", video=name, reply=r.reply, requests=requests)
-        if bar is not None:
-            bar.update(1)
+    def attempted(self, name: str) -> bool:
+        return name in self.done
 
-    def finish(status: str) -> None:
-        output = {}
-        for name in sorted(done):
-            r = done[name]
-            output[name] = {"description": r["description"], "word_count": r["word_count"], "in_range": r["in_range"]}
-        atomic_write_json(out, output)
+    def outputs(self) -> dict[str, Any]:
+        output = {name: {k: self.done[name][k] for k in ("description", "word_count", "in_range")}
+                  for name in sorted(self.done)}
+        atomic_write_json(self.out, output)
         wc = [v["word_count"] for v in output.values()]
-        extra = {
-            "inputs": {"captions": str(captions_path), "actions": str(actions_path), "videos": len(names)},
-            "outputs": {"descriptions": str(out), "videos": len(output)},
-            "length": {"min_words": min_words, "max_words": max_words, "length_retries": length_retries,
+        return {
+            "inputs": {"captions": str(self.captions_path), "actions": str(self.actions_path),
+                       "videos": len(self.names)},
+            "outputs": {"descriptions": str(self.out), "videos": len(output)},
+            "length": {"min_words": self.opt.min_words, "max_words": self.opt.max_words,
+                       "length_retries": self.opt.length_retries,
                        "policy": "a reply outside the range is asked again length_retries times, then the nearest "
                                  "is accepted and flagged in_range=false",
                        "out_of_range": sum(not v["in_range"] for v in output.values()),
                        "word_count_min": min(wc) if wc else None, "word_count_max": max(wc) if wc else None,
                        "word_count_mean": round(sum(wc) / len(wc), 1) if wc else None},
-            "llm": client.config.record(), "prompt_set": prompts.ident, "concurrency": concurrency,
-            "llm_stats": client.stats.to_dict(),
+            "prompt_set": self.prompts.ident,
         }
-        if client.tripped:
-            extra["aborted_because"] = client.tripped
-        log.write_manifest(status, **extra)
 
-    run_step_items(todo, work, on_done, finish, client=client, log=log, concurrency=concurrency, label=str,
-                   attempted=lambda name: name in done, bar=bar)
-    return read_json(manifest_path, "manifest")
+
+def describe_videos(captions_path: Path, actions_path: Path, out: Path, client: LLMClient, *, concurrency: int = 8,
+                    prompts_path: str | None = None, min_words: int = 150, max_words: int = 300,
+                    length_retries: int = 1, max_tokens: int | None = None, limit: int | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Run the step; returns the manifest."""
+    options = DescribeOptions(min_words, max_words, length_retries, max_tokens, limit)
+    return DescribeStep(captions_path, actions_path, out, client, options, prompts_path=prompts_path,
+                        concurrency=concurrency, progress=progress).run()
 
 
 def _distance(n: int, lo: int, hi: int) -> int:

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 from pathlib import Path
 from typing import Any
 
 from ..constants import MODALITIES, MODALITY_ORDER
+from ..io_utils import atomic_write_json
 from ..llm import CallResult, LLMClient
 from .describe import format_captions, side_paths
 from .prompts import load_curation_prompts
 from .steps import (
+    LLMStep,
     ReplyError,
     StepError,
     StepLog,
@@ -47,7 +48,6 @@ from .steps import (
     parse_qa_list,
     print_summary,
     read_json,
-    run_step_items,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,110 +120,116 @@ def training_records(qas: dict[str, list[dict[str, str]]], modalities: tuple[str
     return out
 
 
-def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: LLMClient, *,
-                concurrency: int = 8, prompts_path: str | None = None, max_tokens: int | None = None,
-                modalities: tuple[str, ...] = MODALITY_ORDER, names: dict[str, str] | None = None,
-                captions_path: Path | None = None, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the step; returns the manifest."""
-    from ..io_utils import atomic_write_json
+class QAStep(LLMStep):
+    """Per video two calls on its description: three summary QAs and three detail QAs (one about the order of the
+    actions); the complete videos become the training JSON."""
 
-    unknown = set(modalities) - set(MODALITY_ORDER)
-    if unknown:
-        raise StepError(f"--modalities: unknown {sorted(unknown)} (expected some of {', '.join(MODALITY_ORDER)})")
-    for m, pattern in (names or {}).items():
-        if "{id}" not in pattern:
-            raise StepError(f"--{m}-name {pattern!r} must contain {{id}} (the video name)")
-    prompts = load_curation_prompts(prompts_path)
-    captions: dict[str, list[dict]] = {}
-    if captions_path is not None:
-        from .describe import load_captions
+    name, unit = "qa", "call"
 
-        captions, _ = load_captions(Path(captions_path))
-    for key in ("qa_summary", "qa_detail"):
-        p = prompts[key]
-        if "captions" in string.Template(p.system + p.user).get_identifiers() and captions_path is None:
-            raise StepError(f"prompt {key} of {prompts.ident} uses ${{captions}}: pass --captions captions.json")
-    results_path, failures_path, manifest_path = side_paths(Path(out))
-    log = StepLog("qa", results_path, failures_path, manifest_path, {"model": client.model, "prompt": prompts.ident})
-    done = log.load(lambda r: (r["video"], r["kind"]))
-    descriptions, bad_desc = load_descriptions(Path(descriptions_path))
-    actions, bad_actions = load_actions(actions_path)
+    def __init__(self, descriptions_path: Path, actions_path: Path, out: Path, client: LLMClient, *,
+                 concurrency: int = 8, prompts_path: str | None = None, max_tokens: int | None = None,
+                 modalities: tuple[str, ...] = MODALITY_ORDER, names: dict[str, str] | None = None,
+                 captions_path: Path | None = None, limit: int | None = None, progress: bool = True):
+        unknown = set(modalities) - set(MODALITY_ORDER)
+        if unknown:
+            raise StepError(f"--modalities: unknown {sorted(unknown)} (expected some of {', '.join(MODALITY_ORDER)})")
+        for m, pattern in (names or {}).items():
+            if "{id}" not in pattern:
+                raise StepError(f"--{m}-name {pattern!r} must contain {{id}} (the video name)")
+        self.prompts = load_curation_prompts(prompts_path)
+        self.captions: dict[str, list[dict]] = {}
+        if captions_path is not None:
+            from .describe import load_captions
 
-    videos = sorted(set(descriptions) | set(bad_desc) | set(actions) | set(bad_actions))
-    if limit:
-        videos = videos[:limit]
-    todo: list[tuple[str, str]] = []
-    for v in videos:
-        if all((v, k) in done for k in KINDS):
+            self.captions, _ = load_captions(Path(captions_path))
+        for key in ("qa_summary", "qa_detail"):
+            if "captions" in self.prompts[key].used and captions_path is None:
+                raise StepError(f"prompt {key} of {self.prompts.ident} uses ${{captions}}: pass --captions "
+                                "captions.json")
+        results, failures, manifest = side_paths(Path(out))
+        log = StepLog("qa", results, failures, manifest, {"model": client.model, "prompt": self.prompts.ident})
+        super().__init__(client, log, concurrency=concurrency, progress=progress)
+        self.descriptions_path, self.actions_path, self.captions_path = descriptions_path, actions_path, captions_path
+        self.out, self.max_tokens, self.modalities, self.names = Path(out), max_tokens, modalities, names
+        self.limit = limit
+        self.done = log.load(lambda r: (r["video"], r["kind"]))
+        self.descriptions, self.bad_desc = load_descriptions(Path(descriptions_path))
+        self.actions, self.bad_actions = load_actions(actions_path)
+        self.videos: list[str] = []
+
+    def plan(self) -> list[tuple[str, str]]:
+        videos = sorted(set(self.descriptions) | set(self.bad_desc) | set(self.actions) | set(self.bad_actions))
+        self.videos = videos[: self.limit] if self.limit else videos
+        return [(v, k) for v in self.videos if self._ready(v) for k in KINDS if (v, k) not in self.done]
+
+    def _ready(self, v: str) -> bool:
+        """Whether video ``v`` has calls to make now; reused and skipped videos are counted in the log."""
+        log = self.log
+        if all((v, k) in self.done for k in KINDS):
             log.counts["videos_reused"] += 1
-            continue
-        if v in bad_actions:
-            log.skip(v, "bad_actions", bad_actions[v])
-        elif v not in actions:
-            log.skip(v, "no_actions", f"not in {actions_path}")
-        elif v in bad_desc:
-            log.skip(v, "bad_description", bad_desc[v])
-        elif v not in descriptions:
-            log.skip(v, "no_description", f"no description in {descriptions_path} (the describe step failed for "
-                                          "this video or has not run; see its manifest)")
+        elif v in self.bad_actions:
+            log.skip(v, "bad_actions", self.bad_actions[v])
+        elif v not in self.actions:
+            log.skip(v, "no_actions", f"not in {self.actions_path}")
+        elif v in self.bad_desc:
+            log.skip(v, "bad_description", self.bad_desc[v])
+        elif v not in self.descriptions:
+            log.skip(v, "no_description", f"no description in {self.descriptions_path} (the describe step failed "
+                                          "for this video or has not run; see its manifest)")
         else:
-            todo += [(v, k) for k in KINDS if (v, k) not in done]
+            return True
+        return False
 
-    def work(item: tuple[str, str]) -> CallResult:
+    def work(self, item: tuple[str, str]) -> CallResult:
         v, kind = item
-        prompt = prompts["qa_" + kind]
-        msgs = prompt.render(description=descriptions[v], actions=format_actions(actions[v]),
-                             captions=format_captions(captions[v]) if v in captions else "")
-        return client.call(msgs, PARSERS[kind], max_tokens=max_tokens or prompt.max_tokens)
+        prompt = self.prompts["qa_" + kind]
+        msgs = prompt.render(description=self.descriptions[v], actions=format_actions(self.actions[v]),
+                             captions=format_captions(self.captions[v]) if v in self.captions else "")
+        return self.client.call(msgs, PARSERS[kind], max_tokens=self.max_tokens or prompt.max_tokens)
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+    def label(self, item: tuple[str, str]) -> str:
+        return f"{item[0]}/{item[1]}"
 
-        bar = tqdm(total=len(todo), desc="qa", unit="call", dynamic_ncols=True)
-
-    def on_done(item: tuple[str, str], r: CallResult | None, error: BaseException | None) -> None:
+    def record(self, item: tuple[str, str], r: CallResult) -> None:
         v, kind = item
-        if error is not None:
-            r = CallResult(False, error=f"{type(error).__name__}: {error}")
-        if r.ok:
-            rec = {"video": v, "kind": kind, "qas": r.value["qas"], "dropped_extra": r.value["dropped_extra"],
-                   "attempts": r.attempts, "parse_failures": r.parse_failures, "seed": r.seed,
-                   "served_model": r.served_model}
-            log.add_result(rec)
-            done[item] = rec
-            log.counts[f"{kind}_generated"] += 1
-        else:
-            log.add_failure(f"{v}/{kind}", r.error or "unknown", video=v, kind=kind, reply=r.reply,
-                            attempts=r.attempts)
-        if bar is not None:
-            bar.update(1)
+        if not r.ok:
+            self.log.add_failure(self.label(item), r.error or "unknown", video=v, kind=kind, reply=r.reply,
+                                 attempts=r.attempts)
+            return
+        rec = {"video": v, "kind": kind, "qas": r.value["qas"], "dropped_extra": r.value["dropped_extra"],
+               "attempts": r.attempts, "parse_failures": r.parse_failures, "seed": r.seed,
+               "served_model": r.served_model}
+        self.log.add_result(rec)
+        self.done[item] = rec
+        self.log.counts[f"{kind}_generated"] += 1
 
-    def finish(status: str) -> None:
+    def attempted(self, item: tuple[str, str]) -> bool:
+        return item in self.done
+
+    def outputs(self) -> dict[str, Any]:
+        done = self.done
         complete = {v: done[(v, "summary")]["qas"] + done[(v, "detail")]["qas"]
                     for v in sorted({v for v, _ in done}) if all((v, k) in done for k in KINDS)}
-        records = training_records(complete, modalities, names)
-        atomic_write_json(out, records)
-        incomplete = sorted({v for v, _ in done} - set(complete))
-        extra = {
-            "inputs": {"descriptions": str(descriptions_path), "actions": str(actions_path),
-                       "captions": None if captions_path is None else str(captions_path), "videos": len(videos)},
-            "outputs": {"training_json": str(out), "videos": len(complete), "records": len(records),
-                        "videos_incomplete": incomplete},
-            "format": {"modalities": list(modalities), "names": {**DEFAULT_NAMES, **(names or {})},
+        records = training_records(complete, self.modalities, self.names)
+        atomic_write_json(self.out, records)
+        return {
+            "inputs": {"descriptions": str(self.descriptions_path), "actions": str(self.actions_path),
+                       "captions": None if self.captions_path is None else str(self.captions_path),
+                       "videos": len(self.videos)},
+            "outputs": {"training_json": str(self.out), "videos": len(complete), "records": len(records),
+                        "videos_incomplete": sorted({v for v, _ in done} - set(complete))},
+            "format": {"modalities": list(self.modalities), "names": {**DEFAULT_NAMES, **(self.names or {})},
                        "qa_per_video": 2 * QA_PER_KIND,
                        "placeholders": "after the question on even record indices, before it on odd ones"},
             "dropped_extra_pairs": sum(r.get("dropped_extra", 0) for r in done.values()),
-            "llm": client.config.record(), "prompt_set": prompts.ident, "concurrency": concurrency,
-            "llm_stats": client.stats.to_dict(),
+            "prompt_set": self.prompts.ident,
         }
-        if client.tripped:
-            extra["aborted_because"] = client.tripped
-        log.write_manifest(status, **extra)
 
-    run_step_items(todo, work, on_done, finish, client=client, log=log, concurrency=concurrency,
-                   label=lambda item: f"{item[0]}/{item[1]}", attempted=lambda item: item in done, bar=bar)
-    return read_json(manifest_path, "manifest")
+
+def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: LLMClient,
+                **kw: Any) -> dict[str, Any]:
+    """Run the step (keyword options: those of :class:`QAStep`); returns the manifest."""
+    return QAStep(descriptions_path, actions_path, out, client, **kw).run()
 
 
 def cmd_qa(args) -> int:

@@ -9,9 +9,10 @@ code fence, a Python literal, surrounded by prose, or cut off after the last com
 
 **Bookkeeping.** :class:`StepLog` keeps a step's append-only results (JSON lines; a killed run loses at most the
 requests in flight), its ``failures.jsonl`` and its manifest (what was done, reused, skipped and failed, and why;
-model, prompt version, temperature and seed). :func:`run_step_items` runs a step's items with bounded concurrency
-until done or the endpoint's circuit breaker opens, records every item that never started, and finishes the step
-(outputs + manifest) also when interrupted. :func:`exit_code` turns the manifest into the command's exit code.
+model, prompt version, temperature and seed). :class:`LLMStep` is the protocol of a step: what its items are, the
+request per item and what to keep of the reply, each a small method; its ``run`` does the bounded concurrency, the
+progress bar, and the bookkeeping when the breaker opens or the run is interrupted. :func:`exit_code` turns the
+manifest into the command's exit code.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..io_utils import append_jsonl, atomic_write_json, read_jsonl
-from ..llm import LLMClient, LLMConfig, LLMConfigError, ReplyError, add_endpoint_args, run_bounded
+from ..llm import CallResult, LLMClient, LLMConfig, LLMConfigError, ReplyError, add_endpoint_args, run_bounded
 from ..llm.client import parse_text
 from ..llm.config import config_from_args
 from ..llm.parsing import balanced_spans, clean_reply, load_literal, short
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CurationConfig", "ReplyError", "StepError", "StepLog", "add_llm_args", "exit_code", "llm_config_from_args",
-    "load_actions", "parse_description", "parse_qa_list", "parse_text", "print_summary", "run_step_items",
+    "LLMStep", "load_actions", "parse_description", "parse_qa_list", "parse_text", "print_summary",
     "sum_stats", "word_count",
 ]
 
@@ -178,34 +179,90 @@ def parse_qa_list(text: str | None, n: int = 3) -> tuple[list[dict[str, str]], i
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bounded concurrency
+# the step protocol
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_step_items(todo: list[T], work: Callable[[T], Any], on_done: Callable[[T, Any, BaseException | None], None],
-                   finish: Callable[[str], None], *, client: LLMClient, log: StepLog, concurrency: int,
-                   label: Callable[[T], str], attempted: Callable[[T], bool], bar=None) -> str:
-    """The run of one LLM step over its items, shared by ``describe`` and ``qa``: :func:`run_bounded` until done or
-    the endpoint's circuit breaker trips, then — also when interrupted — close the progress bar, record every item
-    that never started as failed (never silently dropped), and ``finish(status)`` (write outputs and manifest).
-    Returns the status: ``done``, ``aborted`` or, before the exception propagates, ``interrupted (...)``."""
-    status = "interrupted"
-    try:
-        run_bounded(todo, work, on_done, concurrency, should_stop=lambda: client.tripped is not None,
-                    on_idle=log.flush_if_due)
-        status = "aborted" if client.tripped else "done"
-    except BaseException as e:
-        status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        reason = "not attempted in this run (" + (client.tripped or "interrupted") + ")"
-        for item in todo:
-            if not attempted(item) and label(item) not in log.failed:
-                log.failed[label(item)] = reason
-        finish(status)
-    return status
+class LLMStep:
+    """One LLM curation step over its items (``describe``, ``qa``). A subclass says what the items are and what to
+    do with each, in small methods; :meth:`run` does the rest the same way for every step: bounded concurrency until
+    done or the endpoint's circuit breaker opens, one progress bar, and — also when interrupted — every item that
+    never started recorded as failed (never silently dropped), then the outputs and the manifest written.
+
+    ``plan()`` → the items to do (count reused ones and skips into ``self.log``); ``work(item)`` runs on a worker
+    thread and asks the endpoint; ``record(item, result)`` runs on the calling thread (the only one that writes
+    files); ``outputs()`` writes the step's output files and returns the manifest's extra fields.
+    """
+
+    name = "step"
+    unit = "item"
+
+    def __init__(self, client: LLMClient, log: StepLog, *, concurrency: int = 8, progress: bool = True):
+        self.client, self.log, self.concurrency, self.progress = client, log, concurrency, progress
+
+    # -- what a step defines --------------------------------------------------------------------------------------
+    def plan(self) -> list:
+        raise NotImplementedError
+
+    def work(self, item: Any) -> CallResult:
+        raise NotImplementedError
+
+    def record(self, item: Any, result: CallResult) -> None:
+        raise NotImplementedError
+
+    def outputs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def label(self, item: Any) -> str:
+        return str(item)
+
+    def attempted(self, item: Any) -> bool:
+        raise NotImplementedError
+
+    # -- the run ----------------------------------------------------------------------------------------------------
+    def _on_done(self, item: Any, result: Any, error: BaseException | None) -> None:
+        if error is not None:  # a bug, not a server problem: recorded for the item all the same
+            result = self.failed_result(f"{type(error).__name__}: {error}")
+        self.record(item, result)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def failed_result(self, error: str) -> Any:
+        return CallResult(False, error=error)
+
+    def _finish(self, status: str) -> None:
+        extra = {**self.outputs(), "llm": self.client.config.record(), "concurrency": self.concurrency,
+                 "llm_stats": self.client.stats.to_dict()}
+        if self.client.tripped:
+            extra["aborted_because"] = self.client.tripped
+        self.log.write_manifest(status, **extra)
+
+    def run(self) -> dict[str, Any]:
+        """Run the step; returns the manifest. The status is ``done``, ``aborted`` (the breaker opened) or
+        ``interrupted (...)`` (written before the exception propagates)."""
+        todo = self.plan()
+        self._bar = None
+        if self.progress and todo:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(todo), desc=self.name, unit=self.unit, dynamic_ncols=True)
+        status = "interrupted"
+        try:
+            run_bounded(todo, self.work, self._on_done, self.concurrency,
+                        should_stop=lambda: self.client.tripped is not None, on_idle=self.log.flush_if_due)
+            status = "aborted" if self.client.tripped else "done"
+        except BaseException as e:
+            status = f"interrupted ({type(e).__name__}: {str(e)[:200]})"
+            raise
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            reason = "not attempted in this run (" + (self.client.tripped or "interrupted") + ")"
+            for item in todo:
+                if not self.attempted(item) and self.label(item) not in self.log.failed:
+                    self.log.failed[self.label(item)] = reason
+            self._finish(status)
+        return read_json(self.log.manifest, "manifest")
 
 
 # ----------------------------------------------------------------------------------------------------------------
