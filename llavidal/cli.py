@@ -19,6 +19,14 @@ COMMAND_MODULES = (
 )
 
 
+# ``llavidal eval <command>``: the module and function that parse the rest of the command line
+EVAL_COMMANDS = {
+    "prepare": "llavidal.eval.tasks:prepare_main",
+    "convert": "llavidal.eval.tasks:convert_main",
+    "run": "llavidal.eval.runner:main",
+}
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
     p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
@@ -195,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.set_defaults(func=None, passthrough="train")
 
-    p = sub.add_parser("eval", help="ADL-X benchmarks: `llavidal eval prepare ...`, `llavidal eval run ...` "
-                       "(see `llavidal eval run --help`)", add_help=False)
-    p.set_defaults(func=lambda a: (print("usage: llavidal eval {prepare,run} ... (--help for each)"), 2)[1])
+    p = sub.add_parser("eval", help="benchmarks: `llavidal eval {" + ",".join(EVAL_COMMANDS) + "} ...` "
+                       "(--help for each)", add_help=False)
+    p.set_defaults(func=lambda a: (print("usage: llavidal eval {" + ",".join(EVAL_COMMANDS) + "} ... "
+                                         "(--help for each)"), 2)[1])
 
     p = sub.add_parser("mmpro", help="the MMPro curriculum: stage-1 video/object/pose, stage 2, stage 3")
     p.add_argument("--model_name_or_path", required=True)
@@ -237,14 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:2] == ["eval", "prepare"]:
-            from .eval.tasks import prepare_main
-
-            return prepare_main(argv[2:])
-        if argv[:2] == ["eval", "run"]:
-            from .eval.runner import main as run_main
-
-            return run_main(argv[2:])
+        if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_COMMANDS:  # each parses its own flags
+            module, func = EVAL_COMMANDS[argv[1]].split(":")
+            return getattr(importlib.import_module(module), func)(argv[2:])
         if argv[:1] == ["train"]:  # every flag belongs to the training parser (HfArgumentParser)
             from .train.train import train
 

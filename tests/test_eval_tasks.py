@@ -260,3 +260,86 @@ def test_prepare_cli_wrong_file(capsys):
     assert out == "" and err.startswith("error: ") and "TSU-TC" in err
     assert prepare_main(["--task", "nope", "--qa-file", str(FIXTURES["lemma-tc"])]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the combined MCQ format (the release's current evaluation files) and path safety
+# ----------------------------------------------------------------------------------------------------------------
+
+MCQ_TASKS = [t for t, info in TASKS.items() if info.kind == "mcq"]
+
+
+@pytest.mark.parametrize("task", MCQ_TASKS)
+def test_legacy_fixtures_converted_to_the_combined_format_read_the_same(task, tmp_path):
+    legacy, _ = load_task(task, FIXTURES[task])
+    out = tmp_path / "combined.json"
+    from llavidal.cli import main
+
+    assert main(["eval", "convert", "--task", task, "--qa-file", str(FIXTURES[task]), "-o", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert isinstance(records, list) and all(set(r) == {"video_filename", "question", "answer_choices",
+                                                        "ground_truth_letter"} for r in records)
+    items, problems = load_task(task, out)
+    assert problems == [] and [i.format for i in items] == ["combined"] * len(legacy)
+    assert [i.index for i in items] == list(range(len(legacy)))
+    for a, b in zip(legacy, items):
+        assert (b.video, b.question, b.options, b.answer, b.prompt) == (a.video, a.question, a.options, a.answer,
+                                                                        a.prompt)
+        assert a.format == "legacy"
+
+
+def test_combined_format_handwritten_six_options_extra_keys_and_bad_records(tmp_path, capsys):
+    records = [
+        {"video_filename": "kitchen/p1_0_90.mp4", "question": "What does the person do next?",
+         "answer_choices": {"A": "sit", "B": "walk", "C": "cook", "D": "read", "E": "wash", "F": "sleep"},
+         "ground_truth_letter": "F", "video_id": "p1", "source": "lemma"},
+        {"video_filename": "kitchen/p2_0_40.mp4", "question": "And then?",
+         "answer_choices": {"A": "sit", "B": "walk"}, "ground_truth_letter": "(b)"},
+        {"video_filename": "kitchen/p3.mp4", "question": "Bad answer?",
+         "answer_choices": {"A": "sit", "B": "walk"}, "ground_truth_letter": "C"},
+    ]
+    path = tmp_path / "lemma_combined.json"
+    path.write_text(json.dumps(records))
+    items, problems = load_task("lemma-tc", path)
+    assert [i.answer for i in items] == ["F", "B"] and items[0].extra == {"video_id": "p1", "source": "lemma"}
+    assert len(problems) == 1 and problems[0].index == 2 and "not one of the options" in problems[0].reason
+    assert prepare_main(["--task", "lemma-tc", "--qa-file", str(path)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["index"], x["format"]) for x in lines] == [(0, "combined"), (1, "combined")]
+
+
+def test_a_file_in_neither_format_is_one_clear_error(tmp_path):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([{"clip": "a.mp4", "q": "?", "choices": ["x", "y"], "gt": 0}]))
+    with pytest.raises(TaskFormatError) as e:
+        load_task("tsu-tc", path)
+    msg = str(e.value)
+    assert str(path) in msg and "combined MCQ format" in msg and "legacy" in msg
+    assert "['choices', 'clip', 'gt', 'q']" in msg  # the keys found
+
+
+@pytest.mark.parametrize("task,record", [
+    ("tsu-tc", {"video_filename": "../../etc/passwd.mp4", "question": "q", "answer_choices": {"A": "a", "B": "b"},
+                "ground_truth_letter": "A"}),
+    ("charades-ar", {"video_filename": "/abs/video.mp4", "question": "q", "answer_choices": {"A": "a", "B": "b"},
+                     "ground_truth_letter": "A"}),
+    ("tsu-tc", {"video_path": "P01/../../x.mp4", "question": "q", "options": {"A": "a", "B": "b"},
+                "correct_answer": "A"}),
+])
+def test_video_paths_that_leave_the_folder_are_refused_naming_the_record(task, record, tmp_path):
+    ok = {"video_filename": "fine.mp4", "question": "q", "answer_choices": {"A": "a", "B": "b"},
+          "ground_truth_letter": "A"} if "video_filename" in record else {
+        "video_path": "P01/fine.mp4", "question": "q", "options": {"A": "a", "B": "b"}, "correct_answer": "A"}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps([ok, record]))
+    with pytest.raises(TaskFormatError, match=r"record 1: video path .* leaves the video folder"):
+        load_task(task, path)
+
+
+def test_lemma_video_id_cannot_climb_out_either(tmp_path):
+    path = tmp_path / "lemma.json"
+    path.write_text(json.dumps({"0": {"video_id": "../secret", "person_id": 1, "question": "q",
+                                      "choices": {"A": "a", "B": "b"}, "answer": "A", "start_frame": 0,
+                                      "end_frame": 5}}))
+    with pytest.raises(TaskFormatError, match=r"record 0 \('0'\): video path '../secret_0_5.mp4'"):
+        load_task("lemma-tc", path)

@@ -24,8 +24,16 @@ Formats (quirks included):
 ``tsu-desc``     dict ``{video_name: description}``. Each long video was cut into 60 s clips
                  ``{video_name}_clip{i}.mp4``; :func:`list_clips` lists them in numeric clip order.
 
+Those are the legacy files. The release's current evaluation reads all four MCQ benchmarks in one **combined**
+format, detected from its records: a JSON list of ``{video_filename, question, answer_choices {"A": ...},
+ground_truth_letter}`` (other keys are kept in ``extra``); ``video_filename`` is relative to the video folder. An item
+keeps its record's position (``index``) and the format it came from (``format``).
+
 Numbered options (Charades-AR, Smarthome-AR) are shown as letters: 1 -> A, 2 -> B, ...; such items carry
 ``numbered=True`` so that a reply naming the number ("2.", "option 2") can be read as well.
+
+A video path that leaves the video folder (absolute, or with a ``..`` part) is refused with an error naming the
+record: no benchmark record can make the program read outside the folders it was given.
 """
 from __future__ import annotations
 
@@ -113,6 +121,12 @@ _SIGNATURES: dict[str, frozenset[str]] = {
 }
 
 
+#: keys of a record of the combined MCQ format (the release's current evaluation; all four MCQ benchmarks)
+COMBINED_KEYS = frozenset({"video_filename", "question", "answer_choices", "ground_truth_letter"})
+COMBINED_EXPECTED = ('the combined MCQ format: a JSON list of {video_filename, question, answer_choices {"A": ...}, '
+                     'ground_truth_letter}')
+
+
 class TaskFormatError(ValueError):
     """The file is not a benchmark file of the requested task at all."""
 
@@ -136,6 +150,7 @@ class EvalItem:
     answer: str | None = None
     numbered: bool = False                  # the file numbered the options 1..n (1 -> A)
     extra: dict[str, Any] = field(default_factory=dict)
+    format: str = "legacy"                  # the file's format: "combined" (current MCQ files) or "legacy"
 
     @property
     def kind(self) -> str:
@@ -151,7 +166,7 @@ class EvalItem:
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "index": self.index, "id": self.id, "video": self.video, "prompt": self.prompt,
                 "question": self.question, "options": self.options, "answer": self.answer,
-                "numbered": self.numbered, "extra": self.extra}
+                "numbered": self.numbered, "extra": self.extra, "format": self.format}
 
 
 @dataclass(frozen=True)
@@ -444,6 +459,21 @@ def _read_tsu_desc(index: int, key: str | None, rec: Any) -> EvalItem:
                     {"cons_Q1": q1, "cons_Q2": q2, "cons_A": rec.strip(), "clips": f"{name}_clip{{i}}.mp4"})
 
 
+def _read_combined(task: str):
+    def read(index: int, key: str | None, rec: Mapping) -> EvalItem:
+        video = _text(rec, "video_filename").replace("\\", "/")
+        while video.startswith("./"):
+            video = video[2:]
+        question = _text(rec, "question")
+        options = _letter_options(rec, "answer_choices")
+        answer = _answer_letter(rec, "ground_truth_letter", options)
+        extra = {k: v for k, v in rec.items() if k not in COMBINED_KEYS and isinstance(v, (str, int, float))}
+        return EvalItem(task, index, video, video, build_mcq_prompt(question, options), question, options, answer,
+                        False, extra, format="combined")
+
+    return read
+
+
 _READERS = {
     "smarthome-ar": _read_smarthome_ar, "charades-ar": _read_charades_ar, "lemma-tc": _read_lemma_tc,
     "tsu-tc": _read_tsu_tc, "charades-desc": _read_charades_desc, "tsu-desc": _read_tsu_desc,
@@ -473,13 +503,16 @@ def detect_task(data: Any) -> str | None:
 def _wrong_format(source: str, info: TaskInfo, found: str, data: Any) -> TaskFormatError:
     guess = detect_task(data)
     hint = f"; it looks like a {TASKS[guess].title} ({guess}) file" if guess and guess != info.name else ""
-    return TaskFormatError(f"{source}: not a {info.title} ({info.name}) benchmark file: expected {info.expected}; "
+    expected = info.expected if info.kind != "mcq" else f"{COMBINED_EXPECTED}, or the legacy {info.expected}"
+    return TaskFormatError(f"{source}: not a {info.title} ({info.name}) benchmark file: expected {expected}; "
                            f"found {found}{hint}")
 
 
 def load_task_data(task: str, data: Any, source: str = "<data>") -> tuple[list[EvalItem], list[Problem]]:
     """Read an already parsed benchmark document. See :func:`load_task`."""
     info = task_info(task)
+    if info.kind == "mcq" and is_combined(data):
+        return _read_records(info, [(None, v) for v in data], _read_combined(info.name), source)
     if not isinstance(data, info.container):
         raise _wrong_format(source, info, f"a JSON {type(data).__name__ if data is not None else 'null'}", data)
     if isinstance(data, dict):
@@ -493,8 +526,27 @@ def load_task_data(task: str, data: Any, source: str = "<data>") -> tuple[list[E
         found = (f"records with keys {sorted(first)}" if isinstance(first, Mapping)
                  else f"records of type {type(first).__name__}")
         raise _wrong_format(source, info, found, data)
+    return _read_records(info, entries, _READERS[info.name], source)
 
-    reader = _READERS[info.name]
+
+def is_combined(data: Any) -> bool:
+    """Whether a parsed document is in the combined MCQ format (most records carry its four keys)."""
+    if not isinstance(data, list) or not data:
+        return False
+    return sum(isinstance(r, Mapping) and COMBINED_KEYS <= set(r) for r in data) >= 0.5 * len(data)
+
+
+def check_relative(video: str, where: str) -> str:
+    """``video`` if it is a path inside its folder; :class:`TaskFormatError` naming ``where`` otherwise."""
+    parts = video.replace("\\", "/").split("/")
+    if video.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", video) or ".." in parts:
+        raise TaskFormatError(f"{where}: video path {video!r} leaves the video folder (absolute, or with a '..' "
+                              "part); refusing the file")
+    return video
+
+
+def _read_records(info: TaskInfo, entries: list[tuple[str | None, Any]], reader, source: str
+                  ) -> tuple[list[EvalItem], list[Problem]]:
     items: list[EvalItem] = []
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -507,6 +559,7 @@ def load_task_data(task: str, data: Any, source: str = "<data>") -> tuple[list[E
         except _Bad as e:
             problems.append(Problem(index, key if key is not None else _record_name(rec), str(e)))
             continue
+        check_relative(item.video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
         if item.id in seen:  # list files have no keys: keep ids unique so that predictions can be keyed by id
             item.extra["duplicate_id"] = item.id
             item.id = f"{item.id}#{index}"
@@ -623,8 +676,8 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
         return 2
     missing = 0
     for item in items:
-        line: dict[str, Any] = {"id": item.id, "video": item.video, "prompt": item.prompt, "options": item.options,
-                                "answer": item.answer}
+        line: dict[str, Any] = {"index": item.index, "id": item.id, "video": item.video, "prompt": item.prompt,
+                                "options": item.options, "answer": item.answer, "format": item.format}
         if item.extra.get("cons_Q1") is not None:
             line.update({k: item.extra[k] for k in ("cons_Q1", "cons_Q2", "cons_A")})
         if args.video_dir is not None:
@@ -649,6 +702,38 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     for prob in problems:
         print(f"  {prob}", file=sys.stderr)
     return 1 if (args.strict and problems) else 0
+
+
+def to_combined(items: Sequence[EvalItem]) -> list[dict[str, Any]]:
+    """Multiple-choice items as records of the combined MCQ format (options as letters A.., the video path relative
+    to the video folder)."""
+    out = []
+    for it in items:
+        if it.options is None:
+            raise ValueError(f"{it.task} item {it.id}: only multiple-choice items have a combined format")
+        out.append({"video_filename": it.video, "question": it.question, "answer_choices": dict(it.options),
+                    "ground_truth_letter": it.answer})
+    return out
+
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    """``llavidal eval convert``: a legacy MCQ benchmark file -> the combined MCQ format."""
+    p = argparse.ArgumentParser(prog="llavidal eval convert",
+                                description="Write a legacy multiple-choice benchmark file in the combined MCQ format "
+                                            "(a JSON list of {video_filename, question, answer_choices, "
+                                            "ground_truth_letter}); unreadable records are listed and left out.")
+    p.add_argument("--task", required=True, choices=[n for n, t in TASKS.items() if t.kind == "mcq"])
+    p.add_argument("--qa-file", required=True)
+    p.add_argument("-o", "--output", required=True)
+    args = p.parse_args(None if argv is None else list(argv))
+    items, problems = load_task(args.task, args.qa_file)
+    from ..io_utils import atomic_write_json
+
+    atomic_write_json(args.output, to_combined(items), indent=2)
+    print(f"{args.output}: {len(items)} records ({len(problems)} unreadable left out)", file=sys.stderr)
+    for prob in problems:
+        print(f"  {prob}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
