@@ -20,19 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:  # runnable as ``python bench/bench_curation_llm.py`` from a checkout without PYTHONPATH
-    import llavidal  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(ROOT))
+from _common import ROOT, machine_info
 
 REPLY = json.dumps([
     {"Q": "In what order does the person do things?", "A": "The person first drinks water, then sits down."},
@@ -153,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stub.close()
 
-    env = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-           "latency_s": args.latency}
+    env = machine_info(latency_s=args.latency)
     print()
     hdr = ["step", "concurrency", "requests", "wall s", "req/s", "ideal req/s", "efficiency"]
     lines = [hdr] + [[r["step"], str(r["concurrency"]), str(r["requests"]), f"{r['wall_s']:.2f}",
@@ -169,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print("### Curation LLM throughput (`bench/bench_curation_llm.py`)\n")
     print(f"Loopback OpenAI-compatible stub in a separate process, {1000 * args.latency:.0f} ms per request; the "
           f"real steps end to end (captions: decode, 2 fps sampling, JPEG data URL, shard file; QA: prompt, parse, "
-          f"results file, training JSON). {env['cpus']} CPUs, Python {env['python']}.\n")
+          f"results file, training JSON). {env['cpu_count']} CPUs, Python {env['python']}.\n")
     print("| step | concurrency | requests | wall (s) | requests/s | ideal | efficiency |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

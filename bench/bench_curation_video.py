@@ -34,18 +34,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from _common import TESTS, machine_info
+
+sys.path.insert(0, str(TESTS))  # the synthetic NTU fixture
 
 # Actions chosen so that the stitching map uses every clip (groups and random sets of 2-5).
 ACTIONS = (1, 2, 3, 4, 8, 9, 14, 15, 11, 12, 23, 35, 5, 6, 7, 41, 44, 45, 26, 27, 97, 98)
@@ -156,9 +153,8 @@ def main(argv=None) -> int:
         fig["ratio_crop"] = round(fig["crop_clips_per_s"] / fig["plain_clips_per_s"], 3)
         fig["ratio_pipeline"] = round(fig["pipeline_clips_per_s"] / fig["plain_clips_per_s"], 3)
         fig["ratio_pipeline_reencode"] = round(fig["pipeline_reencode_clips_per_s"] / fig["plain_clips_per_s"], 3)
-        env = {"python": platform.python_version(), "numpy": np.__version__, "av": av.__version__,
-               "ffmpeg": ".".join(map(str, av.library_versions["libavcodec"])), "cpus": os.cpu_count(),
-               "machine": platform.machine(), "load": os.getloadavg()[0]}
+        env = machine_info(numpy=np.__version__, av=av.__version__,
+                           ffmpeg=".".join(map(str, av.library_versions["libavcodec"])))
         print(json.dumps({**fig, **env}, indent=2))
         cmd = "python bench/bench_curation_video.py " + " ".join(argv if argv is not None else sys.argv[1:])
         print("\n--- Markdown for docs/benchmarks.md ---\n")
@@ -167,7 +163,7 @@ def main(argv=None) -> int:
               "encode of the same clips.\n")
         print(f"**Command:** `{cmd.strip()}` — {n} synthetic NTU clips (MPEG-4 AVI, {args.width}x{args.height}, "
               f"{args.frames} frames), output {args.size}x{args.size}, crop workers {args.workers}; best of "
-              f"{args.repeat}. Machine: {os.cpu_count()} CPUs ({platform.machine()}), load {env['load']:.1f}; "
+              f"{args.repeat}. Machine: {env['cpu_count']} CPUs ({env['processor']}), load {env['loadavg'][0]:.1f}; "
               f"Python {env['python']}, PyAV {env['av']} (libavcodec {env['ffmpeg']}).\n")
         print("| stage | seconds | clips/s | vs plain |")
         print("|---|---|---|---|")

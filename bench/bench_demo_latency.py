@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401 - the repository on sys.path
 
 from llavidal import LlavidalForCausalLM, load_pretrained  # noqa: E402
 from llavidal.inference import GenerationOptions, stream_answer  # noqa: E402
@@ -36,12 +36,11 @@ from llavidal.video.clip import TinyClipSpec, make_tiny_clip  # noqa: E402
 from llavidal.video.extract import VideoFeaturizer  # noqa: E402
 from llavidal.video.io import write_video  # noqa: E402
 
-LLM = {"7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=32),
-       "tiny": None}
+LLM = {"7b": {**{k: v for k, v in _common.MODEL_SHAPES["7b"].items() if k != "vocab_size"}, "num_key_value_heads": 32},
+       "tiny": None}  # tiny: the make_tiny folder as it is
 CLIP = {"7b": TinyClipSpec(vision_hidden_size=1024, vision_intermediate_size=4096, vision_layers=24, vision_heads=16),
         "tiny": TinyClipSpec()}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = _common.dtypes()
 
 
 def sync(device: str) -> None:
@@ -115,7 +114,7 @@ def main() -> int:
               "llm_params_M": round(params / 1e6, 1), "video_seconds": args.seconds,
               "featurize_s": round(statistics.median(feat_s), 3), "first_token_s": round(statistics.median(ttft), 3),
               "tokens_per_s": round(statistics.median(tps), 1), "new_tokens": args.new_tokens,
-              "repeat": args.repeat, "torch": torch.__version__}
+              "repeat": args.repeat, "machine": _common.machine_info(args.device)}
     print(json.dumps(result, indent=2))
     print(f"\n| model | device | video → features | question → first token | tokens/s |\n|---|---|---:|---:|---:|\n"
           f"| {args.preset} ({result['llm_params_M']} M) | {gpu or args.device} {result['dtype']} | "

@@ -74,7 +74,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import shlex
 import statistics
@@ -84,10 +83,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # runnable as ``python bench/bench_eval.py`` from a checkout without PYTHONPATH
-    import llavidal  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import machine_info
 
 import torch
 
@@ -410,14 +406,6 @@ def run(args) -> dict:
         "loglik_vs_generate_bmax_time": res["loglik"]["median_s"] / res[bmax]["median_s"],
         "examples": examples,
     }
-
-
-def machine_info() -> dict:
-    import transformers
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
 
 
 def report(r: dict) -> str:

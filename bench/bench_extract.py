@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401 - the repository on sys.path
 
 from llavidal.video.clip import TinyClipSpec, make_tiny_clip  # noqa: E402
 from llavidal.video.extract import ClipFeatureModel, ExtractConfig, _Decoded, extract_folder  # noqa: E402
@@ -166,7 +166,7 @@ def main() -> int:
         "decode_clips_per_s": round(len(videos) / t_decode, 2), "model_clips_per_s": round(len(videos) / t_model, 2),
         "pipeline_clips_per_s": round(len(videos) / t_pipe, 2),
         "pipeline_over_slowest": round(t_pipe / slowest, 3), "pipeline_over_sum": round(t_pipe / (t_decode + t_model), 3),
-        "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": _common.machine_info(model.device),
     }
     print(json.dumps(result, indent=2))
     print(f"\n| preset | device | videos × frames | workers | batch | decode-only | model-only | pipeline | "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -35,12 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:  # runnable as ``python bench/bench_judge.py`` from a checkout without PYTHONPATH
-    import llavidal  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from _common import ROOT, TESTS, machine_info
+
+sys.path.insert(0, str(TESTS))  # the loopback OpenAI stub
 
 from llavidal.eval.judge import Judge, JudgeConfig  # noqa: E402
 from llavidal.eval.prompts import default_prompt_set  # noqa: E402
@@ -162,13 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
 
-    try:
-        load = os.getloadavg()
-    except OSError:  # pragma: no cover
-        load = (float("nan"),) * 3
-    env = {"python": platform.python_version(), "openai": openai.__version__, "cpus": os.cpu_count(),
-           "machine": platform.machine(), "loadavg": [round(x, 2) for x in load],
-           "stub": "in-process" if args.in_process else "separate process", "latency_s": args.latency}
+    env = machine_info(openai=openai.__version__, stub="in-process" if args.in_process else "separate process",
+                       latency_s=args.latency)
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv or sys.argv[1:]))
     print(f"\ncommand: {cmd}")
     print(f"environment: {env}\n")

@@ -45,7 +45,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -54,35 +53,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # runnable as ``python bench/bench_overhead.py`` from a checkout without PYTHONPATH
-    import llavidal  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401 - the repository on sys.path
 
 import torch
 
 from llavidal.constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, OBJECT_FRAMES
 from llavidal.model import LlavidalConfig, LlavidalForCausalLM
 
-# ---------------------------------------------------------------------------------------------------- presets
-PRESETS = {
-    # the tiny test model's shape: the projectors (1024 -> 64) weigh as much as a decoder layer here, so this
-    # preset shows the splice's fixed cost, not the overhead at real size
-    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                 vocab_size=1012, seq_len=1024, batch=4),
-    # a CPU-sized model whose step time is dominated by the decoder, as at 7B
-    "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                  vocab_size=8012, seq_len=1024, batch=2),
-    # LLaMA-7B shape (LLaVA-Lightening-7B + 9 modality tokens), random weights
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               vocab_size=32012, seq_len=2048, batch=2),
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from _common import ANSWER_TOKENS, MODEL_SHAPES, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes, machine_info
 
-# Text lengths of an ADL-X training sample (tokens of the LLaMA tokenizer, measured on the chat template).
-SYSTEM_TOKENS = 38  # "A chat between a curious user ... questions." + " USER:"
-QUESTION_TOKENS = 24  # a typical ADL-X question
-ANSWER_TOKENS = 48  # " ASSISTANT:" + a typical answer + "</s>"
+# ---------------------------------------------------------------------------------------------------- presets
+# tiny: the projectors (1024 -> 64) weigh as much as a decoder layer, so it shows the splice's fixed cost, not the
+# overhead at real size; small: the step is dominated by the decoder, as at 7B
+PRESETS = {name: {**MODEL_SHAPES[name], **run} for name, run in
+           {"tiny": dict(seq_len=1024, batch=4), "small": dict(seq_len=1024, batch=2),
+            "7b": dict(seq_len=2048, batch=2)}.items()}
+DTYPES = dtypes()
 
 # Per-sample modality subsets of the mixed batch (cycled): (video?, number of objects or 0, pose?)
 SAMPLE_KINDS = [
@@ -378,19 +364,6 @@ def run(args) -> dict:
         if micro else None,
         "goal_pct": 10.0,
     }
-
-
-def machine_info(device: torch.device) -> dict:
-    import transformers
-
-    info = {
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def report(r: dict) -> str:

@@ -87,7 +87,6 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import re
 import resource
@@ -99,36 +98,29 @@ import time
 import warnings
 from pathlib import Path
 
-try:  # runnable as ``python bench/bench_train.py`` from a checkout without PYTHONPATH
-    import llavidal  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: F401 - the repository on sys.path
 
 import torch
 
 from llavidal.constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, OBJECT_FRAMES
 
-# ---------------------------------------------------------------------------------------------------- presets
-PRESETS = {
-    # the tiny test model (make_tiny defaults): the projectors weigh about as much as the decoder
-    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                 sp_vocab_size=1000, batch=4, steps=10, warmup=3, rounds=3),
-    # a CPU-sized model whose step is dominated by the decoder (the tiny tokenizer tops out near 1.8 k pieces)
-    "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                  sp_vocab_size=4000, batch=2, steps=4, warmup=1, rounds=1),
-    # LLaMA-7B shape (LLaVA-7B-Lightening + 9 modality tokens), random weights on the GPU; seq 2048 dense rows
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               vocab_size=32012, batch=2, steps=10, warmup=3, rounds=2, seq_len=2048),
-}
-# the 7b path's stand-in for --dry-run on a CPU
-DRY_RUN_SHAPE = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=1012)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0))
-LR = 2e-5  # the published recipe's learning rate (no schedule here: constant)
+from _common import (ANSWER_TOKENS, MODEL_SHAPES, PEAK_TFLOPS, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes,
+                     machine_info)
 
-# token lengths of an ADL-X sample (LLaMA tokenizer, chat template), as in bench_overhead.py
-SYSTEM_TOKENS, QUESTION_TOKENS, ANSWER_TOKENS = 38, 24, 48
+# ---------------------------------------------------------------------------------------------------- presets
+# tiny and small train through make_tiny folders: their vocabulary is a sentencepiece size (the tiny tokenizer tops
+# out near 1.8 k pieces); 7b builds the model directly, with dense rows of seq_len 2048
+PRESETS = {
+    "tiny": {**MODEL_SHAPES["tiny"], "sp_vocab_size": 1000, "batch": 4, "steps": 10, "warmup": 3, "rounds": 3},
+    "small": {**MODEL_SHAPES["small"], "sp_vocab_size": 4000, "batch": 2, "steps": 4, "warmup": 1, "rounds": 1},
+    "7b": {**MODEL_SHAPES["7b"], "batch": 2, "steps": 10, "warmup": 3, "rounds": 2, "seq_len": 2048},
+}
+for _p in ("tiny", "small"):
+    del PRESETS[_p]["vocab_size"]
+# the 7b path's stand-in for --dry-run on a CPU
+DRY_RUN_SHAPE = dict(MODEL_SHAPES["tiny"])
+DTYPES = dtypes()
+LR = 2e-5  # the published recipe's learning rate (no schedule here: constant)
 
 
 # ---------------------------------------------------------------------------------------------------- memory
@@ -794,17 +786,6 @@ def run_7b(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def machine_info(device: torch.device) -> dict:
-    import transformers
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def _fmt(x, spec=".0f", none="-"):
     return none if x is None else format(x, spec)
 
