@@ -110,7 +110,7 @@ def cmd_merge(args) -> int:
 
     base_vocab = None
     if args.base:
-        from .model.checkpoint import load_tokenizer
+        from .model.base import load_tokenizer
 
         tok = load_tokenizer(args.base)
         base_vocab = len(tok) - 9

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from llavidal import CheckpointError, export_legacy_projector, load_pretrained, save_adapter, save_pretrained
 from llavidal.constants import ADDED_TOKENS, LAYOUT_2024, LAYOUT_CURRENT, LAYOUT_VIDEOCHATGPT
-from llavidal.model.checkpoint import read_folder_state_dict
+from llavidal.model.files import read_folder_state_dict
 
 H = 64  # tiny hidden size
 N_BASE = 1003  # tiny LLaMA vocab (1000) + the 3 LLaVA tokens; the real model has 32003

@@ -207,7 +207,8 @@ def direct_embeddings(clip_dir, video, frames, boxes):
 
 
 def test_extract_folder_embeddings_failures_and_resume(tmp_path, scene, clip_dir, tiny_base):
-    from llavidal.model.checkpoint import config_from_base, read_config_dict
+    from llavidal.model.base import config_from_base
+    from llavidal.model.files import read_config_dict
 
     videos, dets = scene
     out = tmp_path / "out"

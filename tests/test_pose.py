@@ -267,7 +267,8 @@ def few(ntu, tmp_path):
 
 
 def test_extract_pose_files_validate_and_resume(trained, few, tiny_base, tmp_path, capsys):
-    from llavidal.model.checkpoint import config_from_base, read_config_dict
+    from llavidal.model.base import config_from_base
+    from llavidal.model.files import read_config_dict
 
     base_cfg = config_from_base(read_config_dict(tiny_base), 32012)
     out = tmp_path / "feats"

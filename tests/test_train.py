@@ -77,7 +77,7 @@ def test_trainable_parameters_per_mode(tiny_base, synth, tmp_path, mode):
 
 
 def test_initial_projectors_follow_the_spec(tiny_base, synth, tmp_path):
-    from llavidal.model.checkpoint import read_folder_state_dict
+    from llavidal.model.files import read_folder_state_dict
     from llavidal.train.arguments import parse_args
     from llavidal.train.train import build_model
 
@@ -120,7 +120,7 @@ def init_adapter(tiny_base, tmp_path_factory):
 
 def test_projector_only_training_changes_exactly_the_spec_parameters(tiny_base, synth, init_adapter, tmp_path):
     from llavidal import load_pretrained, load_projector
-    from llavidal.model.checkpoint import read_folder_state_dict
+    from llavidal.model.files import read_folder_state_dict
 
     out = tmp_path / "proj"
     summary = run_train(train_flags(tiny_base, synth, out, ("video", "pose"),
@@ -173,7 +173,7 @@ def test_projector_only_training_changes_exactly_the_spec_parameters(tiny_base, 
 def test_lora_and_full_modes_write_loadable_folders(tiny_base, synth, tmp_path, mode):
     from llavidal import load_pretrained
     from llavidal.data import ADLXDataset, DataCollator, read_records
-    from llavidal.model.checkpoint import read_folder_state_dict
+    from llavidal.model.files import read_folder_state_dict
 
     out = tmp_path / mode
     summary = run_train(train_flags(tiny_base, synth, out, ("video", "object"), "--training_mode", mode,
@@ -273,7 +273,7 @@ def test_resume_in_lora_and_full_modes(tiny_base, synth, tmp_path, mode):
     Trainer's; both must give the uninterrupted run's weights (LLM and adapter)."""
     from safetensors.torch import load_file
 
-    from llavidal.model.checkpoint import read_folder_state_dict
+    from llavidal.model.files import read_folder_state_dict
 
     flags = dict(per_device_train_batch_size=4, max_steps=6, save_strategy="steps", save_steps=2, lora_r=4,
                  training_mode=mode, tune_mm_mlp_adapter=False, video_mask_prob=0.5)

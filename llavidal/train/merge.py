@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..constants import MODALITIES, TOKEN_LAYOUTS
-from ..model.checkpoint import (
-    ADAPTER_EMBED_PREFIX, ADAPTER_FOLDER_FILE, ADAPTER_FORMAT, ADAPTER_VERSION,
-    CheckpointError, _normalise_keys, read_tensor_file,
-)
+from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION
+from ..model.checkpoint import ADAPTER_FOLDER_FILE
+from ..model.files import normalise_keys, read_tensor_file
+from ..model.validate import CheckpointError
 
 REAL_BASE_VOCAB = 32003  # LLaMA 32000 + the three LLaVA tokens
 
@@ -43,7 +43,7 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
     """``{"modalities": [...], "projectors": {key: tensor}, "rows": {token name: row}}`` of one file: only the
     parts of the modalities it trained."""
     path = _resolve(path)
-    state = _normalise_keys(read_tensor_file(path))
+    state = normalise_keys(read_tensor_file(path))
     trained: list[str]
     rows: dict[str, torch.Tensor] = {}
     if path.suffix == ".safetensors":

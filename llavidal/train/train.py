@@ -24,12 +24,11 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import MODALITIES, MODALITY_ORDER
-from ..io_utils import atomic_write_json
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
+from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
-from ..model.checkpoint import (
-    ADAPTER_FOLDER_FILE, export_legacy_projector, save_adapter, save_adapter_folder, save_pretrained,
-)
+from ..model.adapters import export_legacy_projector, save_adapter
+from ..model.checkpoint import ADAPTER_FOLDER_FILE, save_adapter_folder, save_pretrained
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 
 logger = logging.getLogger(__name__)

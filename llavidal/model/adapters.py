@@ -1,0 +1,240 @@
+"""Projector files and adapters: what a training run trains, loaded into and written out of a model, by token NAME.
+
+A projector file (``llavidal_weights.bin``, a run's ``mm_projector.bin``, Video-ChatGPT's file) holds projectors and
+the whole input embedding matrix, whose added rows follow the base vocabulary in one of the token layouts of
+:data:`llavidal.constants.TOKEN_LAYOUTS` (found from the row count). Our adapter (safetensors) keys the rows by token
+name outright and records which modalities were trained. The legacy export writes the original's key layout and
+order, so that the original trainer's ``--pretrain_mm_mlp_adapter`` can read it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file as save_safetensors
+from transformers import PreTrainedTokenizerBase
+
+from ..constants import ADDED_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
+from .files import normalise_keys, read_tensor_file
+from .modeling_llavidal import LlavidalForCausalLM
+from .validate import CheckpointError, check_finite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProjectorLoadReport", "adapter_state_dict", "detect_layout", "export_legacy_projector", "load_projector",
+           "save_adapter"]
+
+
+ADAPTER_FORMAT = "llavidal-adapter"
+
+
+ADAPTER_VERSION = "1"
+
+
+ADAPTER_EMBED_PREFIX = "added_tokens.embed_tokens."
+
+
+ADAPTER_LM_HEAD_PREFIX = "added_tokens.lm_head."
+
+
+@dataclass
+class ProjectorLoadReport:
+    """What a projector file contributed (printed by the CLI, logged by the loaders)."""
+
+    path: str
+    layout: str
+    projectors: list[str] = field(default_factory=list)  # modalities whose projector was loaded
+    token_rows: list[str] = field(default_factory=list)  # token names whose embedding rows were loaded
+    start_end: bool = True  # was the file trained with start/end tokens
+
+    def summary(self) -> str:
+        return (f"{self.path}: layout {self.layout}; projectors {', '.join(self.projectors) or 'none'}; "
+                f"token rows {len(self.token_rows)}")
+
+
+_PATCH_ONLY_LAYOUTS = {
+    "current-patch-only": ("<vid_patch>", "<object_patch>", "<pose_patch>"),
+    "2024-patch-only": ("<vid_patch>", "<object_patch>"),
+    "videochatgpt-patch-only": ("<vid_patch>",),
+}
+
+
+def detect_layout(n_rows: int, n_base: int, keys: set[str], path: str = "projector file") -> str:
+    """Name of the vocabulary layout of an ``embed_tokens`` matrix with ``n_rows`` rows.
+
+    ``n_base`` is the size of the base vocabulary (LLaMA + the three LLaVA tokens: 32003 for the real model).
+    """
+    has_pose = any("forpose" in k for k in keys)
+    has_object = any("forobject" in k for k in keys)
+    candidates = [name for name, names in {**TOKEN_LAYOUTS, **_PATCH_ONLY_LAYOUTS}.items()
+                  if n_base + len(names) == n_rows]
+    if len(candidates) > 1:  # base+3: Video-ChatGPT with start/end, or LLAVIDAL patch-only
+        candidates = [c for c in candidates if (c == "current-patch-only") == (has_pose or has_object)]
+    if len(candidates) != 1:
+        expected = ", ".join(f"{n_base + len(v)} ({k})" for k, v in TOKEN_LAYOUTS.items())
+        raise CheckpointError(
+            f"{path}: model.embed_tokens.weight has {n_rows} rows, which matches no known token layout for a base "
+            f"vocabulary of {n_base}; expected one of {expected}"
+        )
+    return candidates[0]
+
+
+def load_projector(
+    model: LlavidalForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | os.PathLike,
+    layout: str | None = None,
+) -> ProjectorLoadReport:
+    """Load projectors and added-token rows from a projector/adapter file into ``model``, by token name."""
+    path = Path(path)
+    state = normalise_keys(read_tensor_file(path))
+    check_finite(state, path)
+    H = model.config.hidden_size
+    report = ProjectorLoadReport(path=str(path), layout="adapter")
+    params = dict(model.named_parameters())
+
+    with torch.no_grad():
+        for m in MODALITIES.values():
+            wkey, bkey = f"model.{m.projector}.weight", f"model.{m.projector}.bias"
+            if wkey not in state:
+                continue
+            for key in (wkey, bkey):
+                if key not in state:
+                    raise CheckpointError(f"{path}: has {wkey} but no {bkey}")
+                want = params[key].shape
+                if state[key].shape != want:
+                    raise CheckpointError(
+                        f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(want)} "
+                        f"({m.name} projector {getattr(model.config, m.dim_attr)} -> {H})"
+                    )
+                params[key].copy_(state[key])
+            report.projectors.append(m.name)
+
+        emb = _OverlayRows(model)
+        head = model.get_output_embeddings().weight
+        adapter_rows = {k: v for k, v in state.items() if k.startswith((ADAPTER_EMBED_PREFIX, ADAPTER_LM_HEAD_PREFIX))}
+        if adapter_rows:
+            for k, v in adapter_rows.items():
+                target, prefix = (emb, ADAPTER_EMBED_PREFIX) if k.startswith(ADAPTER_EMBED_PREFIX) else (head, ADAPTER_LM_HEAD_PREFIX)
+                name = k[len(prefix):]
+                tid = tokenizer.convert_tokens_to_ids(name)
+                if name not in tokenizer.get_vocab():
+                    raise CheckpointError(f"{path}: row for unknown token {name!r}")
+                if v.shape != (H,):
+                    raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected ({H},)")
+                target[tid] = v.to(target.dtype)
+                if target is emb:
+                    report.token_rows.append(name)
+            report.start_end = any(t in report.token_rows for t in START_END_TOKENS)
+        elif "model.embed_tokens.weight" in state:
+            rows = state["model.embed_tokens.weight"]
+            if rows.ndim != 2 or rows.shape[1] != H:
+                raise CheckpointError(
+                    f"{path}: model.embed_tokens.weight has shape {tuple(rows.shape)}, expected [vocab, {H}]"
+                )
+            n_base = model.config.vocab_size - len(ADDED_TOKENS)
+            report.layout = layout or detect_layout(rows.shape[0], n_base, set(state), str(path))
+            names = {**TOKEN_LAYOUTS, **_PATCH_ONLY_LAYOUTS}[report.layout]
+            if n_base + len(names) != rows.shape[0]:
+                raise CheckpointError(
+                    f"{path}: layout {report.layout} needs {n_base + len(names)} rows, the file has {rows.shape[0]}"
+                )
+            for i, name in enumerate(names):
+                emb[tokenizer.convert_tokens_to_ids(name)] = rows[n_base + i].to(emb.dtype)
+                report.token_rows.append(name)
+            report.start_end = report.layout in TOKEN_LAYOUTS
+        else:
+            report.layout = "projector-only"
+            report.start_end = model.config.mm_use_vid_start_end
+    if not report.projectors:
+        raise CheckpointError(
+            f"{path}: holds no projector weights (expected keys such as model.mm_projector.weight); "
+            f"found {sorted(state)[:5]}"
+        )
+    if not report.start_end and model.config.mm_use_vid_start_end:
+        logger.warning("%s was trained without start/end tokens: prompts will not use them", path)
+        model.config.mm_use_vid_start_end = False
+    logger.info(report.summary())
+    return report
+
+
+class _OverlayRows:
+    """Row assignment into the input embedding, wherever the row lives (plain matrix or trainable overlay)."""
+
+    def __init__(self, model: LlavidalForCausalLM):
+        from .modeling_llavidal import EmbeddingWithTrainableRows
+
+        emb = model.get_input_embeddings()
+        self.overlay = emb if isinstance(emb, EmbeddingWithTrainableRows) else None
+        self.base = emb.base.weight if self.overlay is not None else emb.weight
+        self.dtype = self.base.dtype
+
+    def __setitem__(self, tid: int, value: torch.Tensor) -> None:
+        self.base[tid] = value.to(self.dtype)
+        if self.overlay is not None:
+            slot = int(self.overlay.lut[tid])
+            if slot >= 0:
+                self.overlay.rows.data[slot] = value.to(self.overlay.rows.dtype)
+
+
+def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names."""
+    sd = {}
+    for m in MODALITIES.values():
+        if modalities is None or m.name in modalities:
+            proj = model.model.projector(m.name)
+            sd[f"model.{m.projector}.weight"] = proj.weight.detach()
+            sd[f"model.{m.projector}.bias"] = proj.bias.detach()
+    return sd
+
+
+def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    """Projectors + every added token's input and output embedding row, keyed by token name."""
+    sd = _projector_state(model)
+    emb = model.get_input_embeddings().weight.detach()
+    head = model.get_output_embeddings().weight.detach()
+    for name in ADDED_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(name)
+        sd[ADAPTER_EMBED_PREFIX + name] = emb[tid]
+        sd[ADAPTER_LM_HEAD_PREFIX + name] = head[tid]
+    return {k: v.contiguous().cpu().clone() for k, v in sd.items()}
+
+
+def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike,
+                 modalities: list[str] | None = None) -> Path:
+    """The adapter-only file (safetensors): what projector-only training changes, keyed by name.
+
+    ``modalities`` records which modalities were trained (MMPro merges take each modality's projector and
+    start/end rows from the file that trained it); default: all three.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "hidden_size": str(model.config.hidden_size),
+            "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
+            "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
+            "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
+    tmp = path.with_name(path.name + ".tmp")
+    save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
+                            modalities: list[str] | None = None) -> Path:
+    """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code.
+
+    As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
+    so merges of such files can tell which modalities a run trained.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = _projector_state(model, modalities)
+    sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
+    sd = {k: v.cpu().clone() for k, v in sd.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path

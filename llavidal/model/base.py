@@ -1,0 +1,198 @@
+"""A base folder in the LLaVA-7B-Lightening layout -> a :class:`LlavidalForCausalLM` and its tokenizer.
+
+The folder has a config.json with LLaVA fields and a LLaVA ``model_type`` (read as a plain LLaMA config), ``.bin`` or
+safetensors weights holding ``model.mm_projector.*`` (the video projector's starting point), and a sentencepiece
+tokenizer with the three LLaVA tokens. Its config carries wrong special ids (bos 0 / eos 1); ours always come from
+the tokenizer. The modality tokens are added here, their start/end rows initialised to the mean of the base rows
+(docs/design.md#model).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, LlamaTokenizer, PreTrainedTokenizerBase
+
+from ..constants import ADDED_TOKENS, MODALITIES
+from .configuration_llavidal import LlavidalConfig
+from .files import normalise_keys, read_config_dict, read_folder_state_dict
+from .modeling_llavidal import LlavidalForCausalLM
+from .validate import (
+    CheckpointError,
+    check_base_config,
+    check_finite,
+    check_tokenizer,
+    check_tokenizer_files,
+    check_tokenizer_vs_embedding,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["config_from_base", "load_base", "load_tokenizer", "modality_token_ids"]
+
+
+_LLAMA_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "max_position_embeddings", "rms_norm_eps", "hidden_act", "initializer_range", "tie_word_embeddings",
+    "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "mlp_bias", "head_dim",
+)
+
+
+_LLAVA_FIELDS = ("mm_hidden_size", "mm_vision_tower", "mm_vision_select_layer", "use_mm_proj")
+
+
+def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer with every LLAVIDAL modality token, pad = ``<unk>`` when the folder has none."""
+    cls = _tokenizer_class(Path(folder))
+    check_tokenizer_files(Path(folder), sentencepiece=cls is LlamaTokenizer)
+    try:
+        tok = cls.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot load a tokenizer from it: {e}") from None
+    check_tokenizer(tok, folder)
+    missing = [t for t in ADDED_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tok, name) is None:
+            raise CheckpointError(f"{folder}: the tokenizer defines no {name[:-3]}")
+    return tok
+
+
+def _tokenizer_class(folder: Path):
+    """LLaMA tokenizers load through ``LlamaTokenizer`` itself: AutoTokenizer would follow the folder's LLaVA
+    ``model_type`` to a generic backend that tokenizes differently from the sentencepiece model."""
+    cfg_path = folder / "tokenizer_config.json"
+    try:
+        cls = json.loads(cfg_path.read_text()).get("tokenizer_class") or "" if cfg_path.is_file() else ""
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON: {e}") from None
+    return LlamaTokenizer if cls.startswith("LlamaTokenizer") else AutoTokenizer
+
+
+def modality_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in ADDED_TOKENS}
+
+
+def _sync_special_ids(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Special ids always come from the tokenizer (the Lightening folder's config says bos 0 / eos 1)."""
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    for k, v in ids.items():
+        setattr(model.config, k, v)
+    gen = model.generation_config if model.generation_config is not None else GenerationConfig()
+    for k, v in ids.items():
+        setattr(gen, k, v)
+    gen.do_sample = False
+    for k in ("temperature", "top_p", "top_k"):
+        setattr(gen, k, None)
+    model.generation_config = gen
+    model.config.modality_token_ids = modality_token_ids(tokenizer)
+
+
+def config_from_base(cfg: dict, vocab_size: int, **overrides) -> LlavidalConfig:
+    kwargs = {k: cfg[k] for k in _LLAMA_FIELDS + _LLAVA_FIELDS if cfg.get(k) is not None}
+    if "rope_theta" in kwargs and "rope_parameters" not in kwargs:
+        kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta")}
+    kwargs.pop("rope_theta", None)
+    if kwargs.get("rope_scaling") is None:
+        kwargs.pop("rope_scaling", None)
+    kwargs.update(overrides)
+    return LlavidalConfig(vocab_size=vocab_size, **kwargs)
+
+
+def _mean_init_rows(weight: torch.Tensor, n_old: int) -> None:
+    """Rows past ``n_old`` := mean of the first ``n_old`` rows (how start/end rows start: docs/design.md#model)."""
+    if weight.shape[0] > n_old:
+        weight[n_old:] = weight[:n_old].float().mean(dim=0, keepdim=True).to(weight.dtype)
+
+
+def load_base(
+    folder: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    seed: int | None = None,
+) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
+    """Build a LLAVIDAL model from a LLaVA-Lightening (or plain LLaMA) base folder.
+
+    The base ``mm_projector`` initialises the video projector; the object and pose projectors start from
+    normal(0, 0.02) weights and zero bias (seeded by ``seed`` when given); the added modality rows of the input
+    and output embeddings start at the mean of the existing rows.
+    """
+    folder = Path(folder)
+    cfg = read_config_dict(folder)
+    check_base_config(cfg, folder / "config.json")
+    tokenizer = load_tokenizer(folder)
+    state = normalise_keys(read_folder_state_dict(folder))
+    check_finite(state, folder)
+    if "model.embed_tokens.weight" not in state:
+        raise CheckpointError(f"{folder}: weights hold no model.embed_tokens.weight; not a LLaMA checkpoint")
+    n_base_rows = state["model.embed_tokens.weight"].shape[0]
+    n_tok_base = len(tokenizer) - sum(1 for t in ADDED_TOKENS if t in tokenizer.get_vocab())
+    check_tokenizer_vs_embedding(n_tok_base, n_base_rows, folder)
+    vocab = max(n_base_rows, len(tokenizer))
+    config = config_from_base(cfg, vocab_size=vocab)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    target_dtype = dtype or torch.float32
+
+    with torch.device("meta"):
+        model = LlavidalForCausalLM(config)
+    model.to_empty(device="cpu")
+    model.to(target_dtype)
+
+    with torch.no_grad():
+        sd = model.state_dict()
+        unexpected = []
+        for k, v in state.items():
+            if k in ("model.embed_tokens.weight", "lm_head.weight"):
+                continue
+            if k not in sd:
+                unexpected.append(k)
+                continue
+            if sd[k].shape != v.shape:
+                raise CheckpointError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
+            sd[k].copy_(v)
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            if key not in state:
+                if key == "lm_head.weight" and config.tie_word_embeddings:
+                    continue
+                raise CheckpointError(f"{folder}: weights hold no {key}")
+            sd[key][:n_base_rows].copy_(state[key])
+            _mean_init_rows(sd[key], n_base_rows)
+        proj_from_base = "model.mm_projector.weight" in state
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for m in MODALITIES.values():
+            if m.name == "video" and proj_from_base:
+                continue
+            w = sd[f"model.{m.projector}.weight"]
+            w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+            sd[f"model.{m.projector}.bias"].zero_()
+    missing = [k for k in sd if k not in state and not k.startswith("model.mm_projector")]
+    if missing:
+        raise CheckpointError(f"{folder}: weights miss {len(missing)} tensors of a LLaMA model, e.g. {missing[:3]}")
+    if unexpected:
+        logger.info("%s: ignored %d tensors that are not part of the model, e.g. %s", folder, len(unexpected),
+                    unexpected[:3])
+    if not proj_from_base:
+        logger.warning("%s has no model.mm_projector: the video projector starts from random weights", folder)
+    _reinit_rotary(model)
+    _sync_special_ids(model, tokenizer)
+    model.config.architectures = ["LlavidalForCausalLM"]
+    return model, tokenizer
+
+
+def _reinit_rotary(model: LlavidalForCausalLM) -> None:
+    """Buffers created on the meta device (rotary ``inv_freq``) are recomputed for real."""
+    rotary = model.model.rotary_emb
+    fresh = type(rotary)(config=model.config)
+    for name, buf in fresh.named_buffers():
+        setattr(rotary, name, buf.to(next(model.parameters()).device))
+    for attr in ("original_inv_freq", "attention_scaling"):
+        if hasattr(fresh, attr):
+            setattr(rotary, attr, getattr(fresh, attr))
