@@ -229,23 +229,23 @@ def patch_rows(arr: np.ndarray) -> int:
 
 def save_feature(arr: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a feature array atomically, in the format its suffix names (.pkl as the original: a pickled array)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    suffix = path.suffix.lower()
-    if suffix in (".pkl", ".pickle"):
-        with open(tmp, "wb") as fh:
-            pickle.dump(np.ascontiguousarray(arr), fh, protocol=4)
-    elif suffix == ".npy":
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-    elif suffix == ".safetensors":
-        from safetensors.numpy import save_file
+    from .io_utils import atomic_path
 
-        save_file({"features": np.ascontiguousarray(arr)}, str(tmp))
-    else:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".pkl", ".pickle", ".npy", ".safetensors"):
         raise FeatureError(f"{path}: cannot write features as {suffix!r}; use .pkl, .npy or .safetensors")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({"features": np.ascontiguousarray(arr)}, str(tmp))
+        else:
+            with open(tmp, "wb") as fh:
+                if suffix == ".npy":
+                    np.save(fh, arr, allow_pickle=False)
+                else:
+                    pickle.dump(np.ascontiguousarray(arr), fh, protocol=4)
     return path
 
 

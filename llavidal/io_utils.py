@@ -8,20 +8,58 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+def temp_path_for(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A temporary name beside ``path`` (same folder, so the final rename is atomic); ``suffix`` keeps an extension
+    that a writer needs (video containers are chosen by it). The folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move a finished temporary file (flushed to disk first) or folder onto ``path`` in one atomic rename."""
+    tmp, path = Path(tmp), Path(path)
+    if tmp.is_file():
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary file or folder left by a failed write."""
+    tmp = Path(tmp)
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Write to the yielded temporary path; when the block ends without error it is committed onto ``path``
+    (:func:`commit`), otherwise removed. A kill leaves at most a hidden temporary file, never a half-written
+    ``path``."""
+    tmp = temp_path_for(path, suffix)
+    try:
+        yield tmp
+        commit(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

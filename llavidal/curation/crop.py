@@ -29,7 +29,6 @@ so a clip whose video exists is finished and a second run skips it. ``crop_manif
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from ..io_utils import append_jsonl, atomic_write_bytes, atomic_write_json, commit, discard, read_jsonl, temp_path_for
 
 MANIFEST = "crop_manifest.json"
 FAILURES = "failures.jsonl"
@@ -203,10 +202,9 @@ class VideoWriter:
         import av
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         suffix = self.path.suffix.lower()
         self.codec = codec or ("mpeg4" if suffix == ".avi" else "libx264")
-        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{suffix}")
+        self.tmp = temp_path_for(self.path, suffix)
         self.width, self.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
         self.frames = 0
         self.container = av.open(str(self.tmp), mode="w")
@@ -240,15 +238,14 @@ class VideoWriter:
         for packet in self.stream.encode():
             self.container.mux(packet)
         self.container.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return commit(self.tmp, self.path)
 
     def abort(self) -> None:
         try:
             self.container.close()
         except Exception:  # noqa: BLE001, S110 - the temporary file is deleted anyway
             pass
-        self.tmp.unlink(missing_ok=True)
+        discard(self.tmp)
 
     def __enter__(self):
         return self

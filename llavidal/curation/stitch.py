@@ -28,14 +28,13 @@ atomic, ``stitch_manifest.json`` + ``failures.jsonl``: a missing or corrupt clip
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import append_jsonl, atomic_write_json
+from ..io_utils import append_jsonl, atomic_path, atomic_write_json
 from .ntu import NTU_ACTIONS, NTUName, action_name
 
 MANIFEST = "stitch_manifest.json"
@@ -270,9 +269,8 @@ def stitch_copy(clip_paths: list[Path], out_path: Path) -> dict:
             raise CannotCopy(f"{path}: stream parameters differ from the first clip's "
                              f"({p[:5]} vs {params[:5]}, or other codec headers)")
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix}")
     counts = []
-    try:
+    with atomic_path(out_path, out_path.suffix) as tmp:
         with av.open(str(tmp), mode="w") as out:
             first, _, _, _, _ = open_video(clip_paths[0])
             try:
@@ -303,10 +301,6 @@ def stitch_copy(clip_paths: list[Path], out_path: Path) -> dict:
                     raise VideoReadError(f"{path}: no video frames")
                 counts.append(n)
                 offset = end
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"frames": sum(counts), "clip_frames": counts, "frames_resized": 0, "fps": [round(fps, 3)],
             "size": [params[1], params[2]], "mode": "copy"}
 

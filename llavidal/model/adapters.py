@@ -18,6 +18,7 @@ from safetensors.torch import save_file as save_safetensors
 from transformers import PreTrainedTokenizerBase
 
 from ..constants import ADDED_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
+from ..io_utils import atomic_path
 from .files import normalise_keys, read_tensor_file
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_finite
@@ -216,9 +217,8 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
             "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
             "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
     return path
 
 
@@ -234,7 +234,6 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     sd = _projector_state(model, modalities)
     sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
     sd = {k: v.cpu().clone() for k, v in sd.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(sd, tmp)
     return path

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from ..constants import MODALITIES
+from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
 from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
 from .configuration_llavidal import LlavidalConfig
@@ -122,9 +123,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     cfg = model.config.to_dict()
     cfg["llavidal_base_model"] = str(Path(base).resolve())
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    os.replace(tmp, out / "config.json")
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tokenizer.save_pretrained(out)
     save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities)
     return out

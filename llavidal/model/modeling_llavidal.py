@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, LlamaModel, LlamaPreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
 try:
     from transformers.modeling_utils import slice_logits_to_keep
 except ImportError:  # transformers < 5.2x: the int / 1-D positions forms that LLaMA's forward used then

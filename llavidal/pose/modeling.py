@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io_utils import atomic_path
 from .configuration import CONFIG_NAME, WEIGHTS_NAME, PoseEncoderConfig
 from .graph import CENTER_JOINT, hop_distance, part_mean_matrix, part_of_joint
 
@@ -255,9 +256,8 @@ def save_pose_model(model: SkeletonCLIP, folder: str | os.PathLike, metadata: di
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}})
-    os.replace(tmp, folder / WEIGHTS_NAME)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}})
     return folder
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io_utils import append_jsonl, atomic_write_json, read_jsonl
+from ..io_utils import append_jsonl, atomic_path, atomic_write_json, commit, read_jsonl
 from .configuration import PoseEncoderConfig
 from .data import PROMPT_TEMPLATE, SkeletonDataset, Split, collate, make_split, scan_ntu
 from .modeling import SkeletonCLIP, load_pose_model, save_pose_model
@@ -107,9 +107,8 @@ def class_text_embeddings(clip: str, names: list[str], template: str = PROMPT_TE
 def save_text_embeddings(folder: Path, emb: torch.Tensor, names: list[str], clip: str, template: str) -> None:
     from safetensors.torch import save_file
 
-    tmp = folder / f".{TEXT_NAME}.tmp"
-    save_file({"text_embeds": emb.contiguous()}, str(tmp), metadata={"clip": str(clip), "template": template})
-    os.replace(tmp, folder / TEXT_NAME)
+    with atomic_path(folder / TEXT_NAME) as tmp:
+        save_file({"text_embeds": emb.contiguous()}, str(tmp), metadata={"clip": str(clip), "template": template})
     atomic_write_json(folder / CLASSES_NAME, {"template": template, "clip": str(clip), "classes": names})
 
 
@@ -218,7 +217,7 @@ def _save_checkpoint(out: Path, model, optimizer, state: dict, text, names, cfg:
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     atomic_write_json(tmp / "state.json", state)
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    commit(tmp, final)
     for _, old in _checkpoints(out)[:-max(1, cfg.keep_checkpoints)]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..constants import MODALITIES, TOKEN_LAYOUTS
+from ..io_utils import atomic_path
 from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION
 from ..model.checkpoint import ADAPTER_FOLDER_FILE
 from ..model.files import normalise_keys, read_tensor_file
@@ -120,9 +121,8 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     order = [m for m in MODALITIES if m in modalities]
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "modalities": ",".join(order),
             "merged_from": ";".join(f"{m}={source[m]}" for m in order), "mm_use_vid_start_end": str(bool(merged_rows))}
-    tmp = output.with_name(output.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
     return {"output": str(output), "modalities": order, "sources": {m: source[m] for m in order},
             "token_rows": sorted(merged_rows)}
 

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io_utils import atomic_path
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 DECODERS = ("auto", "decord", "pyav")
 
@@ -247,8 +249,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
                 pix_fmt: str | None = None) -> Path:
     """Encode RGB uint8 frames ``[N, H, W, 3]`` with PyAV (FFmpeg); the codec defaults by container (h264 for
     .mp4/.mkv/.mov, vp9 for .webm, mpeg4 for .avi, gif for .gif). Written to a temporary name, then renamed."""
-    import av
     from fractions import Fraction
+
+    import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,9 +265,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
     if pix_fmt == "yuv420p" and (h % 2 or w % 2):  # 4:2:0 needs even sizes: pad one black row/column
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         h, w = frames.shape[1:3]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, suffix) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         for f in frames:
@@ -272,5 +274,4 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return path
