@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from ..llm import LLMClient, LLMConfig, LLMConfigError, ReplyCache, ReplyError, run_bounded
+from ..llm import LLMClient, LLMConfig, LLMConfigError, ReplyCache, ReplyError
 from ..llm.cache import reply_cache_key
 from ..llm.config import DUMMY_API_KEY
 from ..llm.parsing import literal_dicts, short, strip_fences, strip_think
@@ -334,41 +334,9 @@ class Judge:
 
     def judge_many(self, requests: Sequence[JudgeRequest], concurrency: int = 16, *, progress: bool = True,
                    desc: str = "judge") -> list[JudgeResult]:
-        """Run ``requests`` with at most ``concurrency`` in flight; results in request order.
-
-        Cache hits are answered on the calling thread before any request is sent. A tqdm bar shows progress with
-        the number of failures and cache hits so far (``progress=False`` hides it). Once the endpoint's circuit
-        breaker opens, the remaining requests fail at once with the reason.
-        """
+        """Run ``requests`` with at most ``concurrency`` in flight; results in request order (cache hits first, a
+        progress bar; see :meth:`llavidal.llm.LLMClient.call_many`)."""
         requests = list(requests)
-        results: list[JudgeResult | None] = [None] * len(requests)
-        counts = {"failed": 0, "cached": 0}
-        bar = None
-        if progress and requests:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(requests), desc=desc, unit="call", dynamic_ncols=True)
-
-        def done(i: int, r: JudgeResult | None, error: BaseException | None = None) -> None:
-            if error is not None:
-                raise error
-            results[i] = r
-            counts["failed"] += int(not r.ok)
-            counts["cached"] += int(r.cached)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(counts, refresh=False)
-
-        try:
-            misses = []
-            for i, req in enumerate(requests):  # cache hits without a thread hop
-                hit = self.llm.cached(req.messages, **self._call_args(req))
-                if hit is None:
-                    misses.append(i)
-                else:
-                    done(i, self._result(req, hit))
-            run_bounded(misses, lambda i: self.judge(requests[i]), done, concurrency)
-        finally:
-            if bar is not None:
-                bar.close()
-        return results  # type: ignore[return-value]
+        calls = [{"messages": r.messages, **self._call_args(r)} for r in requests]
+        results = self.llm.call_many(calls, concurrency, progress=progress, desc=desc)
+        return [self._result(req, r) for req, r in zip(requests, results)]

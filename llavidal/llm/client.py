@@ -146,8 +146,10 @@ class LLMClient:
     # -- one request ----------------------------------------------------------------------------------------------
     def _send(self, messages: Sequence[Mapping[str, Any]], max_tokens: int, seed: int | None):
         """``(content, served model, usage, requests made)``; raises the ``openai`` errors and :class:`_BadResponse`."""
-        kwargs: dict[str, Any] = dict(model=self.model, messages=[dict(m) for m in messages],
-                                      temperature=float(self.config.temperature), max_tokens=int(max_tokens))
+        kwargs: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages],
+                                  "max_tokens": int(max_tokens)}
+        if self.config.temperature is not None:
+            kwargs["temperature"] = float(self.config.temperature)
         if seed is not None:
             kwargs["seed"] = int(seed)
         if self.config.extra_body:
@@ -260,6 +262,48 @@ class LLMClient:
             self._count(http_requests=attempts, retries=attempts - 1)
             return self._finish(CallResult(True, value, None, reply, attempts, parse_failures, seed,
                                            time.perf_counter() - t0, served, usage), transport=False)
+
+    def call_many(self, calls: Sequence[Mapping[str, Any]], concurrency: int = 8, *, progress: bool = True,
+                  desc: str = "llm") -> list[CallResult]:
+        """:meth:`call` for each of ``calls`` (keyword arguments of :meth:`call`), at most ``concurrency`` in
+        flight; results in order. Cache hits are answered on the calling thread first. A tqdm bar counts failures
+        and cache hits (``progress=False`` hides it). Once the circuit breaker opens, the remaining calls fail at
+        once with the reason: every call gets a result."""
+        from .concurrency import run_bounded
+
+        calls = list(calls)
+        results: list[CallResult | None] = [None] * len(calls)
+        counts = {"failed": 0, "cached": 0}
+        bar = None
+        if progress and calls:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(calls), desc=desc, unit="call", dynamic_ncols=True)
+
+        def done(i: int, r: CallResult | None, error: BaseException | None = None) -> None:
+            if error is not None:
+                raise error
+            results[i] = r
+            counts["failed"] += int(not r.ok)
+            counts["cached"] += int(r.cached)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(counts, refresh=False)
+
+        try:
+            misses = []
+            for i, kw in enumerate(calls):
+                hit = self.cached(kw["messages"], kw.get("parse", parse_text), max_tokens=kw.get("max_tokens"),
+                                  cache_ns=kw.get("cache_ns"))
+                if hit is None:
+                    misses.append(i)
+                else:
+                    done(i, hit)
+            run_bounded(misses, lambda i: self.call(**calls[i]), done, concurrency)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results  # type: ignore[return-value]
 
     def _fail(self, error: str, reply: str | None, attempts: int, parse_failures: int, seed: int | None, t0: float,
               transport: bool | None) -> CallResult:

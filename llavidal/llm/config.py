@@ -45,7 +45,8 @@ class LLMConfig:
     ``http://localhost:8080/v1`` llama.cpp); ``None``: ``$<ENV>_BASE_URL``, ``$OPENAI_BASE_URL``, then OpenAI.
     ``model``: as the server names it; ``None``: ``$<ENV>_MODEL``, else an error. ``api_key``: ``None``:
     ``$<ENV>_API_KEY``, ``$OPENAI_API_KEY``, else a dummy key for non-OpenAI URLs (an error for OpenAI's).
-    ``temperature`` / ``seed``: 0 and 0 by default; ``seed=None`` leaves the field out for servers that reject it.
+    ``temperature`` / ``seed``: 0 and 0 by default; ``None`` leaves the field out of requests (the server's
+    default applies; ``seed=None`` also for servers that reject the field).
     ``max_tokens``: the reply budget when a prompt asks for less. ``timeout``: seconds per HTTP request.
     ``max_attempts``: HTTP requests per ask at most — the ``openai`` client retries timeouts, connection errors,
     408/409/429 and 5xx ``max_attempts - 1`` times with its own exponential backoff, honouring ``Retry-After``;
@@ -61,7 +62,7 @@ class LLMConfig:
     base_url: str | None = None
     model: str | None = None
     api_key: str | None = field(default=None, repr=False, compare=False)
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     seed: int | None = 0
     max_tokens: int = 256
     timeout: float = 120.0
@@ -107,7 +108,7 @@ class LLMConfig:
         return DUMMY_API_KEY
 
     def validate(self) -> None:
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise LLMConfigError(f"{self.flag_prefix}temperature must be >= 0, got {self.temperature}")
         for name in ("max_attempts", "max_parse_failures", "max_consecutive_failures"):
             if getattr(self, name) < 1:
@@ -121,7 +122,7 @@ class LLMConfig:
         return {
             "base_url": self.resolved_base_url(),
             "model": self.resolved_model(),
-            "temperature": float(self.temperature),
+            "temperature": None if self.temperature is None else float(self.temperature),
             "seed": None if self.seed is None else int(self.seed),
             "extra_body": dict(self.extra_body) if self.extra_body else None,
         }
@@ -146,17 +147,23 @@ def _dest(prefix: str, name: str) -> str:
     return (f"{prefix}_{name}" if prefix else name).replace("-", "_")
 
 
+def _default(config_cls: type[LLMConfig], name: str) -> Any:
+    return config_cls.__dataclass_fields__[name].default
+
+
 def add_endpoint_args(p: argparse.ArgumentParser, prefix: str = "", config_cls: type[LLMConfig] = LLMConfig, *,
-                      temperature: float = 0.0, concurrency: int = 8,
+                      temperature: float | None = None, concurrency: int = 8,
                       title: str | None = None) -> argparse._ArgumentGroup:
     """The flags of one endpoint: ``--{prefix}-base-url`` (alias ``--{prefix}-endpoint``), ``-model``,
     ``-api-key``, ``-temperature``, ``-seed`` / ``-no-seed``, ``-max-tokens``, ``-timeout``, ``-max-attempts``,
     ``-max-parse-failures``, ``-max-consecutive-failures``, ``-concurrency``, ``-extra-body``. With ``prefix=""``
-    the flags are bare (``--model``). ``config_cls`` names the environment variables in the help."""
+    the flags are bare (``--model``). A flag that is not given leaves ``config_cls``'s default (which also names
+    the environment variables); ``temperature`` overrides that class's default for this command."""
     env, role = config_cls.env, config_cls.role
     g = p.add_argument_group(title or f"{role} endpoint (any OpenAI-compatible chat-completions server)")
     f = lambda name: _flag(prefix, name)  # noqa: E731
     d = lambda name: _dest(prefix, name)  # noqa: E731
+    default = lambda name: _default(config_cls, name)  # noqa: E731
     g.add_argument(f("base-url"), f("endpoint"), dest=d("base_url"), default=None,
                    help=f"e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama), "
                         f"https://api.openai.com/v1 (default: ${env}_BASE_URL, $OPENAI_BASE_URL, then OpenAI)")
@@ -166,21 +173,25 @@ def add_endpoint_args(p: argparse.ArgumentParser, prefix: str = "", config_cls: 
                    help=f"default: ${env}_API_KEY or $OPENAI_API_KEY (local servers need none); never written "
                         "to any file")
     g.add_argument(f("temperature"), dest=d("temperature"), type=float, default=temperature,
-                   help=f"default {temperature}")
-    g.add_argument(f("seed"), dest=d("seed"), type=int, default=0,
-                   help="sent with every request (default 0); a re-ask after a malformed reply uses seed+1, ...")
+                   help=f"default {temperature if temperature is not None else default('temperature')}")
+    g.add_argument(f("seed"), dest=d("seed"), type=int, default=None,
+                   help=f"sent with every request (default {default('seed')}); a re-ask after a malformed reply uses "
+                        "seed+1, ...")
     g.add_argument(f("no-seed"), dest=d("no_seed"), action="store_true",
                    help="leave the seed out (servers that reject it)")
     g.add_argument(f("max-tokens"), dest=d("max_tokens"), type=int, default=None,
-                   help="reply budget (default: what each prompt needs)")
-    g.add_argument(f("timeout"), dest=d("timeout"), type=float, default=120.0,
-                   help="seconds per HTTP request (default 120)")
-    g.add_argument(f("max-attempts"), dest=d("max_attempts"), type=int, default=6,
-                   help="HTTP requests per call at most: timeouts, 429 and 5xx are retried with backoff (default 6)")
-    g.add_argument(f("max-parse-failures"), dest=d("max_parse_failures"), type=int, default=3,
-                   help="malformed replies per call before it is recorded as failed (default 3)")
-    g.add_argument(f("max-consecutive-failures"), dest=d("max_consecutive_failures"), type=int, default=20,
-                   help="stop asking after this many calls in a row fail on the endpoint's side (default 20)")
+                   help=f"reply budget (default {default('max_tokens')}, or more where a prompt needs it)")
+    g.add_argument(f("timeout"), dest=d("timeout"), type=float, default=None,
+                   help=f"seconds per HTTP request (default {default('timeout'):g})")
+    g.add_argument(f("max-attempts"), dest=d("max_attempts"), type=int, default=None,
+                   help=f"HTTP requests per call at most: timeouts, 429 and 5xx are retried with backoff "
+                        f"(default {default('max_attempts')})")
+    g.add_argument(f("max-parse-failures"), dest=d("max_parse_failures"), type=int, default=None,
+                   help=f"malformed replies per call before it is recorded as failed "
+                        f"(default {default('max_parse_failures')})")
+    g.add_argument(f("max-consecutive-failures"), dest=d("max_consecutive_failures"), type=int, default=None,
+                   help=f"stop asking after this many calls in a row fail on the endpoint's side "
+                        f"(default {default('max_consecutive_failures')})")
     g.add_argument(f("concurrency"), dest=d("concurrency"), type=int, default=concurrency,
                    help=f"requests in flight at most, per process (default {concurrency})")
     g.add_argument(f("extra-body"), dest=d("extra_body"), default=None,
@@ -191,9 +202,10 @@ def add_endpoint_args(p: argparse.ArgumentParser, prefix: str = "", config_cls: 
 def config_from_args(args: argparse.Namespace, prefix: str = "", config_cls: type[LLMConfig] = LLMConfig,
                      **overrides: Any) -> LLMConfig:
     """A ``config_cls`` (e.g. :class:`LLMConfig` or a subclass with a role's names and defaults) from the flags
-    added by :func:`add_endpoint_args` with the same ``prefix``; ``overrides`` win over the flags."""
+    added by :func:`add_endpoint_args` with the same ``prefix``: flags not given keep the class's defaults;
+    ``overrides`` win over both."""
     get = lambda name: getattr(args, _dest(prefix, name))  # noqa: E731
-    extra = None
+    kw: dict[str, Any] = {}
     if get("extra_body"):
         try:
             extra = json.loads(get("extra_body"))
@@ -201,13 +213,13 @@ def config_from_args(args: argparse.Namespace, prefix: str = "", config_cls: typ
             raise LLMConfigError(f"{_flag(prefix, 'extra-body')} is not valid JSON: {e}") from None
         if not isinstance(extra, dict):
             raise LLMConfigError(f"{_flag(prefix, 'extra-body')} must be a JSON object")
-    kw: dict[str, Any] = dict(
-        base_url=get("base_url"), model=get("model"), api_key=get("api_key"), temperature=get("temperature"),
-        seed=None if get("no_seed") else get("seed"), timeout=get("timeout"), max_attempts=get("max_attempts"),
-        max_parse_failures=get("max_parse_failures"), max_consecutive_failures=get("max_consecutive_failures"),
-        extra_body=extra)
-    if get("max_tokens") is not None:
-        kw["max_tokens"] = get("max_tokens")
+        kw["extra_body"] = extra
+    for name in ("base_url", "model", "api_key", "temperature", "seed", "max_tokens", "timeout", "max_attempts",
+                 "max_parse_failures", "max_consecutive_failures"):
+        if get(name) is not None:
+            kw[name] = get(name)
+    if get("no_seed"):
+        kw["seed"] = None
     kw.update(overrides)
     cfg = config_cls(**kw)
     cfg.validate()
