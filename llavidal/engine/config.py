@@ -26,6 +26,7 @@ class EngineConfig:
     max_prefill_tokens: int = 8192  # prompt tokens prefilled by one forward (admitted requests are grouped)
     refill: bool = True  # continuous batching (False: static batches, for comparison)
     compile: bool | None = None  # torch.compile the decode step (None: COMPILE_BY_DEFAULT for the device)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager"/"aot_eager" check the capture quickly)
     static_window: bool | None = None  # attend over power-of-two key windows of fixed shape (None: = compile)
     max_queue: int | None = None  # waiting requests accepted (None: no limit); beyond it submit raises EngineBusy
 

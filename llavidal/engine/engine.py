@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..constants import MODALITY_ORDER
+from ..constants import MODALITIES, MODALITY_ORDER
 from .cache import SlotCache
 from .config import EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
@@ -169,6 +169,8 @@ class Engine:
         if suppress:
             self.suppress = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             self.suppress[torch.tensor(suppress, device=self.device)] = True
+        self._patch = {m: (model.patch_token_id(m), int(getattr(model.config, MODALITIES[m].dim_attr)))
+                       for m in MODALITY_ORDER}  # modality -> (patch token id, feature width)
         self.compiled = self.config.compile_on(self.device)
         self.static = self.config.static_on(self.device)
         self.stats = EngineStats()
@@ -196,6 +198,15 @@ class Engine:
             raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
         if request.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be positive, got {request.repetition_penalty}")
+        ids = np.asarray(request.input_ids)
+        for m, (token, width) in self._patch.items():
+            f = request.features.get(m)
+            rows = 0 if f is None else f.reshape(-1, f.shape[-1]).shape[0]
+            if f is not None and f.shape[-1] != width:
+                raise ValueError(f"{m} features have width {f.shape[-1]}, expected {width}")
+            n_tokens = int((ids == token).sum())
+            if n_tokens != rows:
+                raise ValueError(f"{m}: the prompt holds {n_tokens} patch tokens but {rows} feature rows were given")
 
     def submit(self, request: GenerationRequest) -> GenerationHandle:
         """Queue one request; raises ValueError for a bad one and :class:`EngineBusy` when the queue is full."""
@@ -364,6 +375,10 @@ class Engine:
         try:
             self._prefill(state, group)
         except Exception as e:
+            if len(group) > 1:  # find the request that fails: the others go on
+                for item in group:
+                    self._prefill_group(state, [item])
+                return
             log.exception("prefill failed")
             for slot, h in group:
                 state.vacate(slot)
@@ -488,8 +503,9 @@ class Engine:
         if not self.compiled:
             return self._decode_forward
         if self._decode_fn is None:
-            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-            self._decode_fn = torch.compile(self._decode_forward, mode=mode, dynamic=False)
+            backend = self.config.compile_backend
+            kw = {"mode": "reduce-overhead"} if backend == "inductor" and self.device.type == "cuda" else {}
+            self._decode_fn = torch.compile(self._decode_forward, backend=backend, dynamic=False, **kw)
         return self._decode_fn
 
     def _emit(self, state: _SlotState, slots: np.ndarray, tokens: np.ndarray, done: np.ndarray) -> None:

@@ -21,7 +21,8 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -210,8 +211,9 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
             if it.kind == "description":
                 questions += [it.extra.get("cons_Q1") or it.question, it.extra.get("cons_Q2") or it.question]
             waiting[it.id] = (it, {**base, "status": "ok"}, [None] * len(questions))
-            for k, q in enumerate(questions):
-                yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), opts)
+            for k, q in enumerate(questions):  # sampling: a seed per question, whatever else is in the batch
+                seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
+                yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), seeded)
 
     engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
     for (item_id, k), result in engine.imap(requests()):
