@@ -1,15 +1,19 @@
-"""Asking LLAVIDAL about a video: prompt building, batching, generation and streaming.
+"""Asking LLAVIDAL about a video: prompt building, generation and streaming.
 
 Template and defaults: docs/design.md#template and docs/design.md#inference.
 
 Unlike the original, every modality that is given is used (not only video), the system prompt defaults to the
 training one (vicuna_v1_1), decoding is greedy unless a temperature is set, and replies stop at ``</s>`` (the id
 comes from the tokenizer, not from the base folder's wrong config).
+
+Generation runs on the model's :class:`~llavidal.engine.Engine` (continuous batching, the multimodal prompt
+prefilled once); greedy replies are those of ``model.generate`` on :func:`prepare_inputs`, token for token.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
-import threading
+import queue
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from .constants import MODALITY_ORDER
+from .engine import GenerationRequest, GenerationResult, get_engine
 from .features import load_feature, patch_rows, validate_feature
 from .prompting import DEFAULT_TEMPLATE, encode_turns, inference_turns
 
@@ -71,17 +76,25 @@ def _to_array(value: FeatureLike, modality: str, config) -> np.ndarray | None:
     return validate_feature(np.asarray(value), modality, config, source)
 
 
-def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: GenerationOptions) -> dict:
-    """Token ids (left-padded for generation) and packed feature rows for a batch of queries."""
+def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> tuple[list[int], dict]:
+    """The prompt ids of one query (modality spans expanded) and its validated feature arrays (None if absent)."""
     config = model.config
-    device = model.device
+    arrays = {m: _to_array(v, m, config) for m, v in query.features().items()}
+    rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
+    turns = inference_turns(query.question, rows, history=query.history, use_start_end=config.mm_use_vid_start_end,
+                            use_string_prefix=config.use_modality_string_prefix)
+    return encode_turns(tokenizer, turns, template=options.template, system=options.system)[0], arrays
+
+
+def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: GenerationOptions) -> dict:
+    """Token ids (left-padded) and packed feature rows for a batch of queries: the inputs of ``model.generate``
+    and of a plain forward."""
+    config = model.config
+    device = model.get_input_embeddings().weight.device
     sequences, feats = [], {m: [] for m in MODALITY_ORDER}
     for q in queries:
-        arrays = {m: _to_array(v, m, config) for m, v in q.features().items()}
-        rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
-        turns = inference_turns(q.question, rows, history=q.history, use_start_end=config.mm_use_vid_start_end,
-                                use_string_prefix=config.use_modality_string_prefix)
-        sequences.append(encode_turns(tokenizer, turns, template=options.template, system=options.system)[0])
+        ids, arrays = encode_query(model, tokenizer, q, options)
+        sequences.append(ids)
         for m, a in arrays.items():
             feats[m].append(None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float())
     longest = max(map(len, sequences))
@@ -101,23 +114,40 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
     return out
 
 
+def make_request(model, tokenizer, query: Query, options: GenerationOptions, on_tokens=None) -> GenerationRequest:
+    """The engine request of one query. Sampling without a seed draws one from torch's global generator, so
+    ``torch.manual_seed`` upstream still makes a run reproducible."""
+    ids, arrays = encode_query(model, tokenizer, query, options)
+    features = {m: torch.from_numpy(np.ascontiguousarray(a)).float() for m, a in arrays.items() if a is not None}
+    sampling = bool(options.temperature and options.temperature > 0)
+    seed = options.seed if options.seed is not None else (
+        int(torch.randint(0, 2**62, ()).item()) if sampling else 0)
+    return GenerationRequest(input_ids=ids, features=features, max_new_tokens=options.max_new_tokens,
+                             temperature=options.temperature if sampling else 0.0, top_p=options.top_p,
+                             repetition_penalty=options.repetition_penalty, seed=seed, on_tokens=on_tokens)
+
+
+def reply_text(tokenizer, result: GenerationResult) -> str:
+    return _clean(tokenizer.decode(result.token_ids, skip_special_tokens=True))
+
+
 def _clean(text: str) -> str:
     return text.strip()
 
 
-@torch.inference_mode()
 def answer_batch(model, tokenizer, queries: Sequence[Query], options: GenerationOptions | None = None,
                  batch_size: int = 8) -> list[str]:
-    """Answers for many queries, ``batch_size`` at a time (left padding, one generate call per batch)."""
+    """Answers for many queries, ``batch_size`` sequences decoded at a time with continuous batching (a finished
+    reply's slot takes the next query at once). Every query is checked before any is generated."""
     options = options or GenerationOptions()
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    answers: list[str] = []
-    for start in range(0, len(queries), batch_size):
-        batch = prepare_inputs(model, tokenizer, queries[start:start + batch_size], options)
-        new_ids = model.generate(**batch, **options.generate_kwargs(tokenizer))
-        answers.extend(_clean(t) for t in tokenizer.batch_decode(new_ids, skip_special_tokens=True))
-    return answers
+    requests = [make_request(model, tokenizer, q, options) for q in queries]
+    engine = get_engine(model, tokenizer, max_batch_size=batch_size)
+    for r in requests:
+        engine.check(r)
+    replies: list[str] = [""] * len(requests)
+    for i, result in engine.imap(enumerate(requests)):
+        replies[i] = reply_text(tokenizer, result)
+    return replies
 
 
 def answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
@@ -128,54 +158,67 @@ def answer(model, tokenizer, question: str, video: FeatureLike = None, object: F
     return answer_batch(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)[0]
 
 
+class _TextPieces:
+    """Incremental detokenization as transformers' ``TextStreamer`` does it (text is released at word boundaries,
+    never half a character); the finished pieces are collected instead of printed."""
+
+    def __init__(self, tokenizer):
+        from transformers import TextStreamer
+
+        pieces: list[str] = []
+
+        class Collector(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False):
+                if text:
+                    pieces.append(text)
+
+        self.pieces = pieces
+        self.streamer = Collector(tokenizer, skip_prompt=False, skip_special_tokens=True)
+
+    def put(self, ids: list[int]) -> list[str]:
+        self.streamer.put(torch.tensor(ids))
+        return self._take()
+
+    def end(self) -> list[str]:
+        self.streamer.end()
+        return self._take()
+
+    def _take(self) -> list[str]:
+        out = list(self.pieces)
+        self.pieces.clear()
+        return out
+
+
 def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
                   pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
                   options: GenerationOptions | None = None, **option_overrides) -> Iterator[str]:
-    """Yields the reply piece by piece as it is generated (transformers' TextIteratorStreamer).
+    """Yields the reply piece by piece as it is generated; ``"".join`` of the pieces equals :func:`answer`.
 
-    Closing the generator early (a web client that went away, a reset in a chat) stops the generation at the next
-    token instead of letting it run to ``max_new_tokens`` in the background.
+    Closing the generator early (a web client that went away, a reset in a chat) cancels the request: its batch
+    slot is free before the next decoding step.
     """
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-    class _Cancelled(StoppingCriteria):
-        def __init__(self, event: threading.Event):
-            self.event = event
-
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
     options = _merge(options, option_overrides)
-    batch = prepare_inputs(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    errors: list[BaseException] = []
-    cancel = threading.Event()
-
-    def run():
-        try:
-            with torch.inference_mode():
-                model.generate(**batch, **options.generate_kwargs(tokenizer), streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
-        except BaseException as e:  # surfaced in the consumer thread below
-            errors.append(e)
-            streamer.end()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    tokens: queue.Queue = queue.Queue()
+    request = make_request(model, tokenizer, Query(question, video, object, pose, tuple(history)), options,
+                           on_tokens=tokens.put)
+    handle = get_engine(model, tokenizer).submit(request)
+    handle.future.add_done_callback(lambda _: tokens.put(None))
+    text = _TextPieces(tokenizer)
     first = True
     try:
-        for piece in streamer:
-            if first:
-                piece, first = piece.lstrip(), not piece.strip()
-            if piece:
-                yield piece
-    finally:  # normal end, or the consumer closed the generator: either way the generation thread ends
-        cancel.set()
-        thread.join()
-    if errors:
-        raise errors[0]
+        while True:
+            ids = tokens.get()
+            for piece in text.put(ids) if ids is not None else text.end():
+                if first:
+                    piece, first = piece.lstrip(), not piece.strip()
+                if piece:
+                    yield piece
+            if ids is None:
+                break
+        handle.result()  # a failed generation raises here
+    finally:  # normal end, or the consumer closed the generator: the request has ended (its slot is free) when
+        handle.cancel()  # this returns
+        concurrent.futures.wait([handle.future])
 
 
 def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOptions:
@@ -186,9 +229,6 @@ def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOpti
             raise TypeError(f"unknown generation options {sorted(unknown)}")
         options = GenerationOptions(**{**options.__dict__, **overrides})
     return options
-
-
-
 
 
 @torch.inference_mode()
@@ -214,7 +254,7 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
         target[i, len(prompt):len(prompt) + len(a)] = True
     feats = {f"{m}_features": (None if batch[f"{m}_features"] is None else batch[f"{m}_features"].repeat(k, 1))
              for m in MODALITY_ORDER}
-    device = model.device
+    device = model.get_input_embeddings().weight.device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
     where = target[:, 1:].to(device)  # position t predicts token t+1; only answer tokens are scored
     logp = torch.log_softmax(logits[:, :-1][where].float(), dim=-1)  # [N_answer_tokens, V]
@@ -222,4 +262,5 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
     option_of = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
     return torch.zeros(k, device=device).index_add_(0, option_of, picked).tolist()
 
-__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "option_logprobs", "prepare_inputs", "stream_answer"]
+__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "encode_query", "make_request", "option_logprobs",
+           "prepare_inputs", "reply_text", "stream_answer"]

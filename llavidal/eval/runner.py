@@ -21,7 +21,8 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -158,54 +159,66 @@ def _device(cfg: RunConfig) -> str | None:
 
 
 def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path) -> None:
-    """Answer every item not yet in ``out_file``, appending one line per item."""
-    from ..inference import GenerationOptions, Query, answer_batch, option_logprobs
+    """Answer every item not yet in ``out_file``, appending one line per item as soon as it is complete.
+
+    The questions of all items stream through the generation engine (``cfg.batch_size`` sequences decoded at once,
+    a finished reply's slot refilled at once), so lines are written in order of completion; each line is a whole
+    item, so a killed run resumes from the items already written.
+    """
+    from ..engine import get_engine
+    from ..inference import GenerationOptions, Query, make_request, option_logprobs, reply_text
 
     done = {r["id"] for r in read_jsonl(out_file)}
     todo = [it for it in items if it.id not in done]
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
                              template=cfg.template, system=cfg.system)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{cfg.task}", unit="item")
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start:start + cfg.batch_size]
-        rows, queries, owners = [], [], []
-        for it in chunk:
+    waiting: dict[str, tuple[EvalItem, dict, list]] = {}  # item id -> (item, row, replies so far)
+
+    def write(row: dict) -> None:
+        append_jsonl(out_file, [row])
+        bar.update(1)
+
+    def requests():
+        """(item id, question index) -> engine request, for the items that generate; the others are written here."""
+        for it in todo:
             base = {"id": it.id, "index": it.index, "video": it.video}
             if it.task == "tsu-desc":
-                rows.append(_tsu_desc_row(cfg, model, tokenizer, it, opts, base))
+                write(_tsu_desc_row(cfg, model, tokenizer, it, opts, base))
                 continue
             feats = item_features(cfg, it)
             if feats is None:
-                rows.append({**base, "status": "missing_video"})
+                write({**base, "status": "missing_video"})
                 continue
             if it.kind == "mcq" and cfg.mcq_mode == "loglik":
                 letters = sorted(it.options)
                 scores = option_logprobs(model, tokenizer, Query(it.question, **feats),
                                          [it.options[k] for k in letters], opts)
                 best = letters[max(range(len(letters)), key=scores.__getitem__)]
-                rows.append({**base, "status": "ok", "letter": best, "method": "loglik",
-                             "scores": dict(zip(letters, scores))})
+                write({**base, "status": "ok", "letter": best, "method": "loglik",
+                       "scores": dict(zip(letters, scores))})
                 continue
             questions = [it.prompt]
             if it.kind == "description":
                 questions += [it.extra.get("cons_Q1") or it.question, it.extra.get("cons_Q2") or it.question]
-            for q in questions:
-                queries.append(Query(q, **feats))
-            owners.append((len(rows), it, len(questions)))
-            rows.append({**base, "status": "ok"})
-        if queries:
-            replies = answer_batch(model, tokenizer, queries, opts, batch_size=cfg.batch_size)
-            k = 0
-            for row_i, it, n in owners:
-                got = replies[k:k + n]
-                k += n
-                if it.kind == "mcq":
-                    parsed = parse_item_reply(it, got[0])
-                    rows[row_i].update(reply=got[0], letter=parsed.letter, method=parsed.method)
-                else:
-                    rows[row_i].update(reply=got[0], cons_reply1=got[1], cons_reply2=got[2])
-        append_jsonl(out_file, rows)
-        bar.update(len(chunk))
+            waiting[it.id] = (it, {**base, "status": "ok"}, [None] * len(questions))
+            for k, q in enumerate(questions):  # sampling: a seed per question, whatever else is in the batch
+                seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
+                yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), seeded)
+
+    engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
+    for (item_id, k), result in engine.imap(requests()):
+        it, row, replies = waiting[item_id]
+        replies[k] = reply_text(tokenizer, result)
+        if any(r is None for r in replies):
+            continue
+        del waiting[item_id]
+        if it.kind == "mcq":
+            parsed = parse_item_reply(it, replies[0])
+            row.update(reply=replies[0], letter=parsed.letter, method=parsed.method)
+        else:
+            row.update(reply=replies[0], cons_reply1=replies[1], cons_reply2=replies[2])
+        write(row)
     bar.close()
 
 

@@ -108,7 +108,8 @@ class LlavidalModel(LlamaModel):
 class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     """A LLaMA causal LM that reads video, object and pose features.
 
-    ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
+    The KV cache argument is ``cache`` (transformers' name since 5.2x; ``past_key_values`` is deprecated there and
+    removed in 5.40). ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
     :func:`pack_features` for the accepted layouts); the original keyword ``video_spatio_temporal_features`` is
     accepted for video.
     """
@@ -199,7 +200,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -223,7 +224,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -236,7 +237,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
