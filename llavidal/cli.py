@@ -35,6 +35,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
     p.add_argument("--layout", choices=["current", "2024", "videochatgpt"],
                    help="force the token layout of a .bin projector file (detected from its size by default)")
+    p.add_argument("--allow-untrained-modality", action="store_true",
+                   help="feed a modality whose projector the loaded weights never trained (refused by default: the "
+                        "published 2024 projector file has no pose projector)")
+    p.add_argument("--use-file-embeddings", action="store_true",
+                   help="take a .bin projector file's base embedding rows too, as the original code did")
+    p.add_argument("--tokenization", choices=["clean", "original"],
+                   help="ids at span boundaries (default: what the weights were trained on: original for the "
+                        "release's .bin projector files)")
+
+
+def load_kwargs(args: argparse.Namespace) -> dict:
+    """The :func:`llavidal.model.load_pretrained` arguments of the flags added by :func:`_add_model_args`."""
+    return dict(projector=args.projector, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
+                layout=args.layout, allow_untrained_modality=args.allow_untrained_modality,
+                use_file_embeddings=args.use_file_embeddings)
 
 
 def cmd_make_tiny(args) -> int:
@@ -64,8 +79,7 @@ def cmd_infer(args) -> int:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
-    model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
-                                       attn_implementation=args.attn, layout=args.layout)
+    model, tokenizer = load_pretrained(args.base, **load_kwargs(args))
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
         from .video.extract import VideoFeaturizer
@@ -74,7 +88,8 @@ def cmd_infer(args) -> int:
         featurizer = VideoFeaturizer(clip, device=str(model.device), max_frames=args.max_frames)
         video = featurizer.cached(video, args.feature_cache) if args.feature_cache else featurizer(video)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                seed=args.seed, template=args.template, system=args.system)
+                                seed=args.seed, template=args.template, system=args.system,
+                                tokenization=args.tokenization)
     kwargs = dict(video=video, object=args.object, pose=args.pose, options=options)
     if args.json:
         reply = answer(model, tokenizer, args.question, **kwargs)

@@ -38,6 +38,7 @@ class GenerationOptions:
     seed: int | None = None  # seeds sampling (temperature > 0)
     template: str = DEFAULT_TEMPLATE
     system: str | None = None  # overrides the template's system prompt
+    tokenization: str | None = None  # clean | original; None: what the model was trained with (config.tokenization)
 
     def generate_kwargs(self, tokenizer) -> dict:
         kw = dict(max_new_tokens=self.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
@@ -80,10 +81,12 @@ def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> 
     """The prompt ids of one query (modality spans expanded) and its validated feature arrays (None if absent)."""
     config = model.config
     arrays = {m: _to_array(v, m, config) for m, v in query.features().items()}
+    check_trained_modalities(model, [m for m, a in arrays.items() if a is not None])
     rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
     turns = inference_turns(query.question, rows, history=query.history, use_start_end=config.mm_use_vid_start_end,
                             use_string_prefix=config.use_modality_string_prefix)
-    return encode_turns(tokenizer, turns, template=options.template, system=options.system)[0], arrays
+    return encode_turns(tokenizer, turns, template=options.template, system=options.system,
+                        tokenization=resolve_tokenization(model, options))[0], arrays
 
 
 def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: GenerationOptions) -> dict:
@@ -129,6 +132,26 @@ def make_request(model, tokenizer, query: Query, options: GenerationOptions, on_
 
 def reply_text(tokenizer, result: GenerationResult) -> str:
     return _clean(tokenizer.decode(result.token_ids, skip_special_tokens=True))
+
+
+def check_trained_modalities(model, modalities: Sequence[str]) -> None:
+    """A modality whose projector the loaded weights never trained is refused: the model would read random
+    projections (the published 2024 projector file has no pose projector). ``load_pretrained(...,
+    allow_untrained_modality=True)`` (``--allow-untrained-modality``) lets it through."""
+    trained = getattr(model.config, "trained_modalities", None)
+    if trained is None or getattr(model, "allow_untrained_modality", False):
+        return
+    untrained = [m for m in modalities if m not in trained]
+    if untrained:
+        raise ValueError(f"{', '.join(untrained)} features given, but the loaded weights have no trained "
+                         f"{' or '.join(untrained)} projector (trained: {', '.join(trained) or 'none'}): the answer "
+                         "would come from an untrained projector. Leave them out, load a projector file that has "
+                         "them, or pass --allow-untrained-modality")
+
+
+def resolve_tokenization(model, options: GenerationOptions) -> str:
+    """The options' tokenization, else the model's (``config.tokenization``: what its weights were trained on)."""
+    return options.tokenization or getattr(model.config, "tokenization", None) or "clean"
 
 
 def _clean(text: str) -> str:

@@ -70,6 +70,15 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> P
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def stays_inside(relative: str) -> bool:
+    """Whether a path named by a data record stays inside the folder it is joined to: relative, without a ``..``
+    part (a record must never make the program read or write elsewhere)."""
+    import re
+
+    parts = relative.replace("\\", "/").split("/")
+    return not (relative.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", relative) or ".." in parts)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of an append-only JSON-lines file; a torn last line (killed mid-write) is ignored."""
     path = Path(path)

@@ -233,3 +233,71 @@ def test_adapter_and_legacy_export_round_trip(tiny, tiny_base, tmp_path):
         for t in ADDED_TOKENS:
             i = tok.convert_tokens_to_ids(t)
             assert torch.equal(loaded.get_input_embeddings().weight[i], model.get_input_embeddings().weight[i])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# published-file safety, the original's embedding rows, and what the old code can read
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_a_modality_whose_projector_the_file_lacks_is_refused(tiny_base, tmp_path, capsys):
+    """The published 2024 file has no pose projector: feeding pose would read an untrained projector."""
+    import numpy as np
+
+    from llavidal.cli import main
+    from llavidal.inference import answer
+
+    torch.save(_layout_file(LAYOUT_2024, VALUES, pose=False), tmp_path / "p2024.bin")
+    model, tok = load_pretrained(tiny_base, projector=tmp_path / "p2024.bin", device="cpu", dtype=torch.float32)
+    assert model.config.trained_modalities == ["video", "object"] and model.config.tokenization == "original"
+    pose = np.zeros((4, 216), np.float32)
+    with pytest.raises(ValueError, match="pose features given, but the loaded weights have no trained pose "
+                                         "projector .trained: video, object.*--allow-untrained-modality"):
+        answer(model, tok, "What happens?", pose=pose, max_new_tokens=2)
+    assert isinstance(answer(model, tok, "What happens?", video=np.zeros((4, 1024), np.float32), max_new_tokens=2),
+                      str)
+    model.allow_untrained_modality = True
+    assert isinstance(answer(model, tok, "What happens?", pose=pose, max_new_tokens=2), str)
+    np.save(tmp_path / "pose.npy", pose)
+    base = ["infer", "--base", str(tiny_base), "--projector", str(tmp_path / "p2024.bin"), "--pose",
+            str(tmp_path / "pose.npy"), "-q", "What?", "--max-new-tokens", "2", "--no-stream", "--device", "cpu"]
+    assert main(base) == 2 and "no trained pose projector" in capsys.readouterr().err
+    assert main(base + ["--allow-untrained-modality"]) == 0
+    # a bare base folder records nothing: no check (every projector but video's is random there anyway)
+    bare, _ = load_pretrained(tiny_base, device="cpu", dtype=torch.float32)
+    assert bare.config.trained_modalities is None
+
+
+def test_differing_base_rows_are_reported_and_can_be_taken(tiny_base, tmp_path, caplog):
+    import logging
+
+    sd = _layout_file(LAYOUT_CURRENT, VALUES)
+    torch.save(sd, tmp_path / "p.bin")
+    with caplog.at_level(logging.WARNING):
+        model, _ = load_pretrained(tiny_base, projector=tmp_path / "p.bin", device="cpu", dtype=torch.float32)
+    assert f"{N_BASE} of the file's {N_BASE} base embedding rows differ" in caplog.text
+    assert "--use-file-embeddings" in caplog.text
+    assert not torch.equal(model.get_input_embeddings().weight[:N_BASE], sd["model.embed_tokens.weight"][:N_BASE])
+    model, _ = load_pretrained(tiny_base, projector=tmp_path / "p.bin", device="cpu", dtype=torch.float32,
+                               use_file_embeddings=True)
+    assert torch.equal(model.get_input_embeddings().weight[:N_BASE], sd["model.embed_tokens.weight"][:N_BASE])
+
+
+def test_legacy_export_loads_the_way_the_original_trainer_reads_it(tiny, tmp_path):
+    """The original's --pretrain_mm_mlp_adapter keys each projector's tensors by their last dotted part, the last
+    one winning: the embedding matrix must come before the projectors."""
+    model, _ = tiny
+    path = export_legacy_projector(model, tmp_path / "mm_projector.bin")
+    sd = torch.load(path, weights_only=True)
+    assert next(iter(sd)) == "model.embed_tokens.weight"
+    inner = model.get_model()
+    for name, attr in (("video", "mm_projector"), ("object", "mm_projector_forobject"),
+                       ("pose", "mm_projector_forpose")):
+        if name == "video":
+            keep = {k: v for k, v in sd.items() if "pose" not in k and "object" not in k}
+        else:
+            keep = {k: v for k, v in sd.items() if name in k}
+        by_last = {k.split(".")[-1]: v for k, v in keep.items()}  # as the old code builds it
+        proj = getattr(inner, attr)
+        assert set(by_last) == {"weight", "bias"}
+        assert torch.equal(by_last["weight"], proj.weight) and torch.equal(by_last["bias"], proj.bias), name

@@ -487,3 +487,21 @@ def test_feature_store_lists_unreadable_files_and_they_count_as_missing(mt, tmp_
     assert ds[1]["video"].shape == (356, 1024) and dict(ds.issues.counts) == {"missing_zeros": 1}
     with pytest.raises(DataError, match=r"record 1 b \(video: b\.pkl\).*no entry 'b\.pkl'"):
         ADLXDataset(recs, tok, model.config, {"video": tmp_path / "store"})[1]
+
+
+@pytest.mark.parametrize("field,value", [("video", "../../etc/passwd.pkl"), ("pose", "/abs/p.pickle"),
+                                         ("object", "a/../../b.pkl")])
+def test_record_paths_that_leave_their_folder_are_refused(tmp_path, field, value):
+    from llavidal.data.dataset import DataError, read_records
+
+    records = [{"id": "ok", "video": "v.pkl", "conversations": [{"from": "human", "value": "Q\n<video>"},
+                                                                {"from": "gpt", "value": "A"}]},
+               {"id": "bad", field: value, "conversations": [{"from": "human", "value": "Q"},
+                                                             {"from": "gpt", "value": "A"}]}]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=rf"record 1 \(id 'bad'\): {field} file .* leaves the {field} folder"):
+        read_records(path)
+    path.write_text(json.dumps([{"video_id": "../x", "q": "Q", "a": "A"}]))
+    with pytest.raises(DataError, match="record 0: video_id '../x' leaves the video folder"):
+        read_records(path)

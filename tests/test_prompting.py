@@ -12,7 +12,6 @@ SYS = ("A chat between a curious user and an artificial intelligence assistant. 
 def test_vicuna_v1_1_rendering_is_exact():
     text = VICUNA_V1_1.render([("Hi", "Hello."), ("What now?", None)])
     assert text == SYS + " USER: Hi ASSISTANT: Hello.</s>USER: What now? ASSISTANT:"
-    assert get_template("llavidal_v1").system.startswith("You are llavidal")
     with pytest.raises(ValueError, match="unknown conversation template 'x'"):
         get_template("x")
 

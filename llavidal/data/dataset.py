@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX, MODALITY_ORDER
 from ..features import FeatureError, load_feature, patch_rows, validate_feature
+from ..io_utils import stays_inside
 from ..prompting import DEFAULT_TEMPLATE, encode_turns, expand_turns, strip_reserved_tokens
 from .store import FeatureStore, open_feature_source
 
@@ -77,9 +78,14 @@ def normalise_record(rec, index: int, path: Path | str = "<records>") -> dict:
         for m in MODALITY_ORDER:
             if rec.get(m):
                 out[m] = str(rec[m])
+                if not stays_inside(out[m]):
+                    raise DataError(f"{where} (id {out['id']!r}): {m} file {out[m]!r} leaves the {m} folder "
+                                    "(absolute, or with a '..' part); refusing the training JSON")
         return out
     if {"video_id", "q", "a"} <= set(rec):
         vid = str(rec["video_id"])
+        if not stays_inside(vid):
+            raise DataError(f"{where}: video_id {vid!r} leaves the video folder (absolute, or with a '..' part)")
         return {"id": vid, "video": f"{vid}.pkl", "turns": [(f"{rec['q']}\n<video>", str(rec["a"]))]}
     raise DataError(f"{where}: neither the current format (with 'conversations') nor the older "
                     f"{{video_id, q, a}} format; keys: {sorted(rec)}")
@@ -142,6 +148,7 @@ class ADLXDataset(Dataset):
         system: str | None = None,
         seed: int = 0,
         issue_log: DataIssueLog | None = None,
+        tokenization: str = "clean",
     ):
         if missing not in MISSING_POLICIES:
             raise ValueError(f"missing-feature policy {missing!r}; expected one of {MISSING_POLICIES}")
@@ -165,7 +172,7 @@ class ADLXDataset(Dataset):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"--{m}_mask_prob must be in [0, 1], got {p}")
         self.max_length = max_length
-        self.template, self.system = template, system
+        self.template, self.system, self.tokenization = template, system, tokenization
         self.seed, self.epoch = seed, 0
         self.issues = issue_log or DataIssueLog()
 
@@ -234,7 +241,7 @@ class ADLXDataset(Dataset):
             turns = expand_turns(turns, rows, self.config.mm_use_vid_start_end, self.config.use_modality_string_prefix)
         except ValueError as e:
             raise DataError(f"record {index} ({rec['id']}): {e}") from None
-        ids, labels = encode_turns(self.tokenizer, turns, self.template, self.system)
+        ids, labels = encode_turns(self.tokenizer, turns, self.template, self.system, self.tokenization)
         if len(ids) > self.max_length:
             self.issues.record("too_long_dropped", index, rec["id"],
                                f"{len(ids)} tokens > model_max_length {self.max_length}")

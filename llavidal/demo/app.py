@@ -46,6 +46,9 @@ class DemoConfig:
     dtype: str = "auto"  # of the LLM (auto: bf16 on CUDA, fp32 on CPU); CLIP runs fp16 on CUDA, fp32 on CPU
     attn: str = "sdpa"
     layout: str | None = None
+    allow_untrained_modality: bool = False
+    use_file_embeddings: bool = False
+    tokenization: str | None = None  # None: what the weights were trained on
     decoder: str = "auto"
     max_frames: int = 100  # frames sampled per video (100 as the original)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
@@ -128,7 +131,9 @@ class DemoBackend:
         from .chat import featurizer_for
 
         model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=cfg.device, dtype=cfg.dtype,
-                                           attn_implementation=cfg.attn, layout=cfg.layout)
+                                           attn_implementation=cfg.attn, layout=cfg.layout,
+                                           allow_untrained_modality=cfg.allow_untrained_modality,
+                                           use_file_embeddings=cfg.use_file_embeddings)
         fz = featurizer_for(cfg.clip, model.config, device=cfg.device, max_frames=cfg.max_frames, decoder=cfg.decoder)
         return cls(model, tokenizer, fz, cfg)
 
@@ -139,7 +144,8 @@ class DemoBackend:
         max_new_tokens = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         temperature = cfg.temperature if temperature is None else temperature
         return GenerationOptions(max_new_tokens=max(1, int(max_new_tokens)), temperature=max(0.0, float(temperature)),
-                                 top_p=cfg.top_p, template=cfg.template, system=cfg.system)
+                                 top_p=cfg.top_p, template=cfg.template, system=cfg.system,
+                                 tokenization=cfg.tokenization)
 
     def video_features(self, path: str | os.PathLike) -> tuple:
         """(features [100 + 256, D] float16, a one-line report) for an uploaded video; :class:`DemoError` or

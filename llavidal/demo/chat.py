@@ -68,6 +68,7 @@ class Conversation:
         positions; returns how many turns were dropped. (A prompt that does not fit even without history is left
         for :func:`llavidal.inference.prepare_inputs` to report.)"""
         from ..features import patch_rows
+        from ..inference import resolve_tokenization
         from ..prompting import encode_turns, inference_turns
 
         config = model.config
@@ -77,7 +78,8 @@ class Conversation:
         while self.history:
             turns = inference_turns(question, rows, self.history, use_start_end=config.mm_use_vid_start_end,
                                     use_string_prefix=config.use_modality_string_prefix)
-            n = len(encode_turns(tokenizer, turns, template=options.template, system=options.system)[0])
+            n = len(encode_turns(tokenizer, turns, template=options.template, system=options.system,
+                                 tokenization=resolve_tokenization(model, options))[0])
             if n + options.max_new_tokens <= limit:
                 break
             self.history.pop(0)
@@ -222,8 +224,9 @@ def cmd_chat(args) -> int:
         value = getattr(args, flag)
         if value is not None and not Path(value).is_file():
             raise FileNotFoundError(f"--{flag} {value}: no such file")
-    model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
-                                       attn_implementation=args.attn, layout=args.layout)
+    from ..cli import load_kwargs
+
+    model, tokenizer = load_pretrained(args.base, **load_kwargs(args))
     featurizer = None
     if args.video is not None and is_video(args.video):
         featurizer = featurizer_for(args.clip, model.config, device=args.device,
@@ -233,7 +236,8 @@ def cmd_chat(args) -> int:
     if not conv.modalities():
         log.warning("no --video/--object/--pose given: chatting text-only")
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                                seed=args.seed, template=args.template, system=args.system)
+                                seed=args.seed, template=args.template, system=args.system,
+                                tokenization=args.tokenization)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return chat_loop(model, tokenizer, conv, options)
 

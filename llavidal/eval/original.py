@@ -133,9 +133,9 @@ def find_original_repo(path: str | os.PathLike | None) -> Path:
     path = path or os.environ.get(ENV_VAR)
     if not path:
         raise OriginalReleaseError(
-            "--protocol paper needs the original LLAVIDAL release, whose prompt wording it reproduces and which "
-            "this project does not copy: clone it (git clone https://github.com/ADL-X/LLAVIDAL) and pass "
-            f"--original-repo PATH or set ${ENV_VAR}")
+            "the original release's prompt wording (--protocol paper, the llavidal_v1 template) is read from your "
+            "checkout of it, never copied into this project: clone it (git clone https://github.com/ADL-X/LLAVIDAL) "
+            f"and pass --original-repo PATH or set ${ENV_VAR}")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise OriginalReleaseError(f"--original-repo {root}: no such folder")

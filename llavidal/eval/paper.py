@@ -152,6 +152,11 @@ def glob_clips(video_dir: str | Path, video_name: str) -> list[Path]:
     return [Path(p) for p in glob.glob(str(Path(video_dir) / f"{glob.escape(video_name)}_*.mp4"))]
 
 
+def raw_question(item: EvalItem) -> str:
+    """The question exactly as the file has it (the release used it unstripped)."""
+    return item.question_raw if item.question_raw is not None else item.question
+
+
 class PaperProtocol:
     """The pieces of the paper protocol that depend on the release's wording."""
 
@@ -160,21 +165,23 @@ class PaperProtocol:
     def __init__(self, release: OriginalRelease):
         self.release = release
 
-    def record(self, base_eos: int | None) -> dict[str, Any]:
+    def record(self, base_eos: int | None, max_new_tokens: int = MAX_NEW_TOKENS,
+               deviations: Sequence[str] = ()) -> dict[str, Any]:
         return {"protocol": "paper", "original_repo": str(self.release.root), "original_commit": self.release.commit,
-                "seed": SEED, "temperature": TEMPERATURE, "top_k": TOP_K, "max_new_tokens": MAX_NEW_TOKENS,
+                "deviations": list(deviations),
+                "seed": SEED, "temperature": TEMPERATURE, "top_k": TOP_K, "max_new_tokens": max_new_tokens,
                 "eos_token_id": base_eos, "tokenization": "original", "template": "llavidal_v1",
                 "modalities": ["video"], "known_limits": list(KNOWN_LIMITS)}
 
     # -- the model's questions -------------------------------------------------------------------------------------
     def question(self, item: EvalItem) -> str:
         """The text the release asked the model for ``item`` (the video span follows after a newline)."""
+        question = raw_question(item)
         if item.kind == "description":
-            return item.question  # the file's question as is (TSU: the release's question, see tsu_questions)
+            return question  # the file's question as is (TSU: the release's question, see tsu_questions)
         choices = format_choices(item.options)
         if item.format == "combined":
-            return self.release.mcq_question.render(question=item.question, choices_str=choices)
-        question = item.question
+            return self.release.mcq_question.render(question=question, choices_str=choices)
         if item.task == "lemma-tc":
             question = question + self.release.lemma_legacy_suffix
         return self.release.legacy_question(item.task).render(question=question, choices_str=choices)
@@ -182,8 +189,8 @@ class PaperProtocol:
     def parser_question(self, item: EvalItem) -> str:
         """The question the release gave its MCQ parser (legacy LEMMA-TC: with the suffix)."""
         if item.task == "lemma-tc" and item.format != "combined":
-            return item.question + self.release.lemma_legacy_suffix
-        return item.question
+            return raw_question(item) + self.release.lemma_legacy_suffix
+        return raw_question(item)
 
     def tsu_questions(self) -> tuple[str, str, str]:
         return self.release.tsu_questions
@@ -203,7 +210,8 @@ class PaperProtocol:
 
     def summary_messages(self, mega_caption: str) -> list[dict[str, str]]:
         system, user = self.release.tsu_summary_prompt
-        return [{"role": "system", "content": system}, {"role": "user", "content": user.render(mega_caption=mega_caption)}]
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": user.render(mega_caption=mega_caption)}]
 
 
 def base_eos_token_id(base: str | Path) -> int | None:
@@ -235,3 +243,241 @@ def accuracy(rows: Sequence[Mapping[str, Any]], items: Sequence[EvalItem], n_rec
             "missing_video_rule": "left out (legacy)" if legacy else "counted wrong (current)",
             "accuracy": correct / denominator if denominator else 0.0,
             "letters": {k: sum(1 for r in ok if r.get("letter") == k) for k in (*PARSER_CHOICES, "")}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PaperRun:
+    """One benchmark under the paper protocol: generation item by item (:meth:`run_items`), then the release's
+    MCQ parsing or description judging (:meth:`score`). ``cfg`` is the run's :class:`~llavidal.eval.runner.RunConfig`.
+    """
+
+    def __init__(self, cfg, release: OriginalRelease, items: Sequence[EvalItem]):
+        self.cfg, self.protocol = cfg, PaperProtocol(release)
+        formats = {it.task: it.format for it in items}
+        release.check(formats)  # every piece this task needs, before minutes of model loading
+        if cfg.mcq_mode != "generate":
+            raise ValueError("--protocol paper generates a reply per item and parses it with an LLM, as the release "
+                             f"did; --mcq-mode {cfg.mcq_mode} is not part of it")
+        self.eos = base_eos_token_id(cfg.base)
+        self.legacy = any(it.format == "legacy" for it in items if it.kind == "mcq")
+        self.seed, self.temperature = SEED, TEMPERATURE
+        self.max_new_tokens = cfg.max_new_tokens or MAX_NEW_TOKENS
+        self.deviations = ([f"max_new_tokens {self.max_new_tokens} instead of {MAX_NEW_TOKENS}"]
+                           if self.max_new_tokens != MAX_NEW_TOKENS else [])
+        ignored = [m for m, d in (("object", cfg.object_dir), ("pose", cfg.pose_dir)) if d]
+        if ignored:
+            logger.warning("--protocol paper feeds only video, as the release did: %s features are ignored",
+                           " and ".join(ignored))
+            cfg.object_dir = cfg.pose_dir = None
+
+    @staticmethod
+    def dtype(device: str | None) -> str:
+        """fp16 on GPUs, as the release ran; fp32 on CPU."""
+        import torch
+
+        cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        return "fp16" if cuda else "fp32"
+
+    @staticmethod
+    def shard(items: Sequence[EvalItem], rank: int, world: int) -> list[EvalItem]:
+        return shard(items, rank, world)
+
+    def seed_process(self) -> None:
+        """Seed 127 once per process, as the release did; the random stream then runs through the items."""
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed(SEED)
+        np.random.seed(SEED)
+        torch.manual_seed(SEED)
+
+    # -- generation ---------------------------------------------------------------------------------------------
+    def options(self):
+        from ..inference import GenerationOptions
+
+        return GenerationOptions(max_new_tokens=self.max_new_tokens, template="llavidal_v1",
+                                 system=self.protocol.release.system_prompt, tokenization="original")
+
+    def generate(self, model, tokenizer, question: str, video: Path) -> str:
+        """One reply as the release sampled it: ``model.generate`` with the process's global torch generator."""
+        import torch
+
+        from ..inference import Query, prepare_inputs
+
+        batch = prepare_inputs(model, tokenizer, [Query(question, video=video)], self.options())
+        with torch.inference_mode():
+            new = model.generate(**batch, do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=1.0,
+                                 max_new_tokens=self.max_new_tokens, eos_token_id=self.eos if self.eos is not None
+                                 else tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 bos_token_id=tokenizer.bos_token_id, use_cache=True)
+        return clean_reply(tokenizer.decode(new[0], skip_special_tokens=True))
+
+    def run_items(self, model, tokenizer, items: Sequence[EvalItem], out_file: Path) -> None:
+        """Replies to every item not yet in ``out_file``, one at a time in file order (the random stream runs
+        through the items as in the release), one line per item."""
+        from tqdm import tqdm
+
+        from ..io_utils import append_jsonl, read_jsonl
+        from .runner import item_features
+
+        done = {r["id"] for r in read_jsonl(out_file)}
+        bar = tqdm(total=len(items), initial=len(done), desc=f"{self.cfg.task} (paper protocol)", unit="item")
+        for it in items:
+            if it.id in done:
+                continue
+            base = {"id": it.id, "index": it.index, "video": it.video}
+            if it.task == "tsu-desc":
+                row = self._tsu_row(model, tokenizer, it, base)
+            else:
+                feats = item_features(self.cfg, it)
+                if feats is None:
+                    row = {**base, "status": "missing_video"}
+                elif it.kind == "mcq":
+                    q = self.protocol.question(it)
+                    row = {**base, "status": "ok", "question": q,
+                           "reply": self.generate(model, tokenizer, q, feats["video"])}
+                else:
+                    row = {**base, "status": "ok"}
+                    for key, q in (("reply", raw_question(it)), ("cons_reply1", it.extra["cons_Q1"]),
+                                   ("cons_reply2", it.extra["cons_Q2"])):
+                        row[key] = self.generate(model, tokenizer, q, feats["video"])
+            append_jsonl(out_file, [row])
+            bar.update(1)
+        bar.close()
+
+    def _tsu_row(self, model, tokenizer, it: EvalItem, base: dict) -> dict:
+        """The release's two passes over the clips (directory order): the question on each clip, then the two
+        paraphrases on each clip."""
+        from .runner import item_features
+
+        clips = [c for c in glob_clips(self.cfg.video_dir, it.video)] if self.cfg.video_dir else []
+        feats = [item_features(self.cfg, it, video=c.name) for c in clips]
+        if not clips or all(f is None for f in feats):
+            return {**base, "status": "missing_video", "clips": [c.name for c in clips]}
+        usable = [(c, f["video"]) for c, f in zip(clips, feats) if f is not None]  # the release skipped the others
+        q, c1, c2 = self.protocol.tsu_questions()
+        row = {**base, "status": "ok", "clips": [c.name for c, _ in usable],
+               "clips_skipped": [c.name for c, f in zip(clips, feats) if f is None]}
+        row["clip_replies"] = [self.generate(model, tokenizer, q, v) for _, v in usable]
+        row["cons_clip_replies1"], row["cons_clip_replies2"] = [], []
+        for _, v in usable:
+            row["cons_clip_replies1"].append(self.generate(model, tokenizer, c1, v))
+            row["cons_clip_replies2"].append(self.generate(model, tokenizer, c2, v))
+        return row
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def _client(self, config: LLMConfig, out: Path):
+        from ..llm import LLMClient
+
+        return LLMClient(config, cache=self.cfg.judge_cache or out / "judge_cache.sqlite")
+
+    def score(self, items: Sequence[EvalItem], problems: Sequence, rows: list[dict], out: Path) -> dict:
+        """MCQ: the release's LLM parsing and accuracy; descriptions: the release's judging. Returns the summary
+        fields (``score``, the details, the judge and summariser records)."""
+        if self.cfg.judge is None:
+            raise ValueError("--protocol paper maps replies to letters and scores descriptions with an LLM, as the "
+                             "release did (llama3.1 through Ollama): start one, or give --judge-model / "
+                             "--judge-base-url (any OpenAI-compatible server)")
+        n_records = len(items) + len(problems)
+        with self._client(self.cfg.judge, out) as judge:
+            if items[0].kind == "mcq":
+                result = self._score_mcq(judge, items, rows, n_records)
+            else:
+                result = self._score_descriptions(judge, items, rows, n_records, out)
+            result["judge"] = judge.describe()
+            result["judge_stats"] = judge.stats.to_dict()
+        return result
+
+    def _score_mcq(self, judge, items: Sequence[EvalItem], rows: list[dict], n_records: int) -> dict:
+        by_id = {it.id: it for it in items}
+        ok = [r for r in rows if r.get("status") == "ok"]
+        calls = [{"messages": self.protocol.parse_messages(by_id[r["id"]], r["reply"]),
+                  "parse": lambda t: "" if t is None else str(t), "max_tokens": 256,
+                  "cache_ns": {"protocol": "paper", "call": "mcq-parse"}} for r in ok]
+        results = judge.call_many(calls, self.cfg.judge_concurrency, desc="mcq parse (paper)")
+        failed = 0
+        for r, res in zip(ok, results):
+            r["parser_reply"] = res.value if res.ok else None
+            r["letter"] = self.protocol.letter(res.value if res.ok else "")
+            r["method"] = "paper-llm" if res.ok else "paper-llm-failed"
+            failed += not res.ok
+        acc = accuracy(rows, items, n_records, legacy=self.legacy)
+        return {"score": 100 * acc["accuracy"], "paper_mcq": {**acc, "parser_failures": failed}}
+
+    def _judge_all(self, judge, jobs: list[tuple[str, str, dict]]) -> list[float]:
+        """``(item id, criterion, fields)`` -> scores; a call that never parses scores 0 (counted)."""
+        calls = [{"messages": self.protocol.judge_messages(c, **fields), "parse": release_score, "max_tokens": 256,
+                  "cache_ns": {"protocol": "paper", "call": f"judge-{c}"}} for _, c, fields in jobs]
+        results = judge.call_many(calls, self.cfg.judge_concurrency, desc="judge (paper)")
+        self._zeroed = sum(not r.ok for r in results)
+        return [r.value if r.ok else 0.0 for r in results]
+
+    def _summaries(self, out: Path, rows: list[dict]) -> None:
+        """TSU: each video's three clip-reply lists, joined by spaces, summarised by the summariser."""
+        from ..llm import LLMClient
+
+        config = self.cfg.summarizer or SummarizerConfig()
+        keys = ("clip_replies", "cons_clip_replies1", "cons_clip_replies2")
+        ok = [r for r in rows if r.get("status") == "ok"]
+        with LLMClient(config, cache=self.cfg.judge_cache or out / "judge_cache.sqlite") as client:
+            calls = [{"messages": self.protocol.summary_messages(" ".join(r[k])),
+                      "parse": lambda t: "" if t is None else str(t), "max_tokens": config.max_tokens,
+                      "cache_ns": {"protocol": "paper", "call": "tsu-summary"}} for r in ok for k in keys]
+            results = iter(client.call_many(calls, self.cfg.judge_concurrency, desc="summaries (paper)"))
+            self._summary_failures = 0
+            for r in ok:
+                for k in keys:
+                    res = next(results)
+                    r[k.replace("clip_replies", "summary")] = res.value if res.ok else ""
+                    self._summary_failures += not res.ok
+            self._summarizer = client.describe()
+
+    def _score_descriptions(self, judge, items: Sequence[EvalItem], rows: list[dict], n_records: int,
+                            out: Path) -> dict:
+        by_id = {it.id: it for it in items}
+        tsu = items[0].task == "tsu-desc"
+        if tsu:
+            self._summaries(out, rows)
+            q, c1, c2 = self.protocol.tsu_questions()
+        jobs: list[tuple[str, str, dict]] = []
+        for r in rows:
+            if r.get("status") != "ok":
+                continue
+            it = by_id[r["id"]]
+            if tsu:
+                question, pred, p1, p2, cq1, cq2 = q, r["summary"], r["cons_summary1"], r["cons_summary2"], c1, c2
+            else:
+                question, pred, p1, p2 = raw_question(it), r["reply"], r["cons_reply1"], r["cons_reply2"]
+                cq1, cq2 = it.extra["cons_Q1"], it.extra["cons_Q2"]
+            for c in ("correctness", "detail", "context", "temporal"):
+                jobs.append((it.id, c, {"question": question, "answer": it.answer, "lvlm_pred": pred}))
+            jobs.append((it.id, "consistency", {"question1": cq1, "question2": cq2,
+                                                "answer": it.answer if tsu else it.extra["cons_A"],
+                                                "lvlm_pred1": p1, "lvlm_pred2": p2}))
+        scores = self._judge_all(judge, jobs)
+        totals: dict[str, float] = {}
+        per_item: dict[str, dict[str, float]] = {}
+        for (item_id, c, _), s in zip(jobs, scores):
+            totals[c] = totals.get(c, 0.0) + s
+            per_item.setdefault(item_id, {})[c] = s
+        for r in rows:
+            if r["id"] in per_item:
+                r["paper_scores"] = per_item[r["id"]]
+        criteria = ("correctness", "detail", "context", "temporal", "consistency")
+        # every record of the file is in the denominator: a missing video (or an unreadable record) scores 0
+        means = {c: 20.0 * totals.get(c, 0.0) / n_records for c in criteria}
+        final = sum(means.values()) / len(criteria)
+        result = {"score": final, "paper_descriptions": {
+            "criteria": means, "final": final, "denominator": n_records,
+            "missing_video": sum(1 for r in rows if r.get("status") == "missing_video"),
+            "judge_calls_scored_zero": self._zeroed}}
+        if tsu:
+            result["paper_descriptions"]["summary_failures"] = self._summary_failures
+            result["summarizer"] = self._summarizer
+        return result

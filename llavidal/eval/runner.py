@@ -33,6 +33,7 @@ from ..llm import LLMConfig, add_endpoint_args
 from ..llm.config import config_from_args
 from ..video.io import VIDEO_SUFFIXES
 from .judge import JudgeConfig
+from .paper import PaperJudgeConfig, SummarizerConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
     FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, task_info,
@@ -53,7 +54,7 @@ class RunConfig:
     batch_size: int = 8
     mcq_mode: str = "generate"  # generate | loglik
     mcq_parser: str = "rule"  # rule | llm | fallback (LLM only where the rule parser finds nothing)
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: 256 (clean protocol), 1024 (paper protocol, as the release)
     temperature: float = 0.0
     seed: int = 0
     template: str = "vicuna_v1_1"
@@ -68,11 +69,17 @@ class RunConfig:
     embedding: bool | None = None  # embedding metric: None = when installed
     clip: str | None = None  # raw videos: CLIP for the features of videos without cached ones
     extract_workers: int | None = None  # decoding processes for that extraction
+    protocol: str = "clean"  # clean (ours) | paper (what produced the paper's numbers; llavidal.eval.paper)
+    original_repo: str | None = None  # paper protocol: checkout of the original release (default $ORIGINAL_REPO)
+    summarizer: LLMConfig | None = None  # paper protocol, TSU-Description: the clip-description summariser
+    tokenization: str | None = None  # clean | original (None: what the weights were trained on)
+    allow_untrained_modality: bool = False
 
     def record(self) -> dict:
-        """The configuration as recorded in ``summary.json``: the judge by its identity, never its API key."""
+        """The configuration as recorded in ``summary.json``: endpoints by their identity, never an API key."""
         d = asdict(self)
-        d["judge"] = self.judge.record() if self.judge is not None else None
+        for key in ("judge", "summarizer"):
+            d[key] = getattr(self, key).record() if getattr(self, key) is not None else None
         return d
 
 
@@ -170,8 +177,8 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
 
     done = {r["id"] for r in read_jsonl(out_file)}
     todo = [it for it in items if it.id not in done]
-    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                             template=cfg.template, system=cfg.system)
+    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens or 256, temperature=cfg.temperature, seed=cfg.seed,
+                             template=cfg.template, system=cfg.system, tokenization=cfg.tokenization)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{cfg.task}", unit="item")
     waiting: dict[str, tuple[EvalItem, dict, list]] = {}  # item id -> (item, row, replies so far)
 
@@ -331,6 +338,19 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paper_run(cfg: RunConfig, items: list[EvalItem]):
+    """The :class:`~llavidal.eval.paper.PaperRun` of ``--protocol paper`` (the release's wording checked now, before
+    the model loads), or None for our protocol."""
+    if cfg.protocol not in ("clean", "paper"):
+        raise ValueError(f"--protocol {cfg.protocol!r}: expected clean or paper")
+    if cfg.protocol == "clean":
+        return None
+    from .original import OriginalRelease, find_original_repo
+    from .paper import PaperRun
+
+    return PaperRun(cfg, OriginalRelease(find_original_repo(cfg.original_repo)), items)
+
+
 def run(cfg: RunConfig) -> dict | None:
     """Run one task; returns the summary on rank 0 (None on other ranks)."""
     from ..model import load_pretrained
@@ -347,14 +367,22 @@ def run(cfg: RunConfig) -> dict | None:
         raise ValueError(f"{cfg.qa_file}: none of its {len(problems)} records can be read as {info.name} items{first}")
     if cfg.limit is not None:
         items = items[:cfg.limit]
+    paper = _paper_run(cfg, items)
     rank, world = _dist()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
+    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
+                                       dtype=paper.dtype(_device(cfg)) if paper else cfg.dtype,
+                                       allow_untrained_modality=cfg.allow_untrained_modality)
+    mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
-    extraction = prepare_raw_videos(cfg, items[rank::world])
-    run_items(cfg, model, tokenizer, items[rank::world], pred_file)
+    extraction = prepare_raw_videos(cfg, mine)
+    if paper:
+        paper.seed_process()
+        paper.run_items(model, tokenizer, mine, pred_file)
+    else:
+        torch.manual_seed(cfg.seed)
+        run_items(cfg, model, tokenizer, mine, pred_file)
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
 
@@ -372,13 +400,20 @@ def run(cfg: RunConfig) -> dict | None:
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "video_features": ({"clip": cfg.clip, "extracted": extraction["written"], "failed": extraction["failed"]}
                                if extraction else None),
-            "config": cfg.record()}
-    if info.kind == "mcq" and cfg.mcq_mode == "generate" and cfg.mcq_parser != "rule":
-        meta.update(llm_parse(cfg, items, rows, out))
-        meta["mcq_parser"] = cfg.mcq_parser
-    summary = summarise(cfg, items, problems, rows, meta)
-    if info.kind == "description":
-        summary.update(_score_descriptions(cfg, items, rows, out))
+            "config": cfg.record(), "protocol": "clean"}
+    if paper:
+        meta.update(protocol="paper", paper=paper.protocol.record(paper.eos, paper.max_new_tokens, paper.deviations),
+                    seed=paper.seed,
+                    temperature=paper.temperature, prompt_set=f"the original release ({paper.protocol.release.root})")
+        scores = paper.score(items, problems, rows, out)  # letters first: summarise() counts them too
+        summary = {**summarise(cfg, items, problems, rows, meta), **scores}
+    else:
+        if info.kind == "mcq" and cfg.mcq_mode == "generate" and cfg.mcq_parser != "rule":
+            meta.update(llm_parse(cfg, items, rows, out))
+            meta["mcq_parser"] = cfg.mcq_parser
+        summary = summarise(cfg, items, problems, rows, meta)
+        if info.kind == "description":
+            summary.update(_score_descriptions(cfg, items, rows, out))
     # per item, as scored (letters after any LLM parsing)
     atomic_write_text(out / "scored.jsonl",
                       "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
@@ -405,7 +440,9 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--mcq-mode", default="generate", choices=["generate", "loglik"])
     p.add_argument("--mcq-parser", default="rule", choices=["rule", "llm", "fallback"],
                    help="reply -> letter: deterministic rules (default), the judge LLM, or the judge where rules fail")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="reply budget (default 256; --protocol paper: 1024, as the release; a smaller value there is "
+                        "recorded as a deviation)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--template", default="vicuna_v1_1")
@@ -413,6 +450,21 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--tokenization", choices=["clean", "original"],
+                   help="ids at span boundaries (default: what the weights were trained on)")
+    p.add_argument("--allow-untrained-modality", action="store_true",
+                   help="feed object/pose features to weights that never trained that projector")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--protocol", default="clean", choices=["clean", "paper"],
+                   help="clean (default: ours, docs/design.md#benchmarks) or paper: what produced the paper's "
+                        "numbers (llavidal_v1 prompt, the release's question construction, sampling at 0.1 with seed "
+                        "127 and 1024 tokens, the original tokenization, LLM answer parsing and judging with the "
+                        "release's prompts; its wording is read from --original-repo)")
+    g.add_argument("--original-repo", help="--protocol paper: your checkout of the original LLAVIDAL release "
+                                           "(git clone https://github.com/ADL-X/LLAVIDAL; default $ORIGINAL_REPO)")
+    add_endpoint_args(p, "summarizer", SummarizerConfig, concurrency=16,
+                      title="summarizer (--protocol paper, TSU-Description: merges the clip descriptions; default "
+                            "gpt-3.5-turbo-0125 at temperature 0.7, 500 tokens, as the release)")
     j = add_endpoint_args(p, "judge", JudgeConfig, concurrency=16,
                           title="judge (description scores, --mcq-parser llm; any OpenAI-compatible endpoint; "
                                 "without --judge-model or $LLAVIDAL_JUDGE_MODEL: offline metrics only)")
@@ -423,7 +475,11 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
 
 
 def judge_from_args(args: argparse.Namespace) -> LLMConfig | None:
-    """The judge of the ``--judge-*`` flags, or ``None`` when no judge model is named (flag or environment)."""
+    """The judge of the ``--judge-*`` flags, or ``None`` when no judge model is named (flag or environment). Under
+    ``--protocol paper`` the judge is the release's (llama3.1 through Ollama at its defaults) unless flags say
+    otherwise."""
+    if args.protocol == "paper":
+        return config_from_args(args, "judge", PaperJudgeConfig)
     if not (args.judge_model or os.environ.get(f"{JudgeConfig.env}_MODEL")):
         return None
     return config_from_args(args, "judge", JudgeConfig)
@@ -440,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
                     device=args.device, dtype=args.dtype, judge=judge_from_args(args),
                     judge_concurrency=args.judge_concurrency, judge_cache=args.judge_cache,
+                    protocol=args.protocol, original_repo=args.original_repo,
+                    summarizer=config_from_args(args, "summarizer", SummarizerConfig) if args.protocol == "paper"
+                    else None, tokenization=args.tokenization,
+                    allow_untrained_modality=args.allow_untrained_modality,
                     prompt_set=args.prompt_set,
                     embedding=False if args.no_embedding else None)
     summary = run(cfg)

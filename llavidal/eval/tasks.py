@@ -151,6 +151,7 @@ class EvalItem:
     numbered: bool = False                  # the file numbered the options 1..n (1 -> A)
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = "legacy"                  # the file's format: "combined" (current MCQ files) or "legacy"
+    question_raw: str | None = None         # the question exactly as in the file, when it differs from ``question``
 
     @property
     def kind(self) -> str:
@@ -166,7 +167,8 @@ class EvalItem:
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "index": self.index, "id": self.id, "video": self.video, "prompt": self.prompt,
                 "question": self.question, "options": self.options, "answer": self.answer,
-                "numbered": self.numbered, "extra": self.extra, "format": self.format}
+                "numbered": self.numbered, "extra": self.extra, "format": self.format,
+                "question_raw": self.question_raw}
 
 
 @dataclass(frozen=True)
@@ -538,8 +540,9 @@ def is_combined(data: Any) -> bool:
 
 def check_relative(video: str, where: str) -> str:
     """``video`` if it is a path inside its folder; :class:`TaskFormatError` naming ``where`` otherwise."""
-    parts = video.replace("\\", "/").split("/")
-    if video.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", video) or ".." in parts:
+    from ..io_utils import stays_inside
+
+    if not stays_inside(video):
         raise TaskFormatError(f"{where}: video path {video!r} leaves the video folder (absolute, or with a '..' "
                               "part); refusing the file")
     return video
@@ -560,6 +563,9 @@ def _read_records(info: TaskInfo, entries: list[tuple[str | None, Any]], reader,
             problems.append(Problem(index, key if key is not None else _record_name(rec), str(e)))
             continue
         check_relative(item.video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
+        raw = rec.get("question", rec.get("Q")) if isinstance(rec, Mapping) else None
+        if isinstance(raw, str) and raw != item.question:
+            item.question_raw = raw
         if item.id in seen:  # list files have no keys: keep ids unique so that predictions can be keyed by id
             item.extra["duplicate_id"] = item.id
             item.id = f"{item.id}#{index}"

@@ -41,6 +41,19 @@ ADAPTER_EMBED_PREFIX = "added_tokens.embed_tokens."
 ADAPTER_LM_HEAD_PREFIX = "added_tokens.lm_head."
 
 
+def adapter_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of our adapter file (``format``, trained ``modalities``, ``tokenization`` ...); ``{}`` for any
+    other file (a torch ``.bin`` has none)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    return dict(meta) if meta.get("format") == ADAPTER_FORMAT else {}
+
+
 @dataclass
 class ProjectorLoadReport:
     """What a projector file contributed (printed by the CLI, logged by the loaders)."""
@@ -50,6 +63,8 @@ class ProjectorLoadReport:
     projectors: list[str] = field(default_factory=list)  # modalities whose projector was loaded
     token_rows: list[str] = field(default_factory=list)  # token names whose embedding rows were loaded
     start_end: bool = True  # was the file trained with start/end tokens
+    trained: list[str] = field(default_factory=list)  # modalities the file's weights were trained for
+    base_rows_differ: int = 0  # base-vocabulary embedding rows of the file that differ from the model's
 
     def summary(self) -> str:
         return (f"{self.path}: layout {self.layout}; projectors {', '.join(self.projectors) or 'none'}; "
@@ -88,8 +103,15 @@ def load_projector(
     tokenizer: PreTrainedTokenizerBase,
     path: str | os.PathLike,
     layout: str | None = None,
+    use_file_embeddings: bool = False,
 ) -> ProjectorLoadReport:
-    """Load projectors and added-token rows from a projector/adapter file into ``model``, by token name."""
+    """Load projectors and added-token rows from a projector/adapter file into ``model``, by token name.
+
+    Recorded on ``model.config``: ``trained_modalities`` (the file's, plus what was already trained) and
+    ``tokenization`` (``original`` for the release's ``.bin`` layouts, whose weights were trained on the original
+    ids; an adapter's own record otherwise). A ``.bin`` file holds the whole input embedding matrix: when its base
+    rows differ from the base folder's, the number is reported (the original code used the file's matrix whole);
+    ``use_file_embeddings`` takes the file's base rows too."""
     path = Path(path)
     state = normalise_keys(read_tensor_file(path))
     check_finite(state, path)
@@ -147,6 +169,7 @@ def load_projector(
                 emb[tokenizer.convert_tokens_to_ids(name)] = rows[n_base + i].to(emb.dtype)
                 report.token_rows.append(name)
             report.start_end = report.layout in TOKEN_LAYOUTS
+            report.base_rows_differ = _base_rows(emb, rows[:n_base], path, use_file_embeddings)
         else:
             report.layout = "projector-only"
             report.start_end = model.config.mm_use_vid_start_end
@@ -155,11 +178,35 @@ def load_projector(
             f"{path}: holds no projector weights (expected keys such as model.mm_projector.weight); "
             f"found {sorted(state)[:5]}"
         )
+    meta = adapter_metadata(path)
+    report.trained = ([m for m in meta.get("modalities", "").split(",") if m] if meta.get("modalities") is not None
+                      else list(report.projectors))
+    model.config.trained_modalities = [m for m in MODALITIES
+                                       if m in report.trained or m in (model.config.trained_modalities or [])]
+    if meta.get("tokenization"):
+        model.config.tokenization = meta["tokenization"]
+    elif report.layout != "adapter":  # the release's files: trained on the original ids
+        model.config.tokenization = "original"
     if not report.start_end and model.config.mm_use_vid_start_end:
         logger.warning("%s was trained without start/end tokens: prompts will not use them", path)
         model.config.mm_use_vid_start_end = False
     logger.info(report.summary())
     return report
+
+
+def _base_rows(emb: _OverlayRows, file_rows: torch.Tensor, path: Path, use_file_rows: bool) -> int:
+    """How many base-vocabulary rows of the file's matrix differ from the model's; copied over when asked."""
+    base = emb.base[: file_rows.shape[0]]
+    differ = int((base.float() != file_rows.to(base.device).float()).any(dim=1).sum())
+    if differ and use_file_rows:
+        with torch.no_grad():
+            base.copy_(file_rows.to(base.device, base.dtype))
+        logger.warning("%s: took the file's %d differing base embedding rows (--use-file-embeddings)", path, differ)
+    elif differ:
+        logger.warning("%s: %d of the file's %d base embedding rows differ from the base folder's; the original code "
+                       "used the file's whole matrix: pass --use-file-embeddings to do the same", path, differ,
+                       file_rows.shape[0])
+    return differ
 
 
 class _OverlayRows:
@@ -214,6 +261,7 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "hidden_size": str(model.config.hidden_size),
+            "tokenization": str(model.config.tokenization),
             "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
             "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
@@ -227,12 +275,14 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code.
 
     As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
-    so merges of such files can tell which modalities a run trained.
+    so merges of such files can tell which modalities a run trained, and its embedding matrix comes first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = _projector_state(model, modalities)
-    sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
+    # model.embed_tokens.weight FIRST: the original trainer's --pretrain_mm_mlp_adapter maps keys by their last
+    # dotted part and the last one wins, so the video projector's weight must come after the embedding matrix
+    sd = {"model.embed_tokens.weight": model.get_input_embeddings().weight.detach(),
+          **_projector_state(model, modalities)}
     sd = {k: v.cpu().clone() for k, v in sd.items()}
     with atomic_path(path) as tmp:
         torch.save(sd, tmp)

@@ -62,12 +62,17 @@ def load_pretrained(
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = "sdpa",
     layout: str | None = None,
+    allow_untrained_modality: bool = False,
+    use_file_embeddings: bool = False,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
     ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder.
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
+    ``allow_untrained_modality``: let questions feed a modality whose projector the loaded weights never trained
+    (refused otherwise, see :func:`llavidal.inference.check_trained_modalities`). ``use_file_embeddings``: take a
+    ``.bin`` projector file's base embedding rows too, as the original code did.
     """
     base = Path(base)
     if not base.is_dir():
@@ -83,12 +88,12 @@ def load_pretrained(
             raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
                                   "pass the base folder and this folder's adapter.safetensors as --projector")
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
-                                           attn_implementation=attn)
-        for key in ("mm_use_vid_start_end", "use_modality_string_prefix"):
+                                           attn_implementation=attn, allow_untrained_modality=allow_untrained_modality)
+        for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities"):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
         if projector is not None:
-            load_projector(model, tokenizer, projector, layout=layout)
+            load_projector(model, tokenizer, projector, layout=layout, use_file_embeddings=use_file_embeddings)
         return model, tokenizer
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
@@ -100,7 +105,8 @@ def load_pretrained(
     else:
         model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn)
     if projector is not None:
-        load_projector(model, tokenizer, projector, layout=layout)
+        load_projector(model, tokenizer, projector, layout=layout, use_file_embeddings=use_file_embeddings)
+    model.allow_untrained_modality = bool(allow_untrained_modality)
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -123,6 +129,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     cfg = model.config.to_dict()
     cfg["llavidal_base_model"] = str(Path(base).resolve())
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
+    cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tokenizer.save_pretrained(out)
     save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities)

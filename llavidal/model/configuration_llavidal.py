@@ -31,6 +31,11 @@ class LlavidalConfig(LlamaConfig):
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14"
     mm_vision_select_layer: int = -2
     use_mm_proj: bool = True
+    # the ids the weights were trained on at span boundaries: "clean" (ours) or "original" (the release's, which the
+    # published projector files were trained with; docs/design.md#template)
+    tokenization: str = "clean"
+    # modalities whose projector was trained (None: not recorded, e.g. a bare base folder)
+    trained_modalities: list | None = None
 
     def token_id(self, name: str) -> int:
         """Id of an added modality token, e.g. ``config.token_id("<vid_start>")``."""

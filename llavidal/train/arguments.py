@@ -31,6 +31,9 @@ class ModelArguments:
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     system_prompt: str | None = field(default=None, metadata={"help": "override the template's system prompt"})
+    tokenization: str | None = field(default=None, metadata={
+        "help": "clean | original: the ids at span boundaries (default: what the starting weights were trained on; "
+                "clean for a bare base folder, original when starting from the release's projector files)"})
     save_full_model: bool = field(default=False, metadata={
         "help": "projector mode: also write the full model folder (else the output folder holds config, tokenizer "
                 "and adapter, and points at the base folder)"})

@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..constants import MODALITIES, TOKEN_LAYOUTS
 from ..io_utils import atomic_path
-from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION
+from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION, adapter_metadata
 from ..model.checkpoint import ADAPTER_FOLDER_FILE
 from ..model.files import normalise_keys, read_tensor_file
 from ..model.validate import CheckpointError
@@ -47,12 +46,8 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
     state = normalise_keys(read_tensor_file(path))
     trained: list[str]
     rows: dict[str, torch.Tensor] = {}
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-    else:
-        meta = {}
-    if meta.get("format") == ADAPTER_FORMAT:
+    meta = adapter_metadata(path)
+    if meta:
         trained = [m for m in meta.get("modalities", "").split(",") if m]
         for k, v in state.items():
             if k.startswith(ADAPTER_EMBED_PREFIX):
@@ -74,7 +69,8 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
             projectors[key] = state[key]
     keep = {t for m in trained for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)}
     return {"path": str(path), "modalities": trained, "projectors": projectors,
-            "rows": {k: v for k, v in rows.items() if k in keep}}
+            "rows": {k: v for k, v in rows.items() if k in keep},
+            "tokenization": meta.get("tokenization")}  # a .bin does not say (ours and the release's look alike)
 
 
 def _legacy_layout(n_rows: int, trained: list[str], base_vocab: int | None, path: Path) -> tuple[str, ...]:
@@ -101,8 +97,11 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     merged_rows: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     modalities: list[str] = []
+    tokenization: dict[str, str] = {}
     for p in paths:
         parts = read_trained_parts(p, base_vocab)
+        if parts["tokenization"]:
+            tokenization[parts["path"]] = parts["tokenization"]
         for m in parts["modalities"]:
             if m in source:
                 print(f"merge: {m} from {parts['path']} replaces the one from {source[m]}")
@@ -111,6 +110,9 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
                 modalities.append(m)
         merged_proj.update(parts["projectors"])
         merged_rows.update(parts["rows"])
+    if len(set(tokenization.values())) > 1:
+        raise CheckpointError("files trained on different tokenizations of span boundaries cannot be merged: "
+                              + ", ".join(f"{p}: {t}" for p, t in tokenization.items()))
     hidden = {v.shape[0] for k, v in merged_proj.items() if k.endswith(".bias")}
     if len(hidden) > 1:
         raise CheckpointError(f"files disagree on the hidden size: {sorted(hidden)}")
@@ -121,6 +123,8 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     order = [m for m in MODALITIES if m in modalities]
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "modalities": ",".join(order),
             "merged_from": ";".join(f"{m}={source[m]}" for m in order), "mm_use_vid_start_end": str(bool(merged_rows))}
+    if tokenization:
+        meta["tokenization"] = next(iter(tokenization.values()))
     with atomic_path(output) as tmp:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
     return {"output": str(output), "modalities": order, "sources": {m: source[m] for m in order},

@@ -29,6 +29,7 @@ from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, save_adapter_folder, save_pretrained
+from ..prompting import check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
         logger.info("initialised from %s", report.summary())
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
+    check_tokenization(model_args.tokenization)
+    model.config.tokenization = model_args.tokenization or model.config.tokenization
+    model.config.trained_modalities = [m for m in MODALITY_ORDER
+                                       if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
 
     start_end = [model.config.token_id(t) for m in active for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)]
@@ -167,7 +172,8 @@ def train(argv: list[str] | None = None) -> dict:
     dataset = ADLXDataset(records, tokenizer, unwrap(model).config, data_args.folders(),
                           missing=data_args.missing_features, mask_probs=data_args.mask_probs(),
                           max_length=training_args.model_max_length, template=model_args.template(),
-                          system=model_args.system_prompt, seed=training_args.seed, issue_log=issue_log)
+                          system=model_args.system_prompt, seed=training_args.seed, issue_log=issue_log,
+                          tokenization=unwrap(model).config.tokenization)
     trainer = LlavidalTrainer(model=model, args=training_args, train_dataset=dataset,
                               data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                               callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
