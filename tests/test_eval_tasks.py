@@ -343,3 +343,23 @@ def test_lemma_video_id_cannot_climb_out_either(tmp_path):
                                       "end_frame": 5}}))
     with pytest.raises(TaskFormatError, match=r"record 0 \('0'\): video path '../secret_0_5.mp4'"):
         load_task("lemma-tc", path)
+
+
+def test_features_are_found_by_relative_path_and_by_name_only_when_unambiguous(tmp_path):
+    from llavidal.eval.tasks import find_feature, shared_basenames
+
+    flat = tmp_path / "flat"
+    nested = tmp_path / "nested"
+    for d, rel in ((flat, "clip_1.pkl"), (flat, "clip_7.pkl"), (nested, "P01/c/clip_1.pkl"),
+                   (nested, "P02/c/clip_1.pkl")):
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(b"x")
+    videos = ["P01/c/clip_1.mp4", "P02/c/clip_1.mp4", "P03/c/clip_7.mp4"]
+    shared = shared_basenames(videos)
+    assert shared == {"clip_1.mp4"}
+    # nested features: each video its own file
+    assert find_feature(nested, videos[0], "clip_1.mp4" not in shared) == nested / "P01/c/clip_1.pkl"
+    assert find_feature(nested, videos[1], False) == nested / "P02/c/clip_1.pkl"
+    # a flat folder: a shared name is never taken from another video; a unique one is
+    assert find_feature(flat, videos[0], by_basename=False) is None
+    assert find_feature(flat, videos[2], by_basename=True) == flat / "clip_7.pkl"

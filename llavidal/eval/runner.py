@@ -36,7 +36,8 @@ from .judge import JudgeConfig
 from .paper import PaperJudgeConfig, SummarizerConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
-    FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, task_info,
+    FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, shared_basenames,
+    task_info,
 )
 
 
@@ -74,10 +75,13 @@ class RunConfig:
     summarizer: LLMConfig | None = None  # paper protocol, TSU-Description: the clip-description summariser
     tokenization: str | None = None  # clean | original (None: what the weights were trained on)
     allow_untrained_modality: bool = False
+    # set by run(): video file names several items share, whose features are only looked up by relative path
+    shared_basenames: frozenset = frozenset()
 
     def record(self) -> dict:
         """The configuration as recorded in ``summary.json``: endpoints by their identity, never an API key."""
         d = asdict(self)
+        d.pop("shared_basenames")
         for key in ("judge", "summarizer"):
             d[key] = getattr(self, key).record() if getattr(self, key) is not None else None
         return d
@@ -87,12 +91,13 @@ class RunConfig:
 def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
     """Paths of the item's feature files; None when its video features are missing."""
     video = video or item.video
-    v = find_feature(cfg.feature_dir, video) or find_feature(cfg.video_dir, video)
+    by_name = Path(video).name not in cfg.shared_basenames
+    v = find_feature(cfg.feature_dir, video, by_name) or find_feature(cfg.video_dir, video, by_name)
     if v is None:
         return None
     feats = {"video": v}
     for m, folder in (("object", cfg.object_dir), ("pose", cfg.pose_dir)):
-        p = find_feature(folder, video)
+        p = find_feature(folder, video, by_name)
         if p is not None:
             feats[m] = p
     return feats
@@ -119,10 +124,11 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
         else:
             rels = [it.video]
         for rel in rels:
-            if find_feature(cache, rel) or find_feature(root, rel):
+            by_name = Path(rel).name not in cfg.shared_basenames
+            if find_feature(cache, rel, by_name) or find_feature(root, rel, by_name):
                 continue
             src = root / rel
-            if not src.is_file() and (root / Path(rel).name).is_file():
+            if not src.is_file() and by_name and (root / Path(rel).name).is_file():
                 src, rel = root / Path(rel).name, Path(rel).name
             if src.is_file():
                 jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
@@ -367,6 +373,7 @@ def run(cfg: RunConfig) -> dict | None:
         raise ValueError(f"{cfg.qa_file}: none of its {len(problems)} records can be read as {info.name} items{first}")
     if cfg.limit is not None:
         items = items[:cfg.limit]
+    cfg.shared_basenames = shared_basenames([it.video for it in items])
     paper = _paper_run(cfg, items)
     rank, world = _dist()
     out = Path(cfg.output)

@@ -615,20 +615,31 @@ def video_path(item: EvalItem, video_dir: str | Path) -> Path:
 FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors", ".pt")
 
 
-def find_feature(folder: str | Path | None, video: str) -> Path | None:
-    """The cached feature file of ``video`` (relative path, any extension) in ``folder``, also looked up by the
-    video's basename, or None."""
+def find_feature(folder: str | Path | None, video: str, by_basename: bool = True) -> Path | None:
+    """The cached feature file of ``video`` (a path relative to the video folder; any feature extension) in
+    ``folder``, found by that relative path; with ``by_basename``, also by the video's file name alone (a flat
+    feature folder). Pass ``by_basename=False`` for a name that several videos of the benchmark share (TSU-TC has a
+    ``clip_1.mp4`` in many folders): features are never taken from another video. None when absent."""
     if not folder:
         return None
     folder = Path(folder)
     rel = Path(video)
-    stems = [rel.with_suffix(""), Path(rel.with_suffix("").name)]
+    stems = [rel.with_suffix("")] + ([Path(rel.with_suffix("").name)] if by_basename else [])
     for stem in stems:
         for suffix in FEATURE_SUFFIXES:
             p = folder / stem.parent / (stem.name + suffix)
             if p.is_file():
                 return p
     return None
+
+
+def shared_basenames(videos: Sequence[str]) -> frozenset[str]:
+    """File names that more than one distinct relative video path of a benchmark has (their features can only be
+    found by the relative path)."""
+    seen: dict[str, set[str]] = {}
+    for v in videos:
+        seen.setdefault(Path(v).name, set()).add(str(Path(v)))
+    return frozenset(name for name, paths in seen.items() if len(paths) > 1)
 
 
 def clip_number(path: str | Path, video_name: str) -> int | None:
@@ -681,6 +692,7 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     missing = 0
+    shared = shared_basenames([it.video for it in items])
     for item in items:
         line: dict[str, Any] = {"index": item.index, "id": item.id, "video": item.video, "prompt": item.prompt,
                                 "options": item.options, "answer": item.answer, "format": item.format}
@@ -694,7 +706,7 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
                 line["clips"] = [str(c) for c in clips]
                 present = bool(clips)
             else:  # the raw video, or its cached features (what `eval run` reads first)
-                feature = find_feature(args.video_dir, item.video)
+                feature = find_feature(args.video_dir, item.video, Path(item.video).name not in shared)
                 present = feature is not None or video_path(item, args.video_dir).is_file()
                 if feature is not None:
                     line["features"] = str(feature)
