@@ -132,6 +132,8 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
                 src, rel = root / Path(rel).name, Path(rel).name
             if src.is_file():
                 jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+    if not jobs:  # every video has its features: CLIP is not even loaded
+        return {"written": 0, "failed": 0, "videos": 0}
     rank, _ = _dist()
     ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0)
     return extract_videos([(v, t) for t, v in jobs.items()], cache / (f"extract.rank{rank}"), ecfg,
