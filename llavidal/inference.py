@@ -24,7 +24,7 @@ import torch
 from .constants import MODALITY_ORDER
 from .engine import GenerationRequest, GenerationResult, get_engine
 from .features import load_feature, patch_rows, validate_feature
-from .prompting import DEFAULT_TEMPLATE, encode_turns, inference_turns
+from .prompting import DEFAULT_TEMPLATE, encode_text, encode_turns, inference_turns
 
 FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
 
@@ -265,7 +265,8 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
     gen_options = gen_options or GenerationOptions(max_new_tokens=0)
     batch = prepare_inputs(model, tokenizer, [query], gen_options)
     prompt = batch["input_ids"][0].tolist()
-    answers = [tokenizer(o.strip() + "</s>", add_special_tokens=False).input_ids for o in options]
+    tokenization = resolve_tokenization(model, gen_options)
+    answers = [encode_text(tokenizer, o.strip() + "</s>", tokenization) for o in options]
     longest = len(prompt) + max(map(len, answers))
     k = len(options)
     input_ids = torch.full((k, longest), tokenizer.pad_token_id, dtype=torch.long)

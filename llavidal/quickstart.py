@@ -38,6 +38,7 @@ class QuickstartConfig:
     batch_size: int = 8
     hidden_size: int = 64
     layers: int = 2
+    tokenization: str = "clean"  # ids at span boundaries in training (docs/design.md#template)
 
 
 def _train(argv: list[str]) -> None:
@@ -46,11 +47,13 @@ def _train(argv: list[str]) -> None:
     train(argv)
 
 
-def evaluate_mcq(model_dir: Path, test_file: Path, data: dict, modalities: list[str]) -> dict:
+def evaluate_mcq(model_dir: Path, test_file: Path, data: dict, modalities: list[str],
+                 tokenization: str | None = None) -> dict:
     """Accuracy on Smarthome-AR-format items, each option scored by its log-likelihood given the features; also
-    how often the chosen option has the right value of each attribute (room / motion / object)."""
+    how often the chosen option has the right value of each attribute (room / motion / object). ``tokenization``:
+    the ids at span boundaries (default: what the model was trained with)."""
     from .features import load_feature
-    from .inference import Query, option_logprobs
+    from .inference import GenerationOptions, Query, option_logprobs
     from .model import load_pretrained
     from .synthetic import ACTIONS, ATTRIBUTES, action_name
 
@@ -62,7 +65,8 @@ def evaluate_mcq(model_dir: Path, test_file: Path, data: dict, modalities: list[
         it = items[key]
         feats = {m: load_feature(Path(data[f"{m}_folder"]) / it[f"{m}_file"], m) for m in modalities}
         options = [it["choices"][k] for k in sorted(it["choices"], key=int)]
-        scores = option_logprobs(model, tok, Query(it["question"], **feats), options)
+        scores = option_logprobs(model, tok, Query(it["question"], **feats), options,
+                                 GenerationOptions(max_new_tokens=0, tokenization=tokenization))
         chosen = options[int(np.argmax(scores))]
         correct += chosen == it["ground_truth"]
         right_attr += np.equal(attributes_of[chosen], attributes_of[it["ground_truth"]])
@@ -90,7 +94,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
     common = ["--per_device_train_batch_size", str(cfg.batch_size), "--seed", str(cfg.seed), "--logging_steps", "20",
               "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
-              "--disable_tqdm", "False", "--use_cpu", "True"]
+              "--disable_tqdm", "False", "--use_cpu", "True", "--tokenization", cfg.tokenization]
     lm = out / "stage0-language"
     if not (lm / "train_summary.json").is_file():
         text = out / "data" / "pretrain_text.json"

@@ -63,6 +63,7 @@ class RunConfig:
     limit: int | None = None
     device: str | None = None
     dtype: str = "auto"
+    attn: str = "sdpa"
     judge: LLMConfig | None = None  # OpenAI-compatible judge (None: offline metrics only, rule-parsed MCQ)
     judge_concurrency: int = 16
     judge_cache: str | None = None  # default: {output}/judge_cache.sqlite
@@ -382,6 +383,7 @@ def run(cfg: RunConfig) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
                                        dtype=paper.dtype(_device(cfg)) if paper else cfg.dtype,
+                                       attn_implementation=cfg.attn,
                                        allow_untrained_modality=cfg.allow_untrained_modality)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
@@ -459,6 +461,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
     p.add_argument("--tokenization", choices=["clean", "original"],
                    help="ids at span boundaries (default: what the weights were trained on)")
     p.add_argument("--allow-untrained-modality", action="store_true",
@@ -503,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
-                    device=args.device, dtype=args.dtype, judge=judge_from_args(args),
+                    device=args.device, dtype=args.dtype, attn=args.attn, judge=judge_from_args(args),
                     judge_concurrency=args.judge_concurrency, judge_cache=args.judge_cache,
                     protocol=args.protocol, original_repo=args.original_repo,
                     summarizer=config_from_args(args, "summarizer", SummarizerConfig) if args.protocol == "paper"
