@@ -178,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavidal", description="LLAVIDAL: a video LLM for activities of daily "
                                      "living (video + object + pose features into LLaMA).")
     parser.add_argument("--version", action="version", version=f"llavidal {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug messages and everything the libraries say (any command also takes --verbose or "
+                             "--quiet anywhere on its command line: --quiet shows warnings and errors only, no "
+                             "progress bars)")
+    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout) for tests/demos")
@@ -259,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from .console import configure, pop_verbosity
+
+    argv, verbosity = pop_verbosity(list(sys.argv[1:] if argv is None else argv))
+    configure(verbosity)
     try:
         if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_COMMANDS:  # each parses its own flags
             module, func = EVAL_COMMANDS[argv[1]].split(":")
@@ -271,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:  # FeatureError, CheckpointError, DataError, VideoReadError, ...
         print(f"error: {e}", file=sys.stderr)
