@@ -447,32 +447,59 @@ class _OverlayRows:
 
 
 # ==================================================================== saving
-def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> Path:
-    """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids."""
+def plain_state_dict(model: LlavidalForCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full state dict gathered from a wrapped/sharded model (FSDP, DeepSpeed ZeRO-3, peft, DDP) in the key layout
+    of a plain :class:`LlavidalForCausalLM`: wrapper prefixes stripped, trainable token rows folded into
+    ``model.embed_tokens.weight``. The savers below read weights from such a dict instead of the module's parameters,
+    which hold only a shard of each tensor under ``full_shard``/ZeRO-3."""
+    sd = _normalise_keys(state)
+    rows = sd.pop("model.embed_tokens.rows", None)
+    if "model.embed_tokens.base.weight" in sd:
+        base = sd.pop("model.embed_tokens.base.weight")
+        if rows is not None:
+            ids = model.get_input_embeddings().ids.to(base.device)  # a buffer: whole on every rank
+            base = base.index_copy(0, ids, rows.to(device=base.device, dtype=base.dtype))
+        sd["model.embed_tokens.weight"] = base
+    if "lm_head.weight" not in sd and model.config.tie_word_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return sd
+
+
+def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids.
+    ``state``: the weights as a plain full state dict (:func:`plain_state_dict`) instead of the module's own."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(out)
     return out
 
 
-def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names."""
+def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None,
+                     state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names; read from
+    ``state`` (a plain full state dict) when given."""
     sd = {}
     for m in MODALITIES.values():
         if modalities is None or m.name in modalities:
-            proj = model.model.projector(m.name)
-            sd[f"model.{m.projector}.weight"] = proj.weight.detach()
-            sd[f"model.{m.projector}.bias"] = proj.bias.detach()
+            for w in ("weight", "bias"):
+                key = f"model.{m.projector}.{w}"
+                sd[key] = state[key] if state is not None else getattr(model.model.projector(m.name), w).detach()
     return sd
 
 
-def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
-    """Projectors + every added token's input and output embedding row, keyed by token name."""
-    sd = _projector_state(model)
-    emb = model.get_input_embeddings().weight.detach()
-    head = model.get_output_embeddings().weight.detach()
+def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                       state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Projectors + every added token's input and output embedding row, keyed by token name (from ``state``, a
+    plain full state dict, when given)."""
+    sd = _projector_state(model, state=state)
+    if state is not None:
+        emb, head = state["model.embed_tokens.weight"], state["lm_head.weight"]
+    else:
+        emb = model.get_input_embeddings().weight.detach()
+        head = model.get_output_embeddings().weight.detach()
     for name in ADDED_TOKENS:
         tid = tokenizer.convert_tokens_to_ids(name)
         sd[ADAPTER_EMBED_PREFIX + name] = emb[tid]
@@ -481,7 +508,7 @@ def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenize
 
 
 def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike,
-                 modalities: list[str] | None = None) -> Path:
+                 modalities: list[str] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """The adapter-only file (safetensors): what projector-only training changes, keyed by name.
 
     ``modalities`` records which modalities were trained (MMPro merges take each modality's projector and
@@ -494,13 +521,13 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
             "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
     tmp = path.with_name(path.name + ".tmp")
-    save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
+    save_safetensors(adapter_state_dict(model, tokenizer, state), str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
 
 def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
-                            modalities: list[str] | None = None) -> Path:
+                            modalities: list[str] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code.
 
     As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
@@ -508,8 +535,9 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = _projector_state(model, modalities)
-    sd["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
+    sd = _projector_state(model, modalities, state)
+    sd["model.embed_tokens.weight"] = (state["model.embed_tokens.weight"] if state is not None
+                                       else model.get_input_embeddings().weight.detach())
     sd = {k: v.cpu().clone() for k, v in sd.items()}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(sd, tmp)
@@ -585,7 +613,8 @@ def _has_weights(folder: Path) -> bool:
 
 
 def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike,
-                        base: str | os.PathLike, modalities: list[str] | None = None) -> Path:
+                        base: str | os.PathLike, modalities: list[str] | None = None,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
     """A loadable folder without the LLM weights: config (pointing at ``base``), tokenizer, adapter file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -597,7 +626,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     os.replace(tmp, out / "config.json")
     tokenizer.save_pretrained(out)
-    save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities)
+    save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities, state)
     return out
 
 
