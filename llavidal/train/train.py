@@ -181,6 +181,10 @@ def train(argv: list[str] | None = None) -> dict:
                               callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
                               base_path=model_args.model_name_or_path)
 
+    if training_args.fsdp and not trainer.is_fsdp_enabled:  # accelerate drops FSDP without a word on CPUs
+        logger.warning("--fsdp %s was given but accelerate did not enable FSDP (it does so only on GPUs and other "
+                       "accelerators): this run is plain data parallel, every rank holds the whole model",
+                       training_args.fsdp)
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.auto_resume and out.is_dir():
         resume = last_complete_checkpoint(out)
