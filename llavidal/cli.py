@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -166,6 +167,8 @@ def cmd_pack(args) -> int:
     from .data.store import pack_folder
 
     result = pack_folder(args.folder, args.out)
+    if result.get("already_packed"):
+        print(f"{args.out}: already holds these {result['packed']} files; nothing to do")
     print(f"packed {result['packed']} files ({result['bytes'] / 2**20:.1f} MiB) into {args.out}")
     for name, why in result["failed"].items():
         print(f"  not packed: {name}: {why}")
@@ -282,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # FeatureError, CheckpointError, DataError, VideoReadError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}cannot write: {e.strerror} (disk full or file size limit); outputs written before "
+              "stay as they are: free space and run the same command again to resume", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -228,22 +228,29 @@ class _OverlayRows:
                 self.overlay.rows.data[slot] = value.to(self.overlay.rows.dtype)
 
 
-def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names."""
+def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None,
+                     state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names; read from
+    ``state`` (a plain full state dict, see :func:`~llavidal.model.checkpoint.plain_state_dict`) when given."""
     sd = {}
     for m in MODALITIES.values():
         if modalities is None or m.name in modalities:
-            proj = model.model.projector(m.name)
-            sd[f"model.{m.projector}.weight"] = proj.weight.detach()
-            sd[f"model.{m.projector}.bias"] = proj.bias.detach()
+            for w in ("weight", "bias"):
+                key = f"model.{m.projector}.{w}"
+                sd[key] = state[key] if state is not None else getattr(model.model.projector(m.name), w).detach()
     return sd
 
 
-def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
-    """Projectors + every added token's input and output embedding row, keyed by token name."""
-    sd = _projector_state(model)
-    emb = model.get_input_embeddings().weight.detach()
-    head = model.get_output_embeddings().weight.detach()
+def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                       state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Projectors + every added token's input and output embedding row, keyed by token name (from ``state``, a
+    plain full state dict, when given)."""
+    sd = _projector_state(model, state=state)
+    if state is not None:
+        emb, head = state["model.embed_tokens.weight"], state["lm_head.weight"]
+    else:
+        emb = model.get_input_embeddings().weight.detach()
+        head = model.get_output_embeddings().weight.detach()
     for name in ADDED_TOKENS:
         tid = tokenizer.convert_tokens_to_ids(name)
         sd[ADAPTER_EMBED_PREFIX + name] = emb[tid]
@@ -252,7 +259,7 @@ def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenize
 
 
 def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike,
-                 modalities: list[str] | None = None) -> Path:
+                 modalities: list[str] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """The adapter-only file (safetensors): what projector-only training changes, keyed by name.
 
     ``modalities`` records which modalities were trained (MMPro merges take each modality's projector and
@@ -266,12 +273,13 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
             "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
     with atomic_path(path) as tmp:
-        save_safetensors(adapter_state_dict(model, tokenizer), str(tmp), metadata=meta)
+        save_safetensors(adapter_state_dict(model, tokenizer, state), str(tmp), metadata=meta)
     return path
 
 
 def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
-                            modalities: list[str] | None = None) -> Path:
+                            modalities: list[str] | None = None,
+                            state: dict[str, torch.Tensor] | None = None) -> Path:
     """The original ``mm_projector.bin`` key layout (current 9-token vocabulary) for users of the old code.
 
     As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
@@ -281,8 +289,8 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     # model.embed_tokens.weight FIRST: the original trainer's --pretrain_mm_mlp_adapter maps keys by their last
     # dotted part and the last one wins, so the video projector's weight must come after the embedding matrix
-    sd = {"model.embed_tokens.weight": model.get_input_embeddings().weight.detach(),
-          **_projector_state(model, modalities)}
+    emb = state["model.embed_tokens.weight"] if state is not None else model.get_input_embeddings().weight.detach()
+    sd = {"model.embed_tokens.weight": emb, **_projector_state(model, modalities, state)}
     sd = {k: v.cpu().clone() for k, v in sd.items()}
     with atomic_path(path) as tmp:
         torch.save(sd, tmp)

@@ -25,7 +25,7 @@ from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
 from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
 from .configuration_llavidal import LlavidalConfig
-from .files import read_config_dict
+from .files import normalise_keys, read_config_dict
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_model_finite, check_model_vocab
 
@@ -34,16 +34,36 @@ logger = logging.getLogger(__name__)
 AutoConfig.register("llavidal", LlavidalConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlavidalConfig, LlavidalForCausalLM, exist_ok=True)
 
-__all__ = ["ADAPTER_FOLDER_FILE", "default_device", "is_llavidal_folder", "load_pretrained",
+__all__ = ["ADAPTER_FOLDER_FILE", "default_device", "is_llavidal_folder", "load_pretrained", "plain_state_dict",
            "resolve_attn_implementation", "resolve_dtype", "save_adapter_folder", "save_pretrained"]
 
 
-def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> Path:
-    """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids."""
+def plain_state_dict(model: LlavidalForCausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full state dict gathered from a wrapped/sharded model (FSDP, DeepSpeed ZeRO-3, peft, DDP) in the key layout
+    of a plain :class:`LlavidalForCausalLM`: wrapper prefixes stripped, trainable token rows folded into
+    ``model.embed_tokens.weight``. The savers read weights from such a dict instead of the module's parameters,
+    which hold only a shard of each tensor under ``full_shard``/ZeRO-3."""
+    sd = normalise_keys(state)
+    rows = sd.pop("model.embed_tokens.rows", None)
+    if "model.embed_tokens.base.weight" in sd:
+        base = sd.pop("model.embed_tokens.base.weight")
+        if rows is not None:
+            ids = model.get_input_embeddings().ids.to(base.device)  # a buffer: whole on every rank
+            base = base.index_copy(0, ids, rows.to(device=base.device, dtype=base.dtype))
+        sd["model.embed_tokens.weight"] = base
+    if "lm_head.weight" not in sd and model.config.tie_word_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    return sd
+
+
+def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Our folder: config.json, safetensors weights, tokenizer, generation config with the right special ids.
+    ``state``: the weights as a plain full state dict (:func:`plain_state_dict`) instead of the module's own."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(out)
     return out
 
@@ -121,7 +141,8 @@ def _has_weights(folder: Path) -> bool:
 
 
 def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike,
-                        base: str | os.PathLike, modalities: list[str] | None = None) -> Path:
+                        base: str | os.PathLike, modalities: list[str] | None = None,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
     """A loadable folder without the LLM weights: config (pointing at ``base``), tokenizer, adapter file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +153,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     tokenizer.save_pretrained(out)
-    save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities)
+    save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities, state)
     return out
 
 

@@ -80,7 +80,10 @@ class EmbeddingWithTrainableRows(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, H]
         out = self.base(input_ids)
         slot = self.lut[input_ids]  # [B, L], -1 where the token is not a trainable row
-        own = self.rows.to(out.dtype)[slot.clamp(min=0)]
+        # an embedding lookup, not advanced indexing: the backward of ``rows[idx]`` (index_put with accumulation)
+        # adds the gradients of repeated rows in a thread-dependent order on CPU, so two runs with the same seed
+        # would differ in the last bits; the embedding backward sums them in a fixed order
+        own = nn.functional.embedding(slot.clamp(min=0), self.rows.to(out.dtype))
         return torch.where((slot >= 0).unsqueeze(-1), own, out)
 
     def merged(self) -> nn.Embedding:

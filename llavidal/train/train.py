@@ -28,7 +28,7 @@ from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
-from ..model.checkpoint import ADAPTER_FOLDER_FILE, save_adapter_folder, save_pretrained
+from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..prompting import check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 
@@ -122,23 +122,30 @@ class LlavidalTrainer(transformers.Trainer):
         self.mode, self.modalities, self.base_path = mode, modalities, base_path
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Rank 0 writes. Under FSDP full_shard / ZeRO-3 the parameters of the module are shards: the Trainer then
+        hands over ``state_dict``, the full weights it gathered (on every rank) through accelerate, and everything is
+        written from that, never from the module."""
         output_dir = output_dir or self.args.output_dir
+        if state_dict is not None:
+            state_dict = full_tensors(state_dict)  # a collective: before the rank check
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
         model = unwrap(self.model)
+        plain = plain_state_dict(model, state_dict) if state_dict is not None else None
         if self.mode == "projector":
-            save_adapter_folder(model, self.processing_class, output_dir, self.base_path, self.modalities)
+            save_adapter_folder(model, self.processing_class, output_dir, self.base_path, self.modalities, plain)
         else:
-            if self.mode == "lora":
-                getattr(self.model, "module", self.model).save_pretrained(output_dir)  # peft adapter
+            if self.mode == "lora":  # peft adapter
+                getattr(self.model, "module", self.model).save_pretrained(output_dir, state_dict=state_dict)
             else:
                 super()._save(output_dir, state_dict=state_dict)
-            save_adapter(model, self.processing_class, Path(output_dir) / ADAPTER_FOLDER_FILE, self.modalities)
+            save_adapter(model, self.processing_class, Path(output_dir) / ADAPTER_FOLDER_FILE, self.modalities, plain)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        if self.mode == "full":
+        if self.mode == "full" or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # sharded runs resume from the Trainer's own sharded checkpoint files (each rank loads its shard)
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.mode == "lora":
             from peft import set_peft_model_state_dict
@@ -179,6 +186,10 @@ def train(argv: list[str] | None = None) -> dict:
                               callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
                               base_path=model_args.model_name_or_path)
 
+    if training_args.fsdp and not trainer.is_fsdp_enabled:  # accelerate drops FSDP without a word on CPUs
+        logger.warning("--fsdp %s was given but accelerate did not enable FSDP (it does so only on GPUs and other "
+                       "accelerators): this run is plain data parallel, every rank holds the whole model",
+                       training_args.fsdp)
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.auto_resume and out.is_dir():
         resume = last_complete_checkpoint(out)
@@ -195,23 +206,32 @@ def train(argv: list[str] | None = None) -> dict:
     trainer.save_state()
 
     final = unwrap(trainer.model)
+    state = gathered_state_dict(trainer)  # collective under FSDP/ZeRO-3: every rank takes part
+    plain = plain_state_dict(final, state) if state is not None and training_args.should_save else None
     summary = {"mode": mode, "modalities": active, "global_step": trainer.state.global_step,
                "train_loss": mean_train_loss(trainer.state.log_history), "resumed_from": resume}
     if training_args.should_save:
         if mode == "projector":
-            save_adapter_folder(final, tokenizer, out, model_args.model_name_or_path, active)
+            save_adapter_folder(final, tokenizer, out, model_args.model_name_or_path, active, plain)
             if model_args.save_full_model:
-                final.merge_trainable_token_rows()
-                save_pretrained(final, tokenizer, out / "full_model")
+                if plain is None:
+                    final.merge_trainable_token_rows()
+                save_pretrained(final, tokenizer, out / "full_model", plain)
         else:
-            save_adapter(final, tokenizer, out / ADAPTER_FOLDER_FILE, active)
-            if mode == "lora":
+            save_adapter(final, tokenizer, out / ADAPTER_FOLDER_FILE, active, plain)
+            if mode == "lora" and state is not None:
+                trainer.save_model(str(out))  # sharded LoRA: the peft adapter, gathered by the Trainer
+                logger.warning("LoRA under FSDP/DeepSpeed: %s holds the peft adapter and adapter.safetensors; merge "
+                               "the LoRA weights into a full model on one process (peft merge_and_unload)", out)
+            elif mode == "lora":
                 merged = getattr(trainer.model, "module", trainer.model).merge_and_unload()
+                merged.merge_trainable_token_rows()
+                save_pretrained(merged, tokenizer, out)
             else:
-                merged = final
-            merged.merge_trainable_token_rows()
-            save_pretrained(merged, tokenizer, out)
-        export_legacy_projector(final, out / "mm_projector.bin", active)
+                if plain is None:
+                    final.merge_trainable_token_rows()
+                save_pretrained(final, tokenizer, out, plain)
+        export_legacy_projector(final, out / "mm_projector.bin", active, plain)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:
@@ -222,6 +242,24 @@ def train(argv: list[str] | None = None) -> dict:
 
 
 SUMMARY_FILE = "train_summary.json"
+
+
+def gathered_state_dict(trainer: transformers.Trainer) -> dict | None:
+    """The full weights of a sharded model (FSDP, DeepSpeed), gathered through accelerate (a collective: call it on
+    every rank; rank 0 gets the tensors); None when the module holds its own full parameters (one process, DDP)."""
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    if trainer.is_fsdp_enabled:
+        return full_tensors(trainer.accelerator.get_state_dict(trainer.model))
+    return None
+
+
+def full_tensors(state: dict) -> dict:
+    """Whole tensors for the DTensor shards that a state dict of an FSDP2 model can still hold (each one is gathered:
+    a collective, so every rank calls this with the same keys in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 
 def finished_summary(out: Path) -> dict | None:

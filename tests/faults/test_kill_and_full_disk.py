@@ -1,0 +1,165 @@
+"""kill -9 at seeded points of the long jobs, then the same command again: the outputs equal those of an
+uninterrupted run and nothing is truncated; a full disk (a file-size limit) ends in a clear error and leaves earlier
+outputs intact. A few kill points per job keep the suite fast."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from faults.harness import count_lines, kill_when, llavidal, run, tree
+from helpers_train import synthetic_data, train_flags
+
+SEEDS = (11, 12)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return synthetic_data(tmp_path_factory.mktemp("synth_faults"))
+
+
+@pytest.fixture(scope="module")
+def feature_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack_src")
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        np.save(root / f"v{i:04d}.npy", rng.standard_normal((64, 256)).astype(np.float32))
+    (root / "bad.npy").write_bytes(b"")
+    return root
+
+
+# ==================================================================== pack-features
+def test_pack_features_resumes_after_kill(feature_folder, tmp_path):
+    ref = tmp_path / "ref"
+    assert run(llavidal("pack-features", feature_folder, ref), tmp_path).returncode == 1  # bad.npy is listed
+    expected = tree(ref)
+    for seed in SEEDS:
+        out = tmp_path / f"killed{seed}"
+        n = 40 + seed * 10  # kill once this many files are packed
+        assert kill_when(llavidal("pack-features", feature_folder, out), tmp_path,
+                         lambda: count_lines(out / "progress.jsonl") >= n, seed)
+        assert not (out / "index.json").exists()  # nothing that looks finished
+        proc = run(llavidal("pack-features", feature_folder, out), tmp_path)
+        assert proc.returncode == 1 and "bad.npy" in proc.stdout
+        assert tree(out) == expected
+    again = run(llavidal("pack-features", feature_folder, ref), tmp_path)
+    assert "already holds these 400 files" in again.stdout and tree(ref) == expected
+
+
+def test_pack_features_on_a_full_disk(feature_folder, tmp_path):
+    out = tmp_path / "store"
+    proc = run(llavidal("pack-features", feature_folder, out), tmp_path, fsize=4 << 20)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "cannot write" in proc.stderr and "run the same command again to resume" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (out / "index.json").exists()
+    done = count_lines(out / "progress.jsonl")
+    assert 0 < done < 400
+    run(llavidal("pack-features", feature_folder, tmp_path / "ref"), tmp_path)
+    assert run(llavidal("pack-features", feature_folder, out), tmp_path).returncode == 1
+    assert tree(out) == tree(tmp_path / "ref")
+
+
+# ==================================================================== train
+def test_train_resumes_after_kill(tiny_base, synth, tmp_path):
+    flags = dict(per_device_train_batch_size=2, max_steps=8, save_strategy="steps", save_steps=2,
+                 video_mask_prob=0.5)
+    ref = tmp_path / "ref"
+    assert run(llavidal("train", *train_flags(tiny_base, synth, ref, **flags)), tmp_path).returncode == 0
+    expected = load_file(str(ref / "adapter.safetensors"))
+    for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-6")):
+        out = tmp_path / f"killed{seed}"
+        cmd = llavidal("train", *train_flags(tiny_base, synth, out, **flags))
+        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=1.0)
+        assert not (out / "train_summary.json").exists()
+        proc = run(cmd, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = load_file(str(out / "adapter.safetensors"))
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["global_step"] == 8 and summary["resumed_from"]
+
+
+# ==================================================================== eval run
+def test_eval_run_resumes_after_kill(tiny_base, tmp_path):
+    from llavidal.synthetic import WorldSpec, make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=0, n_test=24, seed=1, spec=WorldSpec(video_rows=8, pose_rows=6))
+
+    def cmd(out):
+        return llavidal("eval", "run", "--task", "smarthome-ar", "--qa-file", data["test"], "--video-dir",
+                        data["video_folder"], "--base", tiny_base, "--output", out, "--max-new-tokens", "6",
+                        "--batch-size", "2", "--device", "cpu")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    expected = sorted(json.loads(x)["index"] for x in (ref / "predictions.jsonl").read_text().splitlines())
+    ref_scored = (ref / "scored.jsonl").read_text()
+    for seed in SEEDS:
+        out = tmp_path / f"killed{seed}"
+        assert kill_when(cmd(out), tmp_path, lambda: count_lines(out / "predictions.jsonl") >= seed - 8, seed)
+        assert not (out / "summary.json").exists()
+        assert run(cmd(out), tmp_path).returncode == 0
+        rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        assert sorted(r["index"] for r in rows) == expected  # each item once, none lost
+        assert (out / "scored.jsonl").read_text() == ref_scored
+        a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
+        assert a["score"] == b["score"]
+
+
+# ==================================================================== extract-video
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from llavidal.video.clip import TinyClipSpec, make_tiny_clip
+    from llavidal.video.io import write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        write_video(root / "v" / f"clip{i:02d}.mkv", rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), 8,
+                    codec="ffv1", pix_fmt="bgr0")
+    clip = make_tiny_clip(root / "clip", seed=3, spec=TinyClipSpec(vision_hidden_size=32, vision_intermediate_size=64,
+                                                                   vision_heads=2, vision_layers=2))
+    return root / "v", clip
+
+
+def _extract(src, clip, out):
+    return llavidal("extract-video", "--input", src, "--output", out, "--clip", clip, "--batch", "12", "--workers",
+                    "0", "--device", "cpu")
+
+
+def test_extract_video_resumes_after_kill(videos, tmp_path):
+    src, clip = videos
+    ref = tmp_path / "ref"
+    assert run(_extract(src, clip, ref), tmp_path).returncode == 0
+    expected = tree(ref, skip=("extract_summary", "failures"))
+    assert len(expected) == 10
+    for seed in SEEDS:
+        out = tmp_path / f"killed{seed}"
+        assert kill_when(_extract(src, clip, out), tmp_path, lambda: len(list(out.glob("*.pkl"))) >= seed - 8, seed)
+        assert run(_extract(src, clip, out), tmp_path).returncode == 0
+        assert tree(out, skip=("extract_summary", "failures")) == expected
+        assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_extract_video_on_a_full_disk_keeps_earlier_outputs(videos, tmp_path):
+    src, clip = videos
+    out = tmp_path / "feats"
+    first = sorted(src.iterdir())[:4]
+    part = tmp_path / "first"
+    part.mkdir()
+    for p in first:
+        (part / p.name).symlink_to(p)
+    assert run(_extract(part, clip, out), tmp_path).returncode == 0
+    before = tree(out, skip=("extract_summary", "failures"))
+    proc = run(_extract(src, clip, out), tmp_path, fsize=2000)  # feature files need more than that
+    failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 6 and {f["stage"] for f in failures} == {"write"}
+    assert all("File too large" in f["error"] for f in failures), failures[0]
+    assert "6 failed" in proc.stdout
+    assert tree(out, skip=("extract_summary", "failures")) == before  # nothing truncated, nothing lost
+    assert run(_extract(src, clip, out), tmp_path).returncode == 0  # space again: the rest is done
+    assert len(list(out.glob("*.pkl"))) == 10
