@@ -23,7 +23,7 @@ Variants (all share one model, its weights, the batch, the attention mask and th
 
 Gradients: ``--grads full`` (default) trains every parameter, as ``LlamaForCausalLM`` fine-tuning would, so the
 baseline does the same weight-gradient work as the model (only the projectors' and embedding's grads differ).
-``--grads projector`` is the stage-1 setup (``freeze_for_projector_training``): no weight gradients in the
+``--grads projector`` is the stage-1 setup (``set_trainable``): no weight gradients in the
 decoder, but backward still runs through it to reach the projectors; ``bare`` then back-propagates to ``E``.
 
 Timing: variants are interleaved step by step (rotating order) so that drift of a shared machine hits all of
@@ -57,7 +57,9 @@ import _common  # noqa: F401 - the repository on sys.path
 
 import torch
 
-from llavidal.constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, OBJECT_FRAMES
+from llavidal.constants import (ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, MODALITY_ORDER,
+                                OBJECT_FRAMES)
+from llavidal.train.modes import set_trainable
 from llavidal.model import LlavidalConfig, LlavidalForCausalLM
 
 from _common import ANSWER_TOKENS, MODEL_SHAPES, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes, machine_info
@@ -212,7 +214,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> LlavidalForCa
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
     if args.grads == "projector":
-        model.freeze_for_projector_training()
+        set_trainable(model, "projector", MODALITY_ORDER)
     else:
         model.requires_grad_(True)
     return model

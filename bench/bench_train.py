@@ -52,7 +52,7 @@ Peak memory: on CPU the process's peak RSS (VmHWM) during each run, reset before
 
 GPU, ``--preset 7b --device cuda --dtype bf16``: LLaMA-7B shape (hidden 4096, 32 layers, 32 heads, inter 11008,
 vocab 32012, modality tokens = last 9 ids), random init directly on the GPU in bf16 (no base folder), projector
-mode (``freeze_for_projector_training``; trainable parts in fp32 as ``build_model`` makes them), dense rows of
+mode (``llavidal.train.modes.set_trainable``, as ``build_model``), dense rows of
 ``--seq-len`` (2048) real tokens: back-to-back ADL-X-shaped samples (system + question + video/object/pose
 spans + answer) filled up with text, so no token is padding. Variants ``trainer`` (``LlavidalTrainer`` with
 ``--bf16`` over an in-memory dataset of those samples and the ``DataCollator``) and ``bare`` (same model,
@@ -102,7 +102,9 @@ import _common  # noqa: F401 - the repository on sys.path
 
 import torch
 
-from llavidal.constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, OBJECT_FRAMES
+from llavidal.constants import (ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, MODALITY_ORDER,
+                                OBJECT_FRAMES)
+from llavidal.train.modes import set_trainable
 
 from _common import (ANSWER_TOKENS, MODEL_SHAPES, PEAK_TFLOPS, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes,
                      machine_info)
@@ -604,10 +606,7 @@ def build_synthetic_model(shape: dict, device: torch.device, dtype: torch.dtype,
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlavidalForCausalLM._from_config(cfg, attn_implementation=attn, dtype=dtype)
-    model.freeze_for_projector_training()
-    for p in model.parameters():  # as build_model: trainable parts in fp32
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    set_trainable(model, "projector", MODALITY_ORDER)  # what build_model does (trainable parts in fp32)
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -23,7 +23,7 @@ except ImportError:  # transformers < 5.2x: the int / 1-D positions forms that L
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return hidden_states[:, keep, :]
 
-from ..constants import MODALITIES, MODALITY_ORDER, START_END_TOKENS, Modality
+from ..constants import MODALITIES, MODALITY_ORDER, Modality
 from .configuration_llavidal import LlavidalConfig
 
 FeatureInput = torch.Tensor | Sequence[torch.Tensor | None] | None
@@ -277,19 +277,6 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         return sorted({int(v) for v in (self.config.modality_token_ids or {}).values()})
 
     # ---------------------------------------------------------------- training helpers
-    def start_end_token_ids(self) -> list[int]:
-        return [self.config.token_id(t) for t in START_END_TOKENS]
-
-    def freeze_for_projector_training(self, modalities: Sequence[str] = MODALITY_ORDER) -> list[str]:
-        """Projector-only training (``--tune_mm_mlp_adapter``): the LLM and lm_head frozen; trainable are the
-        projectors of ``modalities`` and the start/end rows of the input embedding (through
-        :class:`EmbeddingWithTrainableRows`). Returns the names of the trainable parameters."""
-        self.requires_grad_(False)
-        for name in modalities:
-            self.model.projector(name).requires_grad_(True)
-        self.enable_trainable_token_rows(self.start_end_token_ids())
-        return [n for n, p in self.named_parameters() if p.requires_grad]
-
     def enable_trainable_token_rows(self, ids: Sequence[int]) -> None:
         emb = self.get_input_embeddings()
         if isinstance(emb, EmbeddingWithTrainableRows):

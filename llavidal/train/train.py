@@ -23,7 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..constants import MODALITIES, MODALITY_ORDER
+from ..constants import MODALITY_ORDER
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
@@ -31,6 +31,7 @@ from ..model.adapters import export_legacy_projector, save_adapter
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..prompting import check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from .modes import LoraSettings, set_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -58,34 +59,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
                                        if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
 
-    start_end = [model.config.token_id(t) for m in active for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)]
-    if not model_args.mm_use_vid_start_end:
-        start_end = []
-    if mode == "projector":
-        model.requires_grad_(False)
-        for m in active:
-            model.model.projector(m).requires_grad_(True)
-        if start_end:
-            model.enable_trainable_token_rows(start_end)
-    elif mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        if start_end:
-            model.enable_trainable_token_rows(start_end)
-        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                          target_modules=[t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()],
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-        inner = model.get_base_model()
-        for m in active:
-            inner.model.projector(m).requires_grad_(True)
-        if start_end:
-            inner.get_input_embeddings().rows.requires_grad_(True)
-    else:
-        model.requires_grad_(True)
-    for p in model.parameters():  # optimizer state and updates in fp32
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                        tuple(t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()))
+    model = set_trainable(model, mode, active, start_end=model_args.mm_use_vid_start_end, lora=lora)
     if training_args.gradient_checkpointing:  # non-reentrant: works with frozen inputs (projector mode)
         name = ("activation_checkpointing_kwargs" if hasattr(training_args, "activation_checkpointing_kwargs")
                 else "gradient_checkpointing_kwargs")
