@@ -19,14 +19,56 @@ COMMAND_MODULES = (
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
     p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
     p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
+    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager")
     p.add_argument("--layout", choices=["current", "2024", "videochatgpt"],
                    help="force the token layout of a .bin projector file (detected from its size by default)")
+    if inference:
+        add_placement_args(p)
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """Model placement and generation-engine flags shared by infer, chat, demo, serve and eval run."""
+    g = p.add_argument_group("small GPUs and speed")
+    q = g.add_mutually_exclusive_group()
+    q.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (bitsandbytes: pip install "
+                   "'llavidal[quant]'); projectors, embeddings and lm_head stay unquantized")
+    q.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes), e.g. a 7B in "
+                   "about 4 GB of GPU memory")
+    g.add_argument("--device-map", help="'auto': fill the GPUs, offload the remaining layers to CPU memory (slower); "
+                   "see --max-memory")
+    g.add_argument("--max-memory", help="memory per device for --device-map, e.g. 0=6GiB,cpu=48GiB")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the decoding step (auto: the measured default of the device; off on CPU)")
+
+
+def placement_kwargs(args) -> dict:
+    """``load_pretrained`` keyword arguments from :func:`add_placement_args` flags."""
+    from .model.placement import parse_max_memory
+
+    quant = "8bit" if getattr(args, "load_in_8bit", False) else "4bit" if getattr(args, "load_in_4bit", False) else None
+    return {"quantization": quant, "device_map": getattr(args, "device_map", None),
+            "max_memory": parse_max_memory(getattr(args, "max_memory", None))}
+
+
+def engine_overrides(args) -> dict:
+    """EngineConfig fields from the ``--compile`` flag."""
+    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto"))}
+
+
+def load_model(args):
+    """(model, tokenizer) for an inference command, its generation engine configured from the flags."""
+    from .engine import get_engine
+    from .model import load_pretrained
+
+    model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
+                                       attn_implementation=args.attn, layout=args.layout, **placement_kwargs(args))
+    get_engine(model, tokenizer, **engine_overrides(args))
+    return model, tokenizer
 
 
 def cmd_make_tiny(args) -> int:
@@ -56,8 +98,7 @@ def cmd_infer(args) -> int:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
-    model, tokenizer = load_pretrained(args.base, projector=args.projector, device=args.device, dtype=args.dtype,
-                                       attn_implementation=args.attn, layout=args.layout)
+    model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (SPEC section 6)
         from .video.extract import VideoFeaturizer
@@ -186,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("export", help="write our model folder, an adapter file and/or a legacy mm_projector.bin")
-    _add_model_args(p)
+    _add_model_args(p, inference=False)
     p.add_argument("--folder", help="output model folder (config, safetensors, tokenizer)")
     p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
     p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")

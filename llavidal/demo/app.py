@@ -46,6 +46,10 @@ class DemoConfig:
     dtype: str = "auto"  # of the LLM (auto: bf16 on CUDA, fp32 on CPU); CLIP runs fp16 on CUDA, fp32 on CPU
     attn: str = "sdpa"
     layout: str | None = None
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes)
+    device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
+    max_memory: dict | None = None
+    compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
     decoder: str = "auto"
     max_frames: int = 100  # frames sampled per video (SPEC: 100)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
@@ -124,11 +128,15 @@ class DemoBackend:
 
     @classmethod
     def load(cls, cfg: DemoConfig) -> DemoBackend:
+        from ..engine import get_engine
         from ..model import load_pretrained
         from .chat import featurizer_for
 
         model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=cfg.device, dtype=cfg.dtype,
-                                           attn_implementation=cfg.attn, layout=cfg.layout)
+                                           attn_implementation=cfg.attn, layout=cfg.layout,
+                                           quantization=cfg.quantization, device_map=cfg.device_map,
+                                           max_memory=cfg.max_memory)
+        get_engine(model, tokenizer, max_batch_size=max(1, cfg.concurrency), compile=cfg.compile)
         fz = featurizer_for(cfg.clip, model.config, device=cfg.device, max_frames=cfg.max_frames, decoder=cfg.decoder)
         return cls(model, tokenizer, fz, cfg)
 

@@ -22,12 +22,14 @@ def add_video_args(p) -> None:
 
 
 def demo_config(args):
+    from ..cli import engine_overrides, placement_kwargs
     from .app import DemoConfig
 
     if args.max_new_tokens < 1:
         raise SystemExit("error: --max-new-tokens must be at least 1")
     return DemoConfig(base=args.base, projector=args.projector, clip=args.clip, device=args.device, dtype=args.dtype,
-                      attn=args.attn, layout=args.layout, decoder=args.decoder, max_frames=args.max_frames,
+                      attn=args.attn, layout=args.layout, **placement_kwargs(args), **engine_overrides(args),
+                      decoder=args.decoder, max_frames=args.max_frames,
                       max_video_seconds=args.max_video_seconds, max_upload_mb=args.max_upload_mb,
                       template=args.template, system=args.system, temperature=args.temperature, top_p=args.top_p,
                       max_new_tokens=args.max_new_tokens, concurrency=args.concurrency, title=not args.embed,

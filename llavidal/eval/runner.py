@@ -58,6 +58,10 @@ class RunConfig:
     limit: int | None = None
     device: str | None = None
     dtype: str = "auto"
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes)
+    device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
+    max_memory: dict | None = None
+    compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
     judge_model: str | None = None  # description tasks: OpenAI-compatible judge (None: offline metrics only)
     judge_base_url: str | None = None
     judge_api_key: str | None = None
@@ -345,6 +349,7 @@ def markdown_table(summary: dict) -> str:
 
 def run(cfg: RunConfig) -> dict | None:
     """Run one task; returns the summary on rank 0 (None on other ranks)."""
+    from ..engine import get_engine
     from ..model import load_pretrained
 
     if cfg.mcq_mode not in ("generate", "loglik"):
@@ -360,7 +365,10 @@ def run(cfg: RunConfig) -> dict | None:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype)
+    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype,
+                                       quantization=cfg.quantization, device_map=cfg.device_map,
+                                       max_memory=cfg.max_memory)
+    get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, items[rank::world])
     run_items(cfg, model, tokenizer, items[rank::world], pred_file)
@@ -399,6 +407,8 @@ def run(cfg: RunConfig) -> dict | None:
 
 
 def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
+    from ..cli import add_placement_args
+
     p = argparse.ArgumentParser(prog=prog, description="Run one ADL-X benchmark with one model.")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--qa-file", required=True)
@@ -424,6 +434,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
+    add_placement_args(p)
     j = p.add_argument_group("judge (description tasks; any OpenAI-compatible endpoint)")
     j.add_argument("--judge-model", help="e.g. gpt-4o-mini, llama3.1 (Ollama); none: offline metrics only")
     j.add_argument("--judge-base-url", help="e.g. http://localhost:11434/v1 (default: $LLAVIDAL_JUDGE_BASE_URL)")
@@ -437,6 +448,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import engine_overrides, placement_kwargs
+
     args = build_parser().parse_args(argv)
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
                     video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
@@ -444,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                     pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
-                    device=args.device, dtype=args.dtype, judge_model=args.judge_model,
+                    device=args.device, dtype=args.dtype, **placement_kwargs(args), **engine_overrides(args),
+                    judge_model=args.judge_model,
                     judge_base_url=args.judge_base_url, judge_api_key=args.judge_api_key,
                     judge_temperature=args.judge_temperature, judge_concurrency=args.judge_concurrency,
                     judge_cache=args.judge_cache, prompt_set=args.prompt_set,

@@ -527,12 +527,17 @@ def load_pretrained(
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = "sdpa",
     layout: str | None = None,
+    quantization: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
     ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder.
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
+    ``quantization`` ("8bit"/"4bit", bitsandbytes) and ``device_map`` ("auto": GPUs first, the rest offloaded to CPU
+    RAM within ``max_memory``) place the loaded model for small GPUs (:mod:`llavidal.model.placement`).
     """
     base = Path(base)
     if not base.is_dir():
@@ -540,6 +545,15 @@ def load_pretrained(
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     attn = resolve_attn_implementation(attn_implementation)
+    if quantization or device_map is not None:
+        from .placement import check_bitsandbytes, place_model
+
+        if quantization:  # before minutes of loading
+            check_bitsandbytes(quantization, device)
+        model, tokenizer = load_pretrained(base, projector=projector, device="cpu", dtype=dtype,
+                                           attn_implementation=attn, layout=layout)
+        return place_model(model, quantization=quantization, device_map=device_map, max_memory=max_memory,
+                           device=device, dtype=dtype), tokenizer
     if (base / ADAPTER_FOLDER_FILE).is_file() and not _has_weights(base):
         # a projector-only training output: our config + tokenizer + adapter, on top of its base folder
         cfg = read_config_dict(base)
