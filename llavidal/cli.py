@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "llavidal.objects.cli",
     "llavidal.demo.cli",
     "llavidal.pose.cli",
+    "llavidal.serve.cli",
 )
 
 

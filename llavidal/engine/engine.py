@@ -269,6 +269,11 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def busy_slots(self) -> int:
+        state = self._state
+        return 0 if state is None else int(state.host_active.sum())
+
+    @property
     def busy(self) -> bool:
         with self._cond:
             return self._thread is not None
