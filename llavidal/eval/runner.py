@@ -62,6 +62,10 @@ class RunConfig:
     device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
     max_memory: dict | None = None
     compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    backend: str = "engine"  # engine | vllm
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+    vllm_backbone: str | None = None  # vllm: exported LLaMA folder (default: OUTPUT/vllm_backbone)
     judge_model: str | None = None  # description tasks: OpenAI-compatible judge (None: offline metrics only)
     judge_base_url: str | None = None
     judge_api_key: str | None = None
@@ -171,7 +175,7 @@ def _device(cfg: RunConfig) -> str | None:
     return None
 
 
-def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path) -> None:
+def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path, engine=None) -> None:
     """Answer every item not yet in ``out_file``, appending one line per item as soon as it is complete.
 
     The questions of all items stream through the generation engine (``cfg.batch_size`` sequences decoded at once,
@@ -186,6 +190,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
                              template=cfg.template, system=cfg.system)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{cfg.task}", unit="item")
+    engine = engine or get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
     waiting: dict[str, tuple[EvalItem, dict, list]] = {}  # item id -> (item, row, replies so far)
 
     def write(row: dict) -> None:
@@ -197,7 +202,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
         for it in todo:
             base = {"id": it.id, "index": it.index, "video": it.video}
             if it.task == "tsu-desc":
-                write(_tsu_desc_row(cfg, model, tokenizer, it, opts, base))
+                write(_tsu_desc_row(cfg, model, tokenizer, it, opts, base, engine))
                 continue
             feats = item_features(cfg, it)
             if feats is None:
@@ -219,7 +224,6 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
                 seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
                 yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), seeded)
 
-    engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
     for (item_id, k), result in engine.imap(requests()):
         it, row, replies = waiting[item_id]
         replies[k] = reply_text(tokenizer, result)
@@ -235,10 +239,10 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
     bar.close()
 
 
-def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict:
+def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict, engine) -> dict:
     """TSU-Description: each 60 s clip, in numeric clip order, is described (and asked the two consistency
     questions); the per-video summaries are made at scoring time."""
-    from ..inference import Query, answer_batch
+    from ..inference import Query, make_request, reply_text
 
     # the clips that exist: the video folder's (raw clips or their features), else the feature folder's; one entry per
     # clip stem, so that a clip whose features are missing is a missing video, never silently left out
@@ -258,7 +262,8 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict
     row = {**base, "status": "ok", "clips": [c.name for c in clips]}
     for key, q in questions.items():
         if q:
-            row[key] = answer_batch(model, tokenizer, [Query(q, **f) for f in feats], opts, batch_size=cfg.batch_size)
+            results = engine.generate([make_request(model, tokenizer, Query(q, **f), opts) for f in feats])
+            row[key] = [reply_text(tokenizer, r) for r in results]
     return row
 
 
@@ -365,13 +370,22 @@ def run(cfg: RunConfig) -> dict | None:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype,
-                                       quantization=cfg.quantization, device_map=cfg.device_map,
-                                       max_memory=cfg.max_memory)
-    get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
+    if cfg.backend not in ("engine", "vllm"):
+        raise ValueError(f"--backend {cfg.backend!r}: expected engine or vllm")
+    if cfg.backend == "vllm":
+        if cfg.mcq_mode == "loglik":
+            raise ValueError("--mcq-mode loglik scores options with the model itself: use --backend engine")
+        from ..cli import load_vllm_backend
+
+        model, tokenizer, engine = load_vllm_backend(cfg, cfg.batch_size, out / "vllm_backbone")
+    else:
+        model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype,
+                                           quantization=cfg.quantization, device_map=cfg.device_map,
+                                           max_memory=cfg.max_memory)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, items[rank::world])
-    run_items(cfg, model, tokenizer, items[rank::world], pred_file)
+    run_items(cfg, model, tokenizer, items[rank::world], pred_file, engine)
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
 
@@ -407,7 +421,7 @@ def run(cfg: RunConfig) -> dict | None:
 
 
 def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
-    from ..cli import add_placement_args
+    from ..cli import add_backend_args, add_placement_args
 
     p = argparse.ArgumentParser(prog=prog, description="Run one ADL-X benchmark with one model.")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -422,7 +436,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--base", required=True)
     p.add_argument("--projector")
     p.add_argument("--output", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="sequences decoded at once (continuous batching: a finished reply's slot is refilled)")
     p.add_argument("--mcq-mode", default="generate", choices=["generate", "loglik"])
     p.add_argument("--mcq-parser", default="rule", choices=["rule", "llm", "fallback"],
                    help="reply -> letter: deterministic rules (default), the judge LLM, or the judge where rules fail")
@@ -435,6 +450,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype", default="auto")
     add_placement_args(p)
+    add_backend_args(p)
     j = p.add_argument_group("judge (description tasks; any OpenAI-compatible endpoint)")
     j.add_argument("--judge-model", help="e.g. gpt-4o-mini, llama3.1 (Ollama); none: offline metrics only")
     j.add_argument("--judge-base-url", help="e.g. http://localhost:11434/v1 (default: $LLAVIDAL_JUDGE_BASE_URL)")
@@ -458,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
                     device=args.device, dtype=args.dtype, **placement_kwargs(args), **engine_overrides(args),
+                    backend=args.backend, tensor_parallel_size=args.tensor_parallel_size,
+                    gpu_memory_utilization=args.gpu_memory_utilization, vllm_backbone=args.vllm_backbone,
                     judge_model=args.judge_model,
                     judge_base_url=args.judge_base_url, judge_api_key=args.judge_api_key,
                     judge_temperature=args.judge_temperature, judge_concurrency=args.judge_concurrency,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 log = logging.getLogger("llavidal.serve")
 
@@ -11,10 +12,11 @@ API_KEY_ENV = "LLAVIDAL_API_KEY"
 
 
 def register(sub) -> None:
-    from ..cli import _add_model_args
+    from ..cli import _add_model_args, add_backend_args
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, streaming, video input)")
     _add_model_args(p)
+    add_backend_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed at start)")
     p.add_argument("--model-name", help="the model id clients use (default: the --base folder's name)")
@@ -70,9 +72,17 @@ def cmd_serve(args) -> int:
     media = MediaResolver(None, cfg.media_roots, clip=cfg.clip, device=args.device, max_frames=cfg.max_frames,
                           max_video_seconds=cfg.max_video_seconds)  # checks the folders before the model loads
     sock = bind(cfg.host, cfg.port)
-    model, tokenizer = load_model(args)
+    if args.backend == "vllm":
+        import tempfile
+
+        from ..cli import load_vllm_backend
+
+        default_dir = Path(tempfile.gettempdir()) / f"llavidal-vllm-{Path(cfg.base).resolve().name}"
+        model, tokenizer, engine = load_vllm_backend(args, cfg.max_batch_size, default_dir, serve=True)
+    else:
+        model, tokenizer = load_model(args)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
     media.config = model.config
-    engine = get_engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
     state = ServerState(cfg, model, tokenizer, engine, media)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this machine can use the model%s", cfg.host,
