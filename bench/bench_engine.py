@@ -127,9 +127,9 @@ def bench_eval(model, tok, args) -> dict:
 
     engines = {"engine static": Engine(model, tok, EngineConfig(max_batch_size=8, refill=False)),
                "engine continuous": Engine(model, tok, EngineConfig(max_batch_size=8))}
-    runs = {"generate static": generate_static, **{k: (lambda e=e: e.generate(requests())) for k, e in engines.items()}}
-    generate_static_few = lambda: _generate_ids(model, tok, queries[:8], GenerationOptions(max_new_tokens=8))  # noqa
-    generate_static_few()  # warm-up
+    runs = {"generate static": generate_static,
+            **{k: (lambda e=e: e.generate(requests())) for k, e in engines.items()}}
+    _generate_ids(model, tok, queries[:8], GenerationOptions(max_new_tokens=8))  # warm-up
     for e in engines.values():
         e.generate(requests()[:8])
     times = {k: [] for k in runs}

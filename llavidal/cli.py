@@ -119,7 +119,6 @@ def cmd_make_tiny(args) -> int:
 
 def cmd_infer(args) -> int:
     from .inference import GenerationOptions, answer, stream_answer
-    from .model import load_pretrained
     from .video.io import is_video, video_id
 
     for flag in ("object", "pose"):

@@ -63,27 +63,19 @@ def serve_config(args):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from ..cli import load_model
-    from ..engine import get_engine
-    from .app import ServerState, build_app
+    from .app import build_app
     from .media import MediaResolver
 
     cfg = serve_config(args)
     media = MediaResolver(None, cfg.media_roots, clip=cfg.clip, device=args.device, max_frames=cfg.max_frames,
                           max_video_seconds=cfg.max_video_seconds)  # checks the folders before the model loads
     sock = bind(cfg.host, cfg.port)
-    if args.backend == "vllm":
-        import tempfile
-
-        from ..cli import load_vllm_backend
-
-        default_dir = Path(tempfile.gettempdir()) / f"llavidal-vllm-{Path(cfg.base).resolve().name}"
-        model, tokenizer, engine = load_vllm_backend(args, cfg.max_batch_size, default_dir, serve=True)
-    else:
-        model, tokenizer = load_model(args)
-        engine = get_engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
-    media.config = model.config
-    state = ServerState(cfg, model, tokenizer, engine, media)
+    try:
+        state = _load_state(args, cfg, media)
+    except BaseException:
+        sock.close()
+        media.close()
+        raise
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this machine can use the model%s", cfg.host,
                     "" if cfg.api_key else " (no API key set)")
@@ -100,6 +92,26 @@ def cmd_serve(args) -> int:
                             timeout_graceful_shutdown=5)
     Server(config).run(sockets=[sock])
     return 0
+
+
+def _load_state(args, cfg, media):
+    """The model (or the vLLM backend) and the server state around it."""
+    from ..cli import load_model
+    from ..engine import get_engine
+    from .app import ServerState
+
+    if args.backend == "vllm":
+        import tempfile
+
+        from ..cli import load_vllm_backend
+
+        default_dir = Path(tempfile.gettempdir()) / f"llavidal-vllm-{Path(cfg.base).resolve().name}"
+        model, tokenizer, engine = load_vllm_backend(args, cfg.max_batch_size, default_dir, serve=True)
+    else:
+        model, tokenizer = load_model(args)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
+    media.config = model.config
+    return ServerState(cfg, model, tokenizer, engine, media)
 
 
 def bind(host: str, port: int) -> socket.socket:
