@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "llavidal.objects.cli",
     "llavidal.demo.cli",
     "llavidal.pose.cli",
+    "llavidal.serve.cli",
 )
 
 
@@ -28,12 +29,12 @@ EVAL_COMMANDS = {
 }
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
     p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
     p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager, flash_attention_2")
+    p.add_argument("--attn", default="sdpa", help="attention: sdpa (default), eager")
     p.add_argument("--layout", choices=["current", "2024", "videochatgpt"],
                    help="force the token layout of a .bin projector file (detected from its size by default)")
     p.add_argument("--allow-untrained-modality", action="store_true",
@@ -44,13 +45,91 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenization", choices=["clean", "original"],
                    help="ids at span boundaries (default: what the weights were trained on: original for the "
                         "release's .bin projector files)")
+    if inference:
+        add_placement_args(p)
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """Model placement and generation-engine flags shared by infer, chat, demo, serve and eval run."""
+    g = p.add_argument_group("small GPUs and speed")
+    q = g.add_mutually_exclusive_group()
+    q.add_argument("--load-in-8bit", action="store_true", help="8-bit weights (bitsandbytes: pip install "
+                   "'llavidal[quant]'); projectors, embeddings and lm_head stay unquantized")
+    q.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes), e.g. a 7B in "
+                   "about 4 GB of GPU memory")
+    g.add_argument("--device-map", help="'auto': fill the GPUs, offload the remaining layers to CPU memory (slower); "
+                   "see --max-memory")
+    g.add_argument("--max-memory", help="memory per device for --device-map, e.g. 0=6GiB,cpu=48GiB")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the decoding step (auto: the measured default of the device; off on CPU)")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """The optional vLLM backend of eval run and serve."""
+    g = p.add_argument_group("vLLM backend (optional; pip install vllm, CUDA GPUs)")
+    g.add_argument("--backend", choices=["engine", "vllm"], default="engine",
+                   help="engine: llavidal's own continuous-batching engine (default); vllm: the LLaMA backbone runs "
+                        "in vLLM (tensor parallelism, paged attention), fed our prompt embeddings")
+    g.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs vLLM splits the backbone over")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory vLLM may use")
+    g.add_argument("--vllm-backbone", help="folder for the exported LLaMA backbone vLLM loads (reused when it "
+                                           "matches the model; default: a folder next to the outputs)")
+
+
+def load_vllm_backend(args, max_batch_size: int, default_dir, serve: bool = False):
+    """(embedder, tokenizer, vLLM driver): the model is loaded on the CPU, its backbone exported for vLLM, and the
+    rest kept to compute prompt embeddings."""
+    import torch
+
+    from .engine import EngineConfig
+    from .engine.vllm_backend import make_vllm_backend, require_vllm
+    from .eval.runner import sha256_of
+    from .model import load_pretrained
+    from .model.checkpoint import resolve_dtype
+
+    require_vllm()  # before minutes of loading
+    if any(getattr(args, k, None) for k in ("load_in_8bit", "load_in_4bit", "quantization", "device_map")):
+        raise ValueError("--backend vllm places the model itself: drop --load-in-8bit/--load-in-4bit/--device-map")
+    dtype = resolve_dtype(args.dtype, torch.device("cuda"))
+    model, tokenizer = load_pretrained(args.base, projector=args.projector, device="cpu", dtype=dtype,
+                                       layout=getattr(args, "layout", None))
+    source = f"{args.base}|{sha256_of(args.projector)}|{dtype}"
+    backend = make_vllm_backend(model, tokenizer, args.vllm_backbone or default_dir, source,
+                                EngineConfig(max_batch_size=max_batch_size), serve=serve,
+                                tensor_parallel_size=args.tensor_parallel_size,
+                                gpu_memory_utilization=args.gpu_memory_utilization)
+    return model, tokenizer, backend
+
+
+def placement_kwargs(args) -> dict:
+    """``load_pretrained`` keyword arguments from :func:`add_placement_args` flags."""
+    from .model.placement import parse_max_memory
+
+    quant = "8bit" if getattr(args, "load_in_8bit", False) else "4bit" if getattr(args, "load_in_4bit", False) else None
+    return {"quantization": quant, "device_map": getattr(args, "device_map", None),
+            "max_memory": parse_max_memory(getattr(args, "max_memory", None))}
+
+
+def engine_overrides(args) -> dict:
+    """EngineConfig fields from the ``--compile`` flag."""
+    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto"))}
+
+
+def load_model(args):
+    """(model, tokenizer) for an inference command, its generation engine configured from the flags."""
+    from .engine import get_engine
+    from .model import load_pretrained
+
+    model, tokenizer = load_pretrained(args.base, **load_kwargs(args))
+    get_engine(model, tokenizer, **engine_overrides(args))
+    return model, tokenizer
 
 
 def load_kwargs(args: argparse.Namespace) -> dict:
     """The :func:`llavidal.model.load_pretrained` arguments of the flags added by :func:`_add_model_args`."""
     return dict(projector=args.projector, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
                 layout=args.layout, allow_untrained_modality=args.allow_untrained_modality,
-                use_file_embeddings=args.use_file_embeddings)
+                use_file_embeddings=args.use_file_embeddings, **placement_kwargs(args))
 
 
 def cmd_make_tiny(args) -> int:
@@ -63,7 +142,6 @@ def cmd_make_tiny(args) -> int:
 
 def cmd_infer(args) -> int:
     from .inference import GenerationOptions, answer, stream_answer
-    from .model import load_pretrained
     from .video.io import is_video, video_id
 
     for flag in ("object", "pose"):
@@ -80,7 +158,7 @@ def cmd_infer(args) -> int:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if args.video is None and args.object is None and args.pose is None:
         logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
-    model, tokenizer = load_pretrained(args.base, **load_kwargs(args))
+    model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
         from .video.extract import VideoFeaturizer
@@ -216,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("export", help="write our model folder, an adapter file and/or a legacy mm_projector.bin")
-    _add_model_args(p)
+    _add_model_args(p, inference=False)
     p.add_argument("--folder", help="output model folder (config, safetensors, tokenizer)")
     p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
     p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")

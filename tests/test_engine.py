@@ -15,8 +15,9 @@ from helpers_generation import chain_model
 from llavidal.engine import Engine, EngineBusy, EngineConfig, GenerationRequest
 from llavidal.inference import GenerationOptions, Query, make_request, prepare_inputs
 
-QUESTIONS = ["What is the person doing?", "Describe the video in detail.", "Objects?", "And then what happens next "
-             "after the person stands up from the sofa in the living room?", "Hi", "Which hand?", "Order of actions?"]
+QUESTIONS = ["What is the person doing?", "Describe the video in detail.", "Objects?",
+             "And then what happens next after the person stands up from the sofa in the living room?", "Hi",
+             "Which hand?", "Order of actions?"]
 
 
 def _features(rng):

@@ -49,6 +49,10 @@ class DemoConfig:
     allow_untrained_modality: bool = False
     use_file_embeddings: bool = False
     tokenization: str | None = None  # None: what the weights were trained on
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes)
+    device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
+    max_memory: dict | None = None
+    compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
     decoder: str = "auto"
     max_frames: int = 100  # frames sampled per video (100 as the original)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
@@ -127,13 +131,17 @@ class DemoBackend:
 
     @classmethod
     def load(cls, cfg: DemoConfig) -> DemoBackend:
+        from ..engine import get_engine
         from ..model import load_pretrained
         from .chat import featurizer_for
 
         model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=cfg.device, dtype=cfg.dtype,
                                            attn_implementation=cfg.attn, layout=cfg.layout,
                                            allow_untrained_modality=cfg.allow_untrained_modality,
-                                           use_file_embeddings=cfg.use_file_embeddings)
+                                           use_file_embeddings=cfg.use_file_embeddings,
+                                           quantization=cfg.quantization, device_map=cfg.device_map,
+                                           max_memory=cfg.max_memory)
+        get_engine(model, tokenizer, max_batch_size=max(1, cfg.concurrency), compile=cfg.compile)
         fz = featurizer_for(cfg.clip, model.config, device=cfg.device, max_frames=cfg.max_frames, decoder=cfg.decoder)
         return cls(model, tokenizer, fz, cfg)
 

@@ -216,17 +216,15 @@ def chat_loop(model, tokenizer, conv: Conversation, options, stdin: TextIO | Non
 
 def cmd_chat(args) -> int:
     """``llavidal chat``: load the model and the sample, then :func:`chat_loop` on stdin/stdout."""
+    from ..cli import load_model
     from ..inference import GenerationOptions
-    from ..model import load_pretrained
     from ..video.io import is_video
 
     for flag in ("video", "object", "pose"):
         value = getattr(args, flag)
         if value is not None and not Path(value).is_file():
             raise FileNotFoundError(f"--{flag} {value}: no such file")
-    from ..cli import load_kwargs
-
-    model, tokenizer = load_pretrained(args.base, **load_kwargs(args))
+    model, tokenizer = load_model(args)
     featurizer = None
     if args.video is not None and is_video(args.video):
         featurizer = featurizer_for(args.clip, model.config, device=args.device,

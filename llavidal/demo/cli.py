@@ -22,6 +22,7 @@ def add_video_args(p) -> None:
 
 
 def demo_config(args):
+    from ..cli import engine_overrides, placement_kwargs
     from .app import DemoConfig
 
     if args.max_new_tokens < 1:
@@ -29,6 +30,7 @@ def demo_config(args):
     return DemoConfig(base=args.base, projector=args.projector, clip=args.clip, device=args.device, dtype=args.dtype,
                       attn=args.attn, layout=args.layout, allow_untrained_modality=args.allow_untrained_modality,
                       use_file_embeddings=args.use_file_embeddings, tokenization=args.tokenization,
+                      **placement_kwargs(args), **engine_overrides(args),
                       decoder=args.decoder, max_frames=args.max_frames,
                       max_video_seconds=args.max_video_seconds, max_upload_mb=args.max_upload_mb,
                       template=args.template, system=args.system, temperature=args.temperature, top_p=args.top_p,

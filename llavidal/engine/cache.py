@@ -30,7 +30,7 @@ class WritePlan:
     """
 
     mode: str = "decode"  # "prefill" | "decode"
-    rows: torch.Tensor | None = None  # prefill: [n, 1] slot of each batch row
+    rows: torch.Tensor | None = None  # prefill: [n, 1] slot of each batch row; decode: [n_rows] = 0..n_rows-1
     cols: torch.Tensor | None = None  # prefill: [n, q]; decode: [n_rows]
     n_rows: int = 0  # decode: slots 0..n_rows-1 take part
     window: int = 0  # decode: key columns read
@@ -39,10 +39,12 @@ class WritePlan:
 class SlotLayer(StaticLayer):
     """One decoder layer's slot cache: ``keys``/``values`` ``[slots, heads, max_cache_len + 1, head_dim]``."""
 
-    def __init__(self, max_cache_len: int, n_slots: int, plan: WritePlan):
+    def __init__(self, max_cache_len: int, n_slots: int, plan: WritePlan, compileable: bool = True):
         super().__init__(max_cache_len=max_cache_len + 1)  # + the trash column
         self.n_slots = n_slots
         self.plan = plan
+        # transformers materialises every mask of a compileable cache; eager decoding may skip an all-true one
+        self.is_compileable = compileable
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         # allocate for every slot, whatever the batch of the first forward (a prefill of a few requests)
@@ -61,8 +63,7 @@ class SlotLayer(StaticLayer):
             self.values[rows, :, cols] = value_states.transpose(1, 2)
             return key_states, value_states
         n = plan.n_rows  # key_states [n, H, 1, D]
-        slots = torch.arange(n, device=device)
-        cols = plan.cols.to(device)
+        slots, cols = plan.rows.to(device), plan.cols.to(device)
         self.keys[slots, :, cols] = key_states[:, :, 0]  # [n, H, D]
         self.values[slots, :, cols] = value_states[:, :, 0]
         return self.keys[:n, :, :plan.window], self.values[:n, :, :plan.window]
@@ -74,7 +75,9 @@ class SlotLayer(StaticLayer):
         return self.plan.window, 0
 
     def get_seq_length(self) -> int:
-        return 0  # positions always come from the engine
+        # the query's column as transformers' mask functions see it: a prefill starts at 0; a decode step without
+        # its own mask (every row reads its whole window) sits at the window's last column
+        return 0 if self.plan.mode == "prefill" else self.plan.window - 1
 
     def reset(self) -> None:
         pass  # stale rows are never read: each slot's columns are masked beyond its own length
@@ -83,11 +86,12 @@ class SlotLayer(StaticLayer):
 class SlotCache(Cache):
     """A :class:`~transformers.cache_utils.Cache` of :class:`SlotLayer` s sharing one :class:`WritePlan`."""
 
-    def __init__(self, num_layers: int, n_slots: int, max_cache_len: int):
+    def __init__(self, num_layers: int, n_slots: int, max_cache_len: int, compileable: bool = True):
         self.plan = WritePlan()
         self.n_slots = n_slots
         self.max_cache_len = max_cache_len
-        super().__init__(layers=[SlotLayer(max_cache_len, n_slots, self.plan) for _ in range(num_layers)])
+        super().__init__(layers=[SlotLayer(max_cache_len, n_slots, self.plan, compileable)
+                                 for _ in range(num_layers)])
 
     @property
     def trash_column(self) -> int:

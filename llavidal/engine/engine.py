@@ -16,11 +16,13 @@ holds no thread. Cancelling a request (a client that went away) frees its slot b
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +36,17 @@ from .config import EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
 
 log = logging.getLogger("llavidal.engine")
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # engines whose threads are stopped at interpreter exit
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop every engine's thread before the interpreter tears down (a daemon thread killed inside torch aborts
+    the process)."""
+    for engine in list(_LIVE):
+        engine.close()
 
 
 class EngineBusy(RuntimeError):
@@ -182,6 +195,7 @@ class Engine:
         self._state: _SlotState | None = None
         self._cache: SlotCache | None = None
         self._decode_fn = None
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ public
     def check(self, request: GenerationRequest) -> None:
@@ -269,6 +283,11 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def busy_slots(self) -> int:
+        state = self._state
+        return 0 if state is None else int(state.host_active.sum())
+
+    @property
     def busy(self) -> bool:
         with self._cond:
             return self._thread is not None
@@ -303,7 +322,8 @@ class Engine:
         if self._state is None:
             n = self.config.max_batch_size
             self._state = _SlotState(n, self.max_len, self.vocab, self.device)
-            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len)
+            self._arange = torch.arange(n, device=self.device)
+            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static)
         return self._state
 
     def _run(self) -> None:
@@ -475,15 +495,21 @@ class Engine:
         active = state.active[:n]
         positions = torch.where(active, state.pos[:n], 0)
         plan = self._cache.plan
-        plan.mode, plan.n_rows, plan.window = "decode", n, window
+        plan.mode, plan.n_rows, plan.window, plan.rows = "decode", n, window, self._arange[:n]
         plan.cols = torch.where(active, state.pos[:n], self._cache.trash_column)
-        allowed = torch.arange(window, device=dev)[None, :] <= positions[:, None]  # [n, W]; free slots: column 0
-        if self.attn == "eager":
-            dtype = self.model.get_input_embeddings().weight.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+        lengths = state.host_len[:n]
+        if not self.static and len(busy) == n and lengths.min() == lengths.max():
+            mask = None  # every row reads its whole window: no mask (the kernel generate uses at batch 1)
         else:
-            mask = allowed
-        logits = self._decode_callable()(state.last[:n], positions, mask[:, None, None, :])
+            allowed = torch.arange(window, device=dev)[None, :] <= positions[:, None]  # [n, W]; free slots: col 0
+            if self.attn == "eager":
+                dtype = self.model.get_input_embeddings().weight.dtype
+                mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed,
+                                                                                       torch.finfo(dtype).min)
+            else:
+                mask = allowed
+            mask = mask[:, None, None, :]
+        logits = self._decode_callable()(state.last[:n], positions, mask)
         tok = choose_tokens(logits, state.params, slice(0, n), state.gen[:n], self.suppress, *state.flags())
         state.out[:n].scatter_(1, state.gen[:n].clamp(max=self.max_len - 1)[:, None], tok[:, None])
         state.last[:n] = tok

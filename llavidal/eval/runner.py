@@ -64,6 +64,14 @@ class RunConfig:
     device: str | None = None
     dtype: str = "auto"
     attn: str = "sdpa"
+    quantization: str | None = None  # "8bit" / "4bit" (bitsandbytes)
+    device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
+    max_memory: dict | None = None
+    compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    backend: str = "engine"  # engine | vllm
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+    vllm_backbone: str | None = None  # vllm: exported LLaMA folder (default: OUTPUT/vllm_backbone)
     judge: LLMConfig | None = None  # OpenAI-compatible judge (None: offline metrics only, rule-parsed MCQ)
     judge_concurrency: int = 16
     judge_cache: str | None = None  # default: {output}/judge_cache.sqlite
@@ -174,7 +182,7 @@ def _device(cfg: RunConfig) -> str | None:
     return None
 
 
-def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path) -> None:
+def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file: Path, engine=None) -> None:
     """Answer every item not yet in ``out_file``, appending one line per item as soon as it is complete.
 
     The questions of all items stream through the generation engine (``cfg.batch_size`` sequences decoded at once,
@@ -189,6 +197,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens or 256, temperature=cfg.temperature, seed=cfg.seed,
                              template=cfg.template, system=cfg.system, tokenization=cfg.tokenization)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{cfg.task}", unit="item")
+    engine = engine or get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
     waiting: dict[str, tuple[EvalItem, dict, list]] = {}  # item id -> (item, row, replies so far)
 
     def write(row: dict) -> None:
@@ -200,7 +209,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
         for it in todo:
             base = {"id": it.id, "index": it.index, "video": it.video}
             if it.task == "tsu-desc":
-                write(_tsu_desc_row(cfg, model, tokenizer, it, opts, base))
+                write(_tsu_desc_row(cfg, model, tokenizer, it, opts, base, engine))
                 continue
             feats = item_features(cfg, it)
             if feats is None:
@@ -222,7 +231,6 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
                 seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
                 yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), seeded)
 
-    engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size)
     for (item_id, k), result in engine.imap(requests()):
         it, row, replies = waiting[item_id]
         replies[k] = reply_text(tokenizer, result)
@@ -238,10 +246,10 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
     bar.close()
 
 
-def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict:
+def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict, engine) -> dict:
     """TSU-Description: each 60 s clip, in numeric clip order, is described (and asked the two consistency
     questions); the per-video summaries are made at scoring time."""
-    from ..inference import Query, answer_batch
+    from ..inference import Query, make_request, reply_text
 
     # the clips that exist: the video folder's (raw clips or their features), else the feature folder's; one entry per
     # clip stem, so that a clip whose features are missing is a missing video, never silently left out
@@ -261,7 +269,8 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict) -> dict
     row = {**base, "status": "ok", "clips": [c.name for c in clips]}
     for key, q in questions.items():
         if q:
-            row[key] = answer_batch(model, tokenizer, [Query(q, **f) for f in feats], opts, batch_size=cfg.batch_size)
+            results = engine.generate([make_request(model, tokenizer, Query(q, **f), opts) for f in feats])
+            row[key] = [reply_text(tokenizer, r) for r in results]
     return row
 
 
@@ -362,6 +371,7 @@ def _paper_run(cfg: RunConfig, items: list[EvalItem]):
 
 def run(cfg: RunConfig) -> dict | None:
     """Run one task; returns the summary on rank 0 (None on other ranks)."""
+    from ..engine import get_engine
     from ..model import load_pretrained
 
     if cfg.mcq_mode not in ("generate", "loglik"):
@@ -381,10 +391,23 @@ def run(cfg: RunConfig) -> dict | None:
     rank, world = _dist()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
-                                       dtype=paper.dtype(_device(cfg)) if paper else cfg.dtype,
-                                       attn_implementation=cfg.attn,
-                                       allow_untrained_modality=cfg.allow_untrained_modality)
+    if paper:  # the release's own model placement: plain fp16/fp32 generation, one item at a time
+        model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
+                                           dtype=paper.dtype(_device(cfg)), attn_implementation=cfg.attn)
+        engine = None
+    elif cfg.backend == "vllm":
+        if cfg.mcq_mode == "loglik":
+            raise ValueError("--mcq-mode loglik scores options with the model itself: use --backend engine")
+        from ..cli import load_vllm_backend
+
+        model, tokenizer, engine = load_vllm_backend(cfg, cfg.batch_size, out / "vllm_backbone")
+    else:
+        model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg), dtype=cfg.dtype,
+                                           attn_implementation=cfg.attn,
+                                           allow_untrained_modality=cfg.allow_untrained_modality,
+                                           quantization=cfg.quantization, device_map=cfg.device_map,
+                                           max_memory=cfg.max_memory)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, mine)
@@ -393,7 +416,7 @@ def run(cfg: RunConfig) -> dict | None:
         paper.run_items(model, tokenizer, mine, pred_file)
     else:
         torch.manual_seed(cfg.seed)
-        run_items(cfg, model, tokenizer, mine, pred_file)
+        run_items(cfg, model, tokenizer, mine, pred_file, engine)
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
 
@@ -434,6 +457,8 @@ def run(cfg: RunConfig) -> dict | None:
 
 
 def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
+    from ..cli import add_backend_args, add_placement_args
+
     p = argparse.ArgumentParser(prog=prog, description="Run one ADL-X benchmark with one model.")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--qa-file", required=True)
@@ -447,7 +472,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--base", required=True)
     p.add_argument("--projector")
     p.add_argument("--output", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="sequences decoded at once (continuous batching: a finished reply's slot is refilled)")
     p.add_argument("--mcq-mode", default="generate", choices=["generate", "loglik"])
     p.add_argument("--mcq-parser", default="rule", choices=["rule", "llm", "fallback"],
                    help="reply -> letter: deterministic rules (default), the judge LLM, or the judge where rules fail")
@@ -466,6 +492,8 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
                    help="ids at span boundaries (default: what the weights were trained on)")
     p.add_argument("--allow-untrained-modality", action="store_true",
                    help="feed object/pose features to weights that never trained that projector")
+    add_placement_args(p)
+    add_backend_args(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--protocol", default="clean", choices=["clean", "paper"],
                    help="clean (default: ours, docs/design.md#benchmarks) or paper: what produced the paper's "
@@ -498,6 +526,8 @@ def judge_from_args(args: argparse.Namespace) -> LLMConfig | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import engine_overrides, placement_kwargs
+
     args = build_parser().parse_args(argv)
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
                     video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
@@ -506,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
-                    device=args.device, dtype=args.dtype, attn=args.attn, judge=judge_from_args(args),
+                    device=args.device, dtype=args.dtype, attn=args.attn, **placement_kwargs(args),
+                    **engine_overrides(args), backend=args.backend, tensor_parallel_size=args.tensor_parallel_size,
+                    gpu_memory_utilization=args.gpu_memory_utilization, vllm_backbone=args.vllm_backbone,
+                    judge=judge_from_args(args),
                     judge_concurrency=args.judge_concurrency, judge_cache=args.judge_cache,
                     protocol=args.protocol, original_repo=args.original_repo,
                     summarizer=config_from_args(args, "summarizer", SummarizerConfig) if args.protocol == "paper"

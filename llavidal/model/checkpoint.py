@@ -84,6 +84,9 @@ def load_pretrained(
     layout: str | None = None,
     allow_untrained_modality: bool = False,
     use_file_embeddings: bool = False,
+    quantization: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
@@ -93,6 +96,8 @@ def load_pretrained(
     ``allow_untrained_modality``: let questions feed a modality whose projector the loaded weights never trained
     (refused otherwise, see :func:`llavidal.inference.check_trained_modalities`). ``use_file_embeddings``: take a
     ``.bin`` projector file's base embedding rows too, as the original code did.
+    ``quantization`` ("8bit"/"4bit", bitsandbytes) and ``device_map`` ("auto": GPUs first, the rest offloaded to CPU
+    RAM within ``max_memory``) place the loaded model for small GPUs (:mod:`llavidal.model.placement`).
     """
     base = Path(base)
     if not base.is_dir():
@@ -100,6 +105,17 @@ def load_pretrained(
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     attn = resolve_attn_implementation(attn_implementation)
+    if quantization or device_map is not None:
+        from .placement import check_bitsandbytes, place_model
+
+        if quantization:  # before minutes of loading
+            check_bitsandbytes(quantization, device)
+        model, tokenizer = load_pretrained(base, projector=projector, device="cpu", dtype=dtype,
+                                           attn_implementation=attn, layout=layout,
+                                           allow_untrained_modality=allow_untrained_modality,
+                                           use_file_embeddings=use_file_embeddings)
+        return place_model(model, quantization=quantization, device_map=device_map, max_memory=max_memory,
+                           device=device, dtype=dtype), tokenizer
     if (base / ADAPTER_FOLDER_FILE).is_file() and not _has_weights(base):
         # a projector-only training output: our config + tokenizer + adapter, on top of its base folder
         cfg = read_config_dict(base)
