@@ -83,11 +83,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from _common import machine_info
 
-import torch
-
-from llavidal.constants import MODALITY_ORDER
+from llavidal.constants import PUBLISHED_MODALITIES
 from llavidal.eval.mcq import grade, parse_item_reply
 from llavidal.eval.runner import find_feature
 from llavidal.eval.tasks import EvalItem, load_task
@@ -141,7 +140,7 @@ class Item:
 def load_items(qa_file: Path, features: Path, modalities: list[str], limit: int | None) -> tuple[list[Item], dict]:
     items, problems = load_task("smarthome-ar", qa_file)
     raw = json.loads(Path(qa_file).read_text())
-    folders = {m: features / f"{m}_features" for m in MODALITY_ORDER}
+    folders = {m: features / f"{m}_features" for m in PUBLISHED_MODALITIES}
     if not folders["video"].is_dir():  # a plain feature folder: video features only, as ``--feature-dir``
         folders = {"video": features, "object": None, "pose": None}
     out, missing = [], 0
@@ -162,7 +161,7 @@ def load_items(qa_file: Path, features: Path, modalities: list[str], limit: int 
         out.append(Item(it, feats))
     if limit:
         out = out[:limit]
-    given = {m: sum(m in x.feats for x in out) for m in MODALITY_ORDER}
+    given = {m: sum(m in x.feats for x in out) for m in PUBLISHED_MODALITIES}
     return out, {"items_in_file": len(items) + len(problems), "unreadable": len(problems),
                  "missing_video": missing, "items": len(out), "features_given": given}
 

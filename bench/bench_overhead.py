@@ -54,15 +54,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import _common  # noqa: F401 - the repository on sys.path
-
 import torch
-
-from llavidal.constants import (ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, MODALITY_ORDER,
-                                OBJECT_FRAMES)
-from llavidal.train.modes import set_trainable
-from llavidal.model import LlavidalConfig, LlavidalForCausalLM
-
 from _common import ANSWER_TOKENS, MODEL_SHAPES, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes, machine_info
+
+from llavidal.constants import (
+    ADDED_TOKENS,
+    DEFAULT_POSE_TOKENS,
+    DEFAULT_VIDEO_TOKENS,
+    IGNORE_INDEX,
+    OBJECT_FRAMES,
+    PUBLISHED_MODALITIES,
+)
+from llavidal.model import LlavidalConfig, LlavidalForCausalLM
+from llavidal.train.modes import set_trainable
 
 # ---------------------------------------------------------------------------------------------------- presets
 # tiny: the projectors (1024 -> 64) weigh as much as a decoder layer, so it shows the splice's fixed cost, not the
@@ -214,7 +218,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> LlavidalForCa
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
     if args.grads == "projector":
-        set_trainable(model, "projector", MODALITY_ORDER)
+        set_trainable(model, "projector", PUBLISHED_MODALITIES)
     else:
         model.requires_grad_(True)
     return model
@@ -407,7 +411,8 @@ def report(r: dict) -> str:
 
 def profile(args) -> None:
     """One profiled llavidal step: where the time of the embedding stage goes."""
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]

@@ -11,7 +11,6 @@ cells a model prompted with the other ids, as a user of the published weights wo
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import _common  # noqa: F401 - the repository on sys.path
 
-from llavidal.constants import MODALITY_ORDER
+from llavidal.constants import PUBLISHED_MODALITIES
 from llavidal.quickstart import QuickstartConfig, evaluate_mcq, run_quickstart
 
 
@@ -35,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) / f"trained-{trained}"
         run_quickstart(QuickstartConfig(out=str(out), seed=args.seed, tokenization=trained))
         data = {"test": out / "data" / "test_mcq.json",
-                **{f"{m}_folder": out / "data" / f"{m}_features" for m in MODALITY_ORDER}}
+                **{f"{m}_folder": out / "data" / f"{m}_features" for m in PUBLISHED_MODALITIES}}
         final = out / "mmpro" / "stage3-video-object-pose"
         for prompted in ("clean", "original"):
-            r = evaluate_mcq(final, data["test"], data, list(MODALITY_ORDER), tokenization=prompted)
+            r = evaluate_mcq(final, data["test"], data, list(PUBLISHED_MODALITIES), tokenization=prompted)
             cells[(trained, prompted)] = r["accuracy"]
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"\ncommand: {cmd}  ({time.time() - t0:.0f} s)")

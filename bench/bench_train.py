@@ -99,15 +99,18 @@ import warnings
 from pathlib import Path
 
 import _common  # noqa: F401 - the repository on sys.path
-
 import torch
+from _common import ANSWER_TOKENS, MODEL_SHAPES, PEAK_TFLOPS, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes, machine_info
 
-from llavidal.constants import (ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, IGNORE_INDEX, MODALITY_ORDER,
-                                OBJECT_FRAMES)
+from llavidal.constants import (
+    ADDED_TOKENS,
+    DEFAULT_POSE_TOKENS,
+    DEFAULT_VIDEO_TOKENS,
+    IGNORE_INDEX,
+    OBJECT_FRAMES,
+    PUBLISHED_MODALITIES,
+)
 from llavidal.train.modes import set_trainable
-
-from _common import (ANSWER_TOKENS, MODEL_SHAPES, PEAK_TFLOPS, QUESTION_TOKENS, SYSTEM_TOKENS, dtypes,
-                     machine_info)
 
 # ---------------------------------------------------------------------------------------------------- presets
 # tiny and small train through make_tiny folders: their vocabulary is a sentencepiece size (the tiny tokenizer tops
@@ -606,7 +609,7 @@ def build_synthetic_model(shape: dict, device: torch.device, dtype: torch.dtype,
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlavidalForCausalLM._from_config(cfg, attn_implementation=attn, dtype=dtype)
-    set_trainable(model, "projector", MODALITY_ORDER)  # what build_model does (trainable parts in fp32)
+    set_trainable(model, "projector", PUBLISHED_MODALITIES)  # what build_model does (trainable parts in fp32)
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

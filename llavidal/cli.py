@@ -140,6 +140,15 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def _add_registered_modality_flags(p: argparse.ArgumentParser) -> None:
+    """``--{name}`` feature-file flags for modalities registered beyond video, object and pose."""
+    from .constants import MODALITIES, PUBLISHED_MODALITIES
+
+    for name, m in MODALITIES.items():
+        if name not in PUBLISHED_MODALITIES:
+            p.add_argument(f"--{name}", help=f"{name} feature file, [N, {m.default_dim}]")
+
+
 def cmd_infer(args) -> int:
     from .inference import GenerationOptions, answer, stream_answer
     from .video.io import is_video, video_id
@@ -150,14 +159,17 @@ def cmd_infer(args) -> int:
             raise SystemExit(f"error: --{flag} {value}: {flag} features are read from feature files (.pkl, .pickle, "
                              f".npy, .npz, .safetensors, .pt); compute them with `llavidal extract-{flag}"
                              f"{'s' if flag == 'object' else ''}`")
-    for flag in ("video", "object", "pose"):  # before minutes of model loading
-        value = getattr(args, flag)
+    from .constants import MODALITIES
+
+    given = {m: getattr(args, m, None) for m in MODALITIES}
+    for flag in MODALITIES:  # before minutes of model loading
+        value = given[flag]
         cached = (flag == "video" and value is not None and args.feature_cache
                   and (Path(args.feature_cache) / f"{video_id(value)}.pkl").is_file())
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
-    if args.video is None and args.object is None and args.pose is None:
-        logging.getLogger("llavidal").warning("no --video/--object/--pose given: asking the model text-only")
+    if all(v is None for v in given.values()):
+        logging.getLogger("llavidal").warning("no --%s given: asking the model text-only", "/--".join(MODALITIES))
     model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
@@ -169,11 +181,12 @@ def cmd_infer(args) -> int:
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed, template=args.template, system=args.system,
                                 tokenization=args.tokenization)
-    kwargs = dict(video=video, object=args.object, pose=args.pose, options=options)
+    more = {m: v for m, v in given.items() if m not in ("video", "object", "pose") and v is not None}
+    kwargs = dict(video=video, object=args.object, pose=args.pose, more=more, options=options)
     if args.json:
         reply = answer(model, tokenizer, args.question, **kwargs)
         print(json.dumps({"question": args.question, "answer": reply,
-                          "modalities": [m for m in ("video", "object", "pose") if getattr(args, m)]}))
+                          "modalities": [m for m, v in given.items() if v is not None]}))
     elif args.no_stream:
         print(answer(model, tokenizer, args.question, **kwargs))
     else:
@@ -204,10 +217,11 @@ def cmd_merge(args) -> int:
 
     base_vocab = None
     if args.base:
+        from .constants import added_tokens
         from .model.base import load_tokenizer
 
         tok = load_tokenizer(args.base)
-        base_vocab = len(tok) - 9
+        base_vocab = len(tok) - len(added_tokens())
     report = merge_adapters(args.weights, args.output, base_vocab=base_vocab)
     print(json.dumps(report, indent=2))
     return 0
@@ -282,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=100, help="frames sampled from a raw video (default 100)")
     p.add_argument("--object", help="object feature file, [n, 8, 512]")
     p.add_argument("--pose", help="pose feature file, e.g. [256, 216]")
+    _add_registered_modality_flags(p)
     p.add_argument("--question", "-q", required=True)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-MODALITY_NAMES = ("video", "object", "pose")
 
 # The globals a pickle of numpy arrays needs, across numpy 1.x / 2.x and pickle protocols 2-5.
 _ALLOWED_GLOBALS = {
@@ -163,27 +162,31 @@ def load_feature(path: str | os.PathLike, modality: str | None = None) -> np.nda
 
 
 def expected_widths(config) -> dict[str, int]:
-    return {"video": config.mm_hidden_size, "object": config.object_hidden_size, "pose": config.pose_hidden_size}
+    """Feature width per registered modality, from the model config."""
+    from .constants import MODALITIES
+
+    return {name: m.dim(config) for name, m in MODALITIES.items()}
 
 
 def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>") -> np.ndarray:
     """Check a feature array against the model config; returns it unchanged when valid.
 
-    Video and pose: ``[N, width]`` with N >= 1; object: ``[n, frames, width]`` with n >= 1 (``[n*frames, width]``
-    is accepted too and reshaped). Floating point only, and finite.
+    Video and pose (any ungrouped modality): ``[N, width]`` with N >= 1; object (grouped): ``[n, frames, width]``
+    with n >= 1 (``[n*frames, width]`` is accepted too and reshaped). Floating point only, and finite.
     """
-    if modality not in MODALITY_NAMES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITY_NAMES}")
-    width = expected_widths(config)[modality]
-    frames = getattr(config, "object_frames", 8)
-    if modality == "object":
+    from .constants import MODALITIES
+
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(MODALITIES)}")
+    m = MODALITIES[modality]
+    width, frames = m.dim(config), m.group_size(config)
+    if frames is not None:
         want = f"[n, {frames}, {width}] (n objects x {frames} frames x {width})"
         if arr.ndim == 2 and arr.shape[1] == width and arr.shape[0] % frames == 0 and arr.shape[0] > 0:
             arr = arr.reshape(-1, frames, width)
         ok = arr.ndim == 3 and arr.shape[0] >= 1 and arr.shape[1] == frames and arr.shape[2] == width
     else:
-        rows = {"video": getattr(config, "video_token_len", 356), "pose": getattr(config, "pose_token_len", 256)}[modality]
-        want = f"[N, {width}] (published files: [{rows}, {width}])"
+        want = f"[N, {width}] (published files: [{m.rows_per_sample(config)}, {width}])"
         ok = arr.ndim == 2 and arr.shape[0] >= 1 and arr.shape[1] == width
     if not ok:
         raise FeatureError(f"{source}: {modality} features have shape {list(arr.shape)}, expected {want}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import MODALITY_ORDER
+from .constants import MODALITIES
 from .engine import GenerationRequest, GenerationResult, get_engine
 from .features import load_feature, patch_rows, validate_feature
 from .prompting import DEFAULT_TEMPLATE, encode_text, encode_turns, inference_turns
@@ -60,9 +60,21 @@ class Query:
     object: FeatureLike = None
     pose: FeatureLike = None
     history: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    more: dict[str, FeatureLike] = field(default_factory=dict)  # registered modalities beyond the three, by name
+
+    @classmethod
+    def of(cls, question: str, features: dict[str, FeatureLike], history: Sequence[tuple[str, str]] = ()) -> Query:
+        """A query from ``{modality: features}`` (any registered modality)."""
+        named = {k: features[k] for k in ("video", "object", "pose") if k in features}
+        more = {k: v for k, v in features.items() if k not in named}
+        return cls(question, history=tuple(history), more=more, **named)
 
     def features(self) -> dict[str, FeatureLike]:
-        return {"video": self.video, "object": self.object, "pose": self.pose}
+        unknown = sorted(set(self.more) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; registered: {', '.join(MODALITIES)}")
+        given = {"video": self.video, "object": self.object, "pose": self.pose, **self.more}
+        return {m: given.get(m) for m in MODALITIES}
 
 
 def _to_array(value: FeatureLike, modality: str, config) -> np.ndarray | None:
@@ -94,7 +106,7 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
     and of a plain forward."""
     config = model.config
     device = model.get_input_embeddings().weight.device
-    sequences, feats = [], {m: [] for m in MODALITY_ORDER}
+    sequences, feats = [], {m: [] for m in MODALITIES}
     for q in queries:
         ids, arrays = encode_query(model, tokenizer, q, options)
         sequences.append(ids)
@@ -111,7 +123,7 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
         input_ids[i, longest - len(seq):] = torch.tensor(seq)
         attention_mask[i, longest - len(seq):] = 1
     out = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-    for m in MODALITY_ORDER:
+    for m in MODALITIES:
         present = [f for f in feats[m] if f is not None]
         out[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in present]).to(device) if present else None
     return out
@@ -175,10 +187,13 @@ def answer_batch(model, tokenizer, queries: Sequence[Query], options: Generation
 
 def answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
            pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
-           options: GenerationOptions | None = None, **option_overrides) -> str:
-    """The reply to one question about one sample. ``option_overrides`` are GenerationOptions fields."""
+           options: GenerationOptions | None = None, more: dict[str, FeatureLike] | None = None,
+           **option_overrides) -> str:
+    """The reply to one question about one sample. ``more``: features of registered modalities beyond the three,
+    by name; ``option_overrides`` are GenerationOptions fields."""
     options = _merge(options, option_overrides)
-    return answer_batch(model, tokenizer, [Query(question, video, object, pose, tuple(history))], options)[0]
+    return answer_batch(model, tokenizer, [Query(question, video, object, pose, tuple(history), dict(more or {}))],
+                        options)[0]
 
 
 class _TextPieces:
@@ -214,7 +229,8 @@ class _TextPieces:
 
 def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, object: FeatureLike = None,
                   pose: FeatureLike = None, history: Sequence[tuple[str, str]] = (),
-                  options: GenerationOptions | None = None, **option_overrides) -> Iterator[str]:
+                  options: GenerationOptions | None = None, more: dict[str, FeatureLike] | None = None,
+                  **option_overrides) -> Iterator[str]:
     """Yields the reply piece by piece as it is generated; ``"".join`` of the pieces equals :func:`answer`.
 
     Closing the generator early (a web client that went away, a reset in a chat) cancels the request: its batch
@@ -222,7 +238,8 @@ def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, ob
     """
     options = _merge(options, option_overrides)
     tokens: queue.Queue = queue.Queue()
-    request = make_request(model, tokenizer, Query(question, video, object, pose, tuple(history)), options,
+    request = make_request(model, tokenizer, Query(question, video, object, pose, tuple(history), dict(more or {})),
+                           options,
                            on_tokens=tokens.put)
     handle = get_engine(model, tokenizer).submit(request)
     handle.future.add_done_callback(lambda _: tokens.put(None))
@@ -277,7 +294,7 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
         attention[i, :len(prompt) + len(a)] = 1
         target[i, len(prompt):len(prompt) + len(a)] = True
     feats = {f"{m}_features": (None if batch[f"{m}_features"] is None else batch[f"{m}_features"].repeat(k, 1))
-             for m in MODALITY_ORDER}
+             for m in MODALITIES}
     device = model.get_input_embeddings().weight.device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
     where = target[:, 1:].to(device)  # position t predicts token t+1; only answer tokens are scored

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .constants import ADDED_TOKENS, IGNORE_INDEX, LLAVA_TOKENS, MODALITIES, MODALITY_ORDER
+from .constants import IGNORE_INDEX, LLAVA_TOKENS, MODALITIES, added_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,16 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (VICUNA_V1_1, LLAVIDAL_V1)}
 DEFAULT_TEMPLATE = "vicuna_v1_1"
 TOKENIZATIONS = ("clean", "original")
 
-_RESERVED = tuple(ADDED_TOKENS) + tuple(LLAVA_TOKENS) + ("<s>", "</s>")
-_RESERVED_RE = re.compile("|".join(re.escape(t) for t in _RESERVED))
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(m.placeholder) for m in MODALITIES.values()))
+
+
+def _reserved_re() -> re.Pattern:
+    """Token strings user text may not carry: every modality token, the LLaVA tokens, ``<s>`` / ``</s>``
+    (built from the registry on each call: ``re`` caches the compiled pattern)."""
+    return re.compile("|".join(re.escape(t) for t in (*added_tokens(), *LLAVA_TOKENS, "<s>", "</s>")))
+
+
+def _placeholder_re() -> re.Pattern:
+    return re.compile("|".join(re.escape(m.placeholder) for m in MODALITIES.values()))
 
 
 def get_template(name: str) -> Template:
@@ -139,7 +146,7 @@ def encode_text(tokenizer, text: str, tokenization: str | None = "clean") -> lis
 
 def strip_reserved_tokens(text: str) -> tuple[str, int]:
     """Remove literal modality-token strings (``<vid_patch>`` ...) from user text; returns (text, count)."""
-    return _RESERVED_RE.subn("", text)
+    return _reserved_re().subn("", text)
 
 
 def modality_span(modality: str, n_rows: int, use_start_end: bool = True, use_string_prefix: bool = False) -> str:
@@ -181,7 +188,7 @@ def expand_turns(
             return ""
         return modality_span(name, n, use_start_end, use_string_prefix)
 
-    out = [(_PLACEHOLDER_RE.sub(repl, user), answer) for user, answer in turns]
+    out = [(_placeholder_re().sub(repl, user), answer) for user, answer in turns]
     for name, n in rows.items():
         if n and seen.get(name, 0) != 1:
             raise ValueError(
@@ -229,7 +236,7 @@ def user_message(question: str, modalities: Sequence[str]) -> str:
     question, n = strip_reserved_tokens(question)
     if n:
         logger.warning("removed %d literal modality-token strings from the question", n)
-    missing = [MODALITIES[m].placeholder for m in MODALITY_ORDER if m in modalities
+    missing = [MODALITIES[m].placeholder for m in MODALITIES if m in modalities
                and MODALITIES[m].placeholder not in question]
     return question + ("\n" + "".join(missing) if missing else "")
 
@@ -243,7 +250,7 @@ def inference_turns(
 ) -> list[tuple[str, str | None]]:
     """The turns of a generation prompt for ``question`` after ``history``; modality spans go into the first user
     turn (where the features were introduced), as in training."""
-    present = [m for m in MODALITY_ORDER if rows.get(m)]
+    present = [m for m in MODALITIES if rows.get(m)]
     turns: list[tuple[str, str | None]] = []
     for i, (q, a) in enumerate(list(history) + [(question, None)]):
         turns.append((user_message(q, present) if i == 0 else strip_reserved_tokens(q)[0], a))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import MODALITY_ORDER
+from .constants import PUBLISHED_MODALITIES
 
 
 @dataclass
@@ -108,7 +108,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     mm_flags = ["--num_train_epochs", str(cfg.stage_epochs), "--learning_rate", str(cfg.stage_lr),
                 "--warmup_ratio", "0.05", *common]
     stages = run_mmpro(MMProConfig(base=str(lm), data_path=str(data["train"]),
-                                   folders={m: str(data[f"{m}_folder"]) for m in MODALITY_ORDER},
+                                   folders={m: str(data[f"{m}_folder"]) for m in PUBLISHED_MODALITIES},
                                    output_dir=str(out / "mmpro"), extra_args=mm_flags))
 
     print("[quickstart] evaluating held-out multiple-choice items (option log-likelihood)")
@@ -116,7 +116,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "video": (stages["stage1-video"], ["video"]),
         "object": (stages["stage1-object"], ["object"]),
         "pose": (stages["stage1-pose"], ["pose"]),
-        "all": (stages["stage3-video-object-pose"], list(MODALITY_ORDER)),
+        "all": (stages["stage3-video-object-pose"], list(PUBLISHED_MODALITIES)),
     }
     details = {k: evaluate_mcq(Path(d), data["test"], data, mods) for k, (d, mods) in evaluated.items()}
     results = {

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..constants import MODALITIES, MODALITY_ORDER
+from ..constants import MODALITIES, PUBLISHED_MODALITIES
 from ..io_utils import atomic_write_json
 from ..llm import CallResult, LLMClient
 from .describe import format_captions, side_paths
@@ -96,16 +96,16 @@ def load_descriptions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return good, bad
 
 
-def training_records(qas: dict[str, list[dict[str, str]]], modalities: tuple[str, ...] = MODALITY_ORDER,
+def training_records(qas: dict[str, list[dict[str, str]]], modalities: tuple[str, ...] = PUBLISHED_MODALITIES,
                      names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """docs/design.md#training-data records from ``{video: [6 QA pairs in order]}`` (videos sorted by name)."""
     names = {**DEFAULT_NAMES, **(names or {})}
-    placeholders = "".join(MODALITIES[m].placeholder for m in MODALITY_ORDER if m in modalities)
+    placeholders = "".join(MODALITIES[m].placeholder for m in PUBLISHED_MODALITIES if m in modalities)
     out: list[dict[str, Any]] = []
     for vid in sorted(qas):
         for qa in qas[vid]:
             rec: dict[str, Any] = {"id": vid}
-            for m in MODALITY_ORDER:
+            for m in PUBLISHED_MODALITIES:
                 if m in modalities:
                     rec[m] = names[m].format(id=vid)
             q = qa["Q"]
@@ -128,11 +128,11 @@ class QAStep(LLMStep):
 
     def __init__(self, descriptions_path: Path, actions_path: Path, out: Path, client: LLMClient, *,
                  concurrency: int = 8, prompts_path: str | None = None, max_tokens: int | None = None,
-                 modalities: tuple[str, ...] = MODALITY_ORDER, names: dict[str, str] | None = None,
+                 modalities: tuple[str, ...] = PUBLISHED_MODALITIES, names: dict[str, str] | None = None,
                  captions_path: Path | None = None, limit: int | None = None, progress: bool = True):
-        unknown = set(modalities) - set(MODALITY_ORDER)
+        unknown = set(modalities) - set(PUBLISHED_MODALITIES)
         if unknown:
-            raise StepError(f"--modalities: unknown {sorted(unknown)} (expected some of {', '.join(MODALITY_ORDER)})")
+            raise StepError(f"--modalities: unknown {sorted(unknown)} (expected some of {', '.join(PUBLISHED_MODALITIES)})")
         for m, pattern in (names or {}).items():
             if "{id}" not in pattern:
                 raise StepError(f"--{m}-name {pattern!r} must contain {{id}} (the video name)")
@@ -235,7 +235,7 @@ def generate_qa(descriptions_path: Path, actions_path: Path, out: Path, client: 
 def cmd_qa(args) -> int:
     cfg = llm_config_from_args(args)
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    names = {m: getattr(args, f"{m}_name") for m in MODALITY_ORDER if getattr(args, f"{m}_name")}
+    names = {m: getattr(args, f"{m}_name") for m in PUBLISHED_MODALITIES if getattr(args, f"{m}_name")}
     with LLMClient(cfg) as client:
         manifest = generate_qa(Path(args.descriptions), Path(args.actions), Path(args.out), client,
                                concurrency=args.concurrency, prompts_path=args.prompts, max_tokens=args.max_tokens,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import IGNORE_INDEX, MODALITY_ORDER
+from ..constants import IGNORE_INDEX, MODALITIES
 from ..features import FeatureError, load_feature, patch_rows, validate_feature
 from ..io_utils import stays_inside
 from ..prompting import DEFAULT_TEMPLATE, encode_turns, expand_turns, strip_reserved_tokens
@@ -75,7 +75,7 @@ def normalise_record(rec, index: int, path: Path | str = "<records>") -> dict:
                 raise DataError(f"{where}: conversations[{j}:{j + 2}] values must be strings")
             turns.append((h["value"], g["value"]))
         out = {"id": str(rec.get("id", rec.get("video", index))), "turns": turns}
-        for m in MODALITY_ORDER:
+        for m in MODALITIES:
             if rec.get(m):
                 out[m] = str(rec[m])
                 if not stays_inside(out[m]):
@@ -160,14 +160,14 @@ class ADLXDataset(Dataset):
         self.sources: dict[str, FeatureStore | Path] = {
             m: open_feature_source(f, m) for m, f in folders.items() if f is not None
         }
-        unknown = set(folders) - set(MODALITY_ORDER)
+        unknown = set(folders) - set(MODALITIES)
         if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; expected {MODALITY_ORDER}")
+            raise ValueError(f"unknown modalities {sorted(unknown)}; expected {tuple(MODALITIES)}")
         if not self.sources:
-            logger.warning("no feature folder given (--video_folder/--object_folder/--pose_folder): training on "
+            logger.warning("no feature folder given (--video_folder, --object_folder, --pose_folder ...): training on "
                            "text only, with every modality placeholder removed")
         self.missing = missing
-        self.mask_probs = {m: float((mask_probs or {}).get(m, 0.0)) for m in MODALITY_ORDER}
+        self.mask_probs = {m: float((mask_probs or {}).get(m, 0.0)) for m in MODALITIES}
         for m, p in self.mask_probs.items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"--{m}_mask_prob must be in [0, 1], got {p}")
@@ -178,7 +178,7 @@ class ADLXDataset(Dataset):
 
     @property
     def modalities(self) -> list[str]:
-        return [m for m in MODALITY_ORDER if m in self.sources]
+        return [m for m in MODALITIES if m in self.sources]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -218,9 +218,9 @@ class ADLXDataset(Dataset):
             return self._zeros(m)
 
     def _zeros(self, m: str) -> np.ndarray:
-        c = self.config
-        shape = {"video": (c.video_token_len, c.mm_hidden_size), "pose": (c.pose_token_len, c.pose_hidden_size),
-                 "object": (1, c.object_frames, c.object_hidden_size)}[m]
+        spec, c = MODALITIES[m], self.config
+        group = spec.group_size(c)  # one object of `group` frames, or the published rows per sample
+        shape = (1, group, spec.dim(c)) if group is not None else (spec.rows_per_sample(c), spec.dim(c))
         return np.zeros(shape, dtype=np.float32)
 
     def build(self, index: int) -> dict | None:
@@ -247,7 +247,7 @@ class ADLXDataset(Dataset):
                                f"{len(ids)} tokens > model_max_length {self.max_length}")
             return None
         out = {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
-        for m in MODALITY_ORDER:
+        for m in MODALITIES:
             a = feats.get(m)
             # a feature store hands out read-only views of its memory map: copy those (writing through such a
             # tensor would be undefined behaviour); arrays read from files are used as they are
@@ -282,7 +282,7 @@ class DataCollator:
             labels[i, :n] = x["labels"]
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        for m in MODALITY_ORDER:
+        for m in MODALITIES:
             rows = [x[m].reshape(-1, x[m].shape[-1]) for x in instances if x.get(m) is not None]
             if rows:
                 batch[f"{m}_features"] = torch.cat(rows).float() if len({r.dtype for r in rows}) > 1 else torch.cat(rows)

@@ -18,6 +18,7 @@ folders are local; analytics off, no web fonts).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -27,9 +28,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
 
+from ..constants import MODALITIES  # noqa: E402
 from .chat import Conversation  # noqa: E402
 
 log = logging.getLogger("llavidal.demo")
@@ -213,92 +216,110 @@ other two modalities. Replies come from the model as it is: a tiny or untrained 
 CSS = "#status {min-height: 2.5em}"
 
 
-def build_demo(backend: DemoBackend):
-    """The gradio Blocks app around ``backend`` (launch it with :func:`launch`)."""
+def _warn(msg: str) -> str:
+    """A gradio toast and the status line's text for ``msg``."""
     import gradio as gr
 
-    from ..video.io import VideoReadError
+    gr.Warning(msg)
+    return f"⚠️ {msg}"
 
-    cfg = backend.cfg
-    model_name = Path(cfg.base).name + (f" + {Path(cfg.projector).name}" if cfg.projector else "")
 
-    def warn(msg: str) -> str:
-        gr.Warning(msg)
-        return f"⚠️ {msg}"
+def _ready_line(conv: Conversation) -> str:
+    mods = conv.modalities()
+    if not mods:
+        return "Upload a video to start."
+    return "Ready: " + ", ".join(f"{m} from {Path(conv.sources[m]).name}" for m in mods) + ". Ask a question."
 
-    def ready_line(conv: Conversation) -> str:
-        mods = conv.modalities()
-        if not mods:
-            return "Upload a video to start."
-        return "Ready: " + ", ".join(f"{m} from {Path(conv.sources[m]).name}" for m in mods) + ". Ask a question."
+
+BUSY = "Still answering the last question; wait for it to finish."
+
+
+class DemoHandlers:
+    """The demo's event handlers, one method per UI event; each takes and returns the session's
+    :class:`Conversation` (``gr.State``), so nothing is shared between browser sessions."""
+
+    def __init__(self, backend: DemoBackend):
+        self.backend = backend
 
     # ---- video upload: features right away
-    def on_video(path, conv: Conversation):
+    def on_video(self, path, conv: Conversation):
+        """Yields (conv, status, chatbot, video)."""
+        import gradio as gr
+
+        from ..video.io import VideoReadError
+
         if not path:
             return
         name = Path(path).name
         yield conv, f"⏳ Computing features for **{name}** …", gr.skip(), gr.skip()
         try:
-            feats, report = backend.video_features(path)
+            feats, report = self.backend.video_features(path)
         except (DemoError, VideoReadError) as e:
             conv.set_feature("video", None)
-            yield conv, warn(_friendly(e, path)), _messages(conv.history), None
+            yield conv, _warn(_friendly(e, path)), _messages(conv.history), None
             return
         except Exception as e:  # never a stack trace in the UI
             log.exception("features of %s", path)
             conv.set_feature("video", None)
-            yield conv, warn(f"{name}: could not compute features ({type(e).__name__}); see the server log"), \
+            yield conv, _warn(f"{name}: could not compute features ({type(e).__name__}); see the server log"), \
                 _messages(conv.history), None
             return
         conv.set_feature("video", feats, name)
         yield conv, f"✅ {report}. Ask a question.", [], gr.skip()
 
-    def on_video_clear(conv: Conversation):
+    def on_video_clear(self, conv: Conversation):
         conv.set_feature("video", None)
-        return conv, "Video removed; conversation cleared. " + ready_line(conv), []
+        return conv, "Video removed; conversation cleared. " + _ready_line(conv), []
 
-    # ---- pose / object feature files
-    def on_extra(modality: str):
-        def handler(path, conv: Conversation):
-            if not path:
-                conv.set_feature(modality, None)
-                return conv, f"{modality.capitalize()} features removed; conversation cleared. " + ready_line(conv), \
-                    [], gr.skip()
-            name = Path(path).name
-            try:
-                arr = backend.extra_features(path, modality)
-            except (ValueError, FileNotFoundError) as e:  # FeatureError is a ValueError
-                conv.set_feature(modality, None)
-                return conv, warn(_friendly(e, path)), _messages(conv.history), None
-            except Exception as e:
-                log.exception("%s features of %s", modality, path)
-                conv.set_feature(modality, None)
-                return conv, warn(f"{name}: could not read {modality} features ({type(e).__name__})"), \
-                    _messages(conv.history), None
-            conv.set_feature(modality, arr, name)
-            return conv, f"✅ {modality} features {list(arr.shape)} from **{name}**. " + ready_line(conv), [], gr.skip()
+    # ---- feature files of the other modalities (pose, object, registered ones)
+    def on_feature_file(self, modality: str, path, conv: Conversation):
+        """(conv, status, chatbot, file) after a feature file of ``modality`` was uploaded (or removed: no path)."""
+        import gradio as gr
+
+        if not path:
+            conv.set_feature(modality, None)
+            return conv, f"{modality.capitalize()} features removed; conversation cleared. " + _ready_line(conv), \
+                [], gr.skip()
+        name = Path(path).name
+        try:
+            arr = self.backend.extra_features(path, modality)
+        except (ValueError, FileNotFoundError) as e:  # FeatureError is a ValueError
+            conv.set_feature(modality, None)
+            return conv, _warn(_friendly(e, path)), _messages(conv.history), None
+        except Exception as e:
+            log.exception("%s features of %s", modality, path)
+            conv.set_feature(modality, None)
+            return conv, _warn(f"{name}: could not read {modality} features ({type(e).__name__})"), \
+                _messages(conv.history), None
+        conv.set_feature(modality, arr, name)
+        return conv, f"✅ {modality} features {list(arr.shape)} from **{name}**. " + _ready_line(conv), [], gr.skip()
+
+    def feature_file_handler(self, modality: str):
+        """:meth:`on_feature_file` bound to one modality (gradio names the API endpoint after the function)."""
+        handler = functools.partial(self.on_feature_file, modality)
         handler.__name__ = f"on_{modality}"
         return handler
 
     # ---- chat
-    def respond(conv: Conversation, question: str, temperature, max_new_tokens) -> Iterator[tuple]:
+    def respond(self, conv: Conversation, question: str, temperature, max_new_tokens) -> Iterator[tuple]:
         """Yields (chatbot, conv, status) while the reply streams in; the turn joins the history at the end."""
         if conv.busy:
-            yield _messages(conv.history), conv, warn("Still answering the last question; wait for it to finish.")
+            yield _messages(conv.history), conv, _warn(BUSY)
             return
         conv.busy = True
         try:
-            yield from _respond(conv, question, temperature, max_new_tokens)
+            yield from self._respond(conv, question, temperature, max_new_tokens)
         finally:
             conv.busy = False
 
-    def _respond(conv: Conversation, question: str, temperature, max_new_tokens) -> Iterator[tuple]:
+    def _respond(self, conv: Conversation, question: str, temperature, max_new_tokens) -> Iterator[tuple]:
+        backend = self.backend
         options = backend.options(temperature, max_new_tokens)
         notes = []
         try:
             dropped = conv.fit(backend.model, backend.tokenizer, question, options)
         except ValueError as e:
-            yield _messages(conv.history), conv, warn(_friendly(e))
+            yield _messages(conv.history), conv, _warn(_friendly(e))
             return
         if dropped:
             notes.append(f"the {dropped} oldest turn(s) were dropped to fit the model's context")
@@ -309,92 +330,136 @@ def build_demo(backend: DemoBackend):
                 text += piece
                 yield _messages(conv.history, (question, text)), conv, "⏳ Generating …"
         except ValueError as e:  # e.g. the prompt alone exceeds the model's positions
-            yield _messages(conv.history), conv, warn(_friendly(e))
+            yield _messages(conv.history), conv, _warn(_friendly(e))
             return
         except Exception as e:
             log.exception("generation failed")
-            yield _messages(conv.history), conv, warn(f"generation failed ({type(e).__name__}); see the server log")
+            yield _messages(conv.history), conv, _warn(f"generation failed ({type(e).__name__}); see the server log")
             return
         status = f"Replied in {time.perf_counter() - t0:.1f} s" + "".join(f"; {n}" for n in notes) + "."
         yield _messages(conv.history), conv, status
 
-    def ask(question: str, conv: Conversation, temperature, max_new_tokens):
+    def ask(self, question: str, conv: Conversation, temperature, max_new_tokens):
+        """Yields (question box, chatbot, conv, status)."""
+        import gradio as gr
+
         question = (question or "").strip()
         if not question:
             yield gr.skip(), gr.skip(), conv, gr.skip()
             return
         if not conv.modalities():
-            yield question, gr.skip(), conv, warn("Upload a video (or pose/object features) first, then ask.")
+            yield question, gr.skip(), conv, _warn("Upload a video (or pose/object features) first, then ask.")
             return
-        for chat, state_, status in respond(conv, question, temperature, max_new_tokens):
+        for chat, state_, status in self.respond(conv, question, temperature, max_new_tokens):
             yield "", chat, state_, status
 
-    def regenerate(conv: Conversation, temperature, max_new_tokens):
+    def regenerate(self, conv: Conversation, temperature, max_new_tokens):
+        import gradio as gr
+
         if conv.busy:
-            yield gr.skip(), conv, warn("Still answering the last question; wait for it to finish.")
+            yield gr.skip(), conv, _warn(BUSY)
             return
         if not conv.history:
-            yield gr.skip(), conv, warn("Nothing to regenerate yet: ask a question first.")
+            yield gr.skip(), conv, _warn("Nothing to regenerate yet: ask a question first.")
             return
         question, _ = conv.history.pop()
-        yield from respond(conv, question, temperature, max_new_tokens)
+        yield from self.respond(conv, question, temperature, max_new_tokens)
 
-    def clear(conv: Conversation):
+    def clear(self, conv: Conversation):
         conv.reset()
-        return [], conv, "Conversation cleared. " + ready_line(conv)
+        return [], conv, "Conversation cleared. " + _ready_line(conv)
+
+
+@dataclass
+class DemoLayout:
+    """The components the handlers read and write."""
+
+    state: Any
+    video: Any
+    feature_files: dict[str, Any]  # modality -> gr.File (pose, object, registered modalities)
+    temperature: Any
+    max_new: Any
+    status: Any
+    chatbot: Any
+    question: Any
+    send: Any
+    regen: Any
+    clear: Any
+
+
+FEATURE_FILE_LABELS = {"pose": "Pose features, e.g. [256, 216]", "object": "Object features, [n, 8, 512]"}
+
+
+def _layout(cfg: DemoConfig) -> DemoLayout:
+    """Place the components (inside an open ``gr.Blocks``)."""
+    import gradio as gr
+
+    model_name = Path(cfg.base).name + (f" + {Path(cfg.projector).name}" if cfg.projector else "")
+    state = gr.State(Conversation(), time_to_live=6 * 3600)
+    if cfg.title:
+        gr.Markdown(INTRO)
+    with gr.Row():
+        with gr.Column(scale=2):
+            video = gr.Video(label="Video", sources=["upload"], include_audio=True, elem_id="video")
+            files = {}
+            with gr.Accordion("Pose and object features (optional)", open=False):
+                for m in ("pose", "object", *(n for n in MODALITIES if n not in ("video", "pose", "object"))):
+                    files[m] = gr.File(label=FEATURE_FILE_LABELS.get(m, f"{m.capitalize()} features"),
+                                       file_types=FEATURE_SUFFIXES, elem_id=f"{m}_file")
+            with gr.Accordion("Generation", open=True):
+                temperature = gr.Slider(0.0, 1.0, value=cfg.temperature, step=0.05, label="Temperature",
+                                        info="0 = greedy", elem_id="temperature")
+                max_new = gr.Slider(1, max(1024, cfg.max_new_tokens), value=cfg.max_new_tokens, step=1,
+                                    label="Max new tokens", elem_id="max_new_tokens")
+            gr.Markdown(f"Model: `{model_name}` · up to {cfg.max_frames} frames per video"
+                        + (f" · videos up to {cfg.max_video_seconds:g} s" if cfg.max_video_seconds else "")
+                        + (f" · files up to {cfg.max_upload_mb:g} MB" if cfg.max_upload_mb else ""))
+        with gr.Column(scale=3):
+            status = gr.Markdown("Upload a video to start.", elem_id="status")
+            chatbot = gr.Chatbot(label="LLAVIDAL", elem_id="chatbot", height=480, render_markdown=False,
+                                 feedback_options=None, buttons=["copy"])
+            with gr.Row():
+                question = gr.Textbox(show_label=False, placeholder="Ask about the video and press Enter",
+                                      scale=8, elem_id="question", autofocus=True)
+                send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
+            with gr.Row():
+                regen = gr.Button("🔄 Regenerate", elem_id="regenerate")
+                clear = gr.Button("🗑️ Clear chat", elem_id="clear")
+    return DemoLayout(state, video, files, temperature, max_new, status, chatbot, question, send, regen, clear)
+
+
+def _wire(ui: DemoLayout, h: DemoHandlers, concurrency: int) -> None:
+    """Connect the events. CLIP work runs one at a time, generation ``concurrency`` at a time; the progress overlay
+    goes on the video / the chat, so that the status line stays readable."""
+    llm = dict(concurrency_id="llm", concurrency_limit=max(1, concurrency), show_progress="minimal",
+               show_progress_on=[ui.chatbot])
+    clip = dict(concurrency_id="clip", concurrency_limit=1, show_progress_on=[ui.video])
+    state, status, chatbot = ui.state, ui.status, ui.chatbot
+    ui.video.upload(h.on_video, [ui.video, state], [state, status, chatbot, ui.video], api_name="upload_video", **clip)
+    ui.video.clear(h.on_video_clear, [state], [state, status, chatbot], api_name="clear_video", **clip)
+    for modality, comp in ui.feature_files.items():
+        handler = h.feature_file_handler(modality)
+        files = {**clip, "show_progress_on": [comp]}
+        comp.upload(handler, [comp, state], [state, status, chatbot, comp], api_name=f"upload_{modality}", **files)
+        comp.clear(handler, [comp, state], [state, status, chatbot, comp], api_name=f"clear_{modality}", **files)
+    ask_inputs = [ui.question, state, ui.temperature, ui.max_new]
+    ask_outputs = [ui.question, chatbot, state, status]
+    ui.question.submit(h.ask, ask_inputs, ask_outputs, api_name="ask", **llm)
+    ui.send.click(h.ask, ask_inputs, ask_outputs, api_name=False, **llm)
+    ui.regen.click(h.regenerate, [state, ui.temperature, ui.max_new], [chatbot, state, status], api_name="regenerate",
+                   **llm)
+    ui.clear.click(h.clear, [state], [chatbot, state, status], api_name="clear", queue=False)
+
+
+def build_demo(backend: DemoBackend):
+    """The gradio Blocks app around ``backend`` (launch it with :func:`launch`)."""
+    import gradio as gr
 
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],  # local fonts: no web font fetch
                            font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
     with gr.Blocks(title="LLAVIDAL", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         demo.llavidal_theme, demo.llavidal_css = theme, CSS
-        state = gr.State(Conversation(), time_to_live=6 * 3600)
-        if cfg.title:
-            gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=2):
-                video = gr.Video(label="Video", sources=["upload"], include_audio=True, elem_id="video")
-                with gr.Accordion("Pose and object features (optional)", open=False):
-                    pose_file = gr.File(label="Pose features, e.g. [256, 216]", file_types=FEATURE_SUFFIXES,
-                                        elem_id="pose_file")
-                    object_file = gr.File(label="Object features, [n, 8, 512]", file_types=FEATURE_SUFFIXES,
-                                          elem_id="object_file")
-                with gr.Accordion("Generation", open=True):
-                    temperature = gr.Slider(0.0, 1.0, value=cfg.temperature, step=0.05, label="Temperature",
-                                            info="0 = greedy", elem_id="temperature")
-                    max_new = gr.Slider(1, max(1024, cfg.max_new_tokens), value=cfg.max_new_tokens, step=1,
-                                        label="Max new tokens", elem_id="max_new_tokens")
-                gr.Markdown(f"Model: `{model_name}` · up to {cfg.max_frames} frames per video"
-                            + (f" · videos up to {cfg.max_video_seconds:g} s" if cfg.max_video_seconds else "")
-                            + (f" · files up to {cfg.max_upload_mb:g} MB" if cfg.max_upload_mb else ""))
-            with gr.Column(scale=3):
-                status = gr.Markdown("Upload a video to start.", elem_id="status")
-                chatbot = gr.Chatbot(label="LLAVIDAL", elem_id="chatbot", height=480, render_markdown=False,
-                                     feedback_options=None, buttons=["copy"])
-                with gr.Row():
-                    question = gr.Textbox(show_label=False, placeholder="Ask about the video and press Enter",
-                                          scale=8, elem_id="question", autofocus=True)
-                    send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
-                with gr.Row():
-                    regen = gr.Button("🔄 Regenerate", elem_id="regenerate")
-                    clear_btn = gr.Button("🗑️ Clear chat", elem_id="clear")
-
-        # the progress overlay goes on the video / the chat, so that the status line stays readable
-        llm = dict(concurrency_id="llm", concurrency_limit=max(1, cfg.concurrency), show_progress="minimal",
-                   show_progress_on=[chatbot])
-        clip = dict(concurrency_id="clip", concurrency_limit=1, show_progress_on=[video])
-        video.upload(on_video, [video, state], [state, status, chatbot, video], api_name="upload_video", **clip)
-        video.clear(on_video_clear, [state], [state, status, chatbot], api_name="clear_video", **clip)
-        for modality, comp in (("pose", pose_file), ("object", object_file)):
-            handler = on_extra(modality)
-            files = {**clip, "show_progress_on": [comp]}
-            comp.upload(handler, [comp, state], [state, status, chatbot, comp], api_name=f"upload_{modality}", **files)
-            comp.clear(handler, [comp, state], [state, status, chatbot, comp], api_name=f"clear_{modality}", **files)
-        ask_inputs = [question, state, temperature, max_new]
-        ask_outputs = [question, chatbot, state, status]
-        question.submit(ask, ask_inputs, ask_outputs, api_name="ask", **llm)
-        send.click(ask, ask_inputs, ask_outputs, api_name=False, **llm)
-        regen.click(regenerate, [state, temperature, max_new], [chatbot, state, status], api_name="regenerate", **llm)
-        clear_btn.click(clear, [state], [chatbot, state, status], api_name="clear", queue=False)
+        _wire(_layout(backend.cfg), DemoHandlers(backend), backend.cfg.concurrency)
     return demo
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..constants import MODALITIES
+
 log = logging.getLogger("llavidal.demo")
 
-MODALITIES = ("video", "object", "pose")
 COMMANDS = {"/reset": "start a new conversation about the same features", "/exit": "quit (also /quit, EOF, Ctrl-C)",
             "/help": "show this help"}
 
@@ -32,29 +33,29 @@ class Conversation:
     The web demo keeps one per browser session (``gr.State``); nothing here is shared between users.
     """
 
-    video: Any = None  # [N, mm_hidden_size], e.g. [356, 1024]
-    object: Any = None  # [n, 8, 512]
-    pose: Any = None  # [N, 216]
+    # modality -> validated array: video [N, mm_hidden_size] (e.g. [356, 1024]), object [n, 8, 512], pose [N, 216]
+    arrays: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # modality -> what the features came from (for display)
     history: list[tuple[str, str]] = field(default_factory=list)
     busy: bool = False  # a reply is being generated (the web demo refuses a second one meanwhile)
     epoch: int = 0  # bumped by every reset / change of features; a reply from an older epoch is not kept
 
     def features(self) -> dict[str, Any]:
-        return {m: getattr(self, m) for m in MODALITIES}
+        return {m: self.arrays.get(m) for m in MODALITIES}
 
     def modalities(self) -> list[str]:
-        return [m for m in MODALITIES if getattr(self, m) is not None]
+        return [m for m in MODALITIES if self.arrays.get(m) is not None]
 
     def set_feature(self, modality: str, array, source: str | None = None) -> None:
         """Set (or with ``array=None`` remove) one modality. The conversation restarts: earlier replies were about
         other inputs."""
         if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-        setattr(self, modality, array)
+            raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(MODALITIES)}")
         if array is None:
+            self.arrays.pop(modality, None)
             self.sources.pop(modality, None)
         else:
+            self.arrays[modality] = array
             self.sources[modality] = source or "<array>"
         self.reset()
 
@@ -92,8 +93,10 @@ class Conversation:
         from ..inference import stream_answer
 
         epoch, pieces = self.epoch, []
+        feats = self.features()
+        named = {m: feats.pop(m) for m in ("video", "object", "pose")}
         for piece in stream_answer(model, tokenizer, question, history=tuple(self.history), options=options,
-                                   **self.features()):
+                                   more={m: a for m, a in feats.items() if a is not None}, **named):
             pieces.append(piece)
             yield piece
         if self.epoch == epoch:
@@ -142,7 +145,7 @@ def load_sample(config, video: str | None = None, object: str | None = None, pos
 def describe(conv: Conversation) -> str:
     parts = []
     for m in conv.modalities():
-        arr = getattr(conv, m)
+        arr = conv.arrays[m]
         parts.append(f"{m} {list(arr.shape)} from {Path(conv.sources.get(m, '?')).name}")
     return ", ".join(parts) if parts else "no features (text only)"
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..constants import MODALITIES, MODALITY_ORDER
+from ..constants import MODALITIES
 from .cache import SlotCache
 from .config import EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
@@ -182,8 +182,8 @@ class Engine:
         if suppress:
             self.suppress = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             self.suppress[torch.tensor(suppress, device=self.device)] = True
-        self._patch = {m: (model.patch_token_id(m), int(getattr(model.config, MODALITIES[m].dim_attr)))
-                       for m in MODALITY_ORDER}  # modality -> (patch token id, feature width)
+        self._patch = {name: (model.patch_token_id(name), m.dim(model.config))
+                       for name, m in MODALITIES.items()}  # modality -> (patch token id, feature width)
         self.compiled = self.config.compile_on(self.device)
         self.static = self.config.static_on(self.device)
         self.stats = EngineStats()
@@ -425,7 +425,7 @@ class Engine:
             cols[i, q - p:] = torch.arange(p)
         position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         feats = {}
-        for m in MODALITY_ORDER:
+        for m in MODALITIES:
             rows = [r.features.get(m) for r in reqs if r.features.get(m) is not None]
             feats[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in rows]) if rows else None
         embeds = model.embed_multimodal(ids.to(dev), **feats)  # [n, q, H]: the multimodal prompt, spliced once

@@ -268,11 +268,11 @@ class PaperRun:
         self.max_new_tokens = cfg.max_new_tokens or MAX_NEW_TOKENS
         self.deviations = ([f"max_new_tokens {self.max_new_tokens} instead of {MAX_NEW_TOKENS}"]
                            if self.max_new_tokens != MAX_NEW_TOKENS else [])
-        ignored = [m for m, d in (("object", cfg.object_dir), ("pose", cfg.pose_dir)) if d]
+        ignored = sorted(cfg.modality_dirs)
         if ignored:
             logger.warning("--protocol paper feeds only video, as the release did: %s features are ignored",
                            " and ".join(ignored))
-            cfg.object_dir = cfg.pose_dir = None
+            cfg.modality_dirs = {}
 
     @staticmethod
     def dtype(device: str | None) -> str:

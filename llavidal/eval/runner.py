@@ -4,8 +4,8 @@
   ``{video}.mp4`` the file ``{video}.pkl`` (or ``.pickle/.npy/.safetensors/.pt``) under ``--feature-dir``, then
   ``--video-dir``, also looked up by basename. With ``--clip``, raw videos without cached features are extracted
   once beforehand (:func:`prepare_raw_videos`). Object and pose features come from ``--object-dir`` and
-  ``--pose-dir`` when given (same names). An item without its video features is counted as a missing video, never
-  as a wrong answer, and stays in the denominator.
+  ``--pose-dir`` when given (same names; a registered modality's from ``--{name}-dir``). An item without its video
+  features is counted as a missing video, never as a wrong answer, and stays in the denominator.
 * Replies are generated in batches (greedy by default, seedable) and appended to ``predictions[.rankR].jsonl``
   item by item; a killed run resumes where it stopped. Under torchrun each rank takes every WORLD_SIZE-th item.
 * Multiple choice: the reply is parsed by :mod:`llavidal.eval.mcq` (``--mcq-mode generate``) or each option is
@@ -22,12 +22,13 @@ import os
 import subprocess
 import sys
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..constants import MODALITIES
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..llm import LLMConfig, add_endpoint_args
 from ..llm.config import config_from_args
@@ -49,8 +50,7 @@ class RunConfig:
     output: str
     video_dir: str | None = None
     feature_dir: str | None = None
-    object_dir: str | None = None
-    pose_dir: str | None = None
+    modality_dirs: dict = field(default_factory=dict)  # {"object": folder, "pose": folder, ...}: same names
     projector: str | None = None
     batch_size: int = 8
     mcq_mode: str = "generate"  # generate | loglik
@@ -105,7 +105,7 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
     if v is None:
         return None
     feats = {"video": v}
-    for m, folder in (("object", cfg.object_dir), ("pose", cfg.pose_dir)):
+    for m, folder in cfg.modality_dirs.items():
         p = find_feature(folder, video, by_name)
         if p is not None:
             feats[m] = p
@@ -217,7 +217,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
                 continue
             if it.kind == "mcq" and cfg.mcq_mode == "loglik":
                 letters = sorted(it.options)
-                scores = option_logprobs(model, tokenizer, Query(it.question, **feats),
+                scores = option_logprobs(model, tokenizer, Query.of(it.question, feats),
                                          [it.options[k] for k in letters], opts)
                 best = letters[max(range(len(letters)), key=scores.__getitem__)]
                 write({**base, "status": "ok", "letter": best, "method": "loglik",
@@ -229,7 +229,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
             waiting[it.id] = (it, {**base, "status": "ok"}, [None] * len(questions))
             for k, q in enumerate(questions):  # sampling: a seed per question, whatever else is in the batch
                 seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
-                yield (it.id, k), make_request(model, tokenizer, Query(q, **feats), seeded)
+                yield (it.id, k), make_request(model, tokenizer, Query.of(q, feats), seeded)
 
     for (item_id, k), result in engine.imap(requests()):
         it, row, replies = waiting[item_id]
@@ -269,7 +269,7 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict, engine)
     row = {**base, "status": "ok", "clips": [c.name for c in clips]}
     for key, q in questions.items():
         if q:
-            results = engine.generate([make_request(model, tokenizer, Query(q, **f), opts) for f in feats])
+            results = engine.generate([make_request(model, tokenizer, Query.of(q, f), opts) for f in feats])
             row[key] = [reply_text(tokenizer, r) for r in results]
     return row
 
@@ -467,8 +467,9 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     p.add_argument("--clip", help="CLIP folder or hub id: extract features of raw videos that have none cached "
                                   "(docs/design.md#video-features; e.g. openai/clip-vit-large-patch14)")
     p.add_argument("--extract-workers", type=int, help="decoding processes for --clip extraction")
-    p.add_argument("--object-dir", help="object features (same names), optional")
-    p.add_argument("--pose-dir", help="pose features (same names), optional")
+    for name in MODALITIES:
+        if name != "video":
+            p.add_argument(f"--{name}-dir", help=f"{name} features (same names), optional")
     p.add_argument("--base", required=True)
     p.add_argument("--projector")
     p.add_argument("--output", required=True)
@@ -531,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
                     video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
-                    extract_workers=args.extract_workers, object_dir=args.object_dir,
-                    pose_dir=args.pose_dir, projector=args.projector, batch_size=args.batch_size,
+                    extract_workers=args.extract_workers,
+                    modality_dirs={m: d for m in MODALITIES if m != "video" and (d := getattr(args, f"{m}_dir"))},
+                    projector=args.projector, batch_size=args.batch_size,
                     mcq_mode=args.mcq_mode, mcq_parser=args.mcq_parser, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature,
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file as save_safetensors
 from transformers import PreTrainedTokenizerBase
 
-from ..constants import ADDED_TOKENS, MODALITIES, START_END_TOKENS, TOKEN_LAYOUTS
+from ..constants import MODALITIES, TOKEN_LAYOUTS, added_tokens, start_end_tokens
 from ..io_utils import atomic_path
 from .files import normalise_keys, read_tensor_file
 from .modeling_llavidal import LlavidalForCausalLM
@@ -151,14 +151,14 @@ def load_projector(
                 target[tid] = v.to(target.dtype)
                 if target is emb:
                     report.token_rows.append(name)
-            report.start_end = any(t in report.token_rows for t in START_END_TOKENS)
+            report.start_end = any(t in report.token_rows for t in start_end_tokens())
         elif "model.embed_tokens.weight" in state:
             rows = state["model.embed_tokens.weight"]
             if rows.ndim != 2 or rows.shape[1] != H:
                 raise CheckpointError(
                     f"{path}: model.embed_tokens.weight has shape {tuple(rows.shape)}, expected [vocab, {H}]"
                 )
-            n_base = model.config.vocab_size - len(ADDED_TOKENS)
+            n_base = model.config.vocab_size - len(added_tokens())
             report.layout = layout or detect_layout(rows.shape[0], n_base, set(state), str(path))
             names = {**TOKEN_LAYOUTS, **_PATCH_ONLY_LAYOUTS}[report.layout]
             if n_base + len(names) != rows.shape[0]:
@@ -230,7 +230,7 @@ class _OverlayRows:
 
 def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = None,
                      state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all three), the original key names; read from
+    """``model.{projector}.{weight,bias}`` of ``modalities`` (default: all), the original key names; read from
     ``state`` (a plain full state dict, see :func:`~llavidal.model.checkpoint.plain_state_dict`) when given."""
     sd = {}
     for m in MODALITIES.values():
@@ -251,7 +251,7 @@ def adapter_state_dict(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenize
     else:
         emb = model.get_input_embeddings().weight.detach()
         head = model.get_output_embeddings().weight.detach()
-    for name in ADDED_TOKENS:
+    for name in added_tokens():
         tid = tokenizer.convert_tokens_to_ids(name)
         sd[ADAPTER_EMBED_PREFIX + name] = emb[tid]
         sd[ADAPTER_LM_HEAD_PREFIX + name] = head[tid]
@@ -263,7 +263,7 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
     """The adapter-only file (safetensors): what projector-only training changes, keyed by name.
 
     ``modalities`` records which modalities were trained (MMPro merges take each modality's projector and
-    start/end rows from the file that trained it); default: all three.
+    start/end rows from the file that trained it); default: all.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaTokenizer, PreTrainedTokenizerBase
 
-from ..constants import ADDED_TOKENS, MODALITIES
+from ..constants import MODALITIES, added_tokens
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict, read_folder_state_dict
 from .modeling_llavidal import LlavidalForCausalLM
@@ -53,7 +53,7 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load a tokenizer from it: {e}") from None
     check_tokenizer(tok, folder)
-    missing = [t for t in ADDED_TOKENS if t not in tok.get_vocab()]
+    missing = [t for t in added_tokens() if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
     if tok.pad_token is None:
@@ -76,7 +76,7 @@ def _tokenizer_class(folder: Path):
 
 
 def modality_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in ADDED_TOKENS}
+    return {t: int(tokenizer.convert_tokens_to_ids(t)) for t in added_tokens()}
 
 
 def _sync_special_ids(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -133,7 +133,7 @@ def load_base(
     if "model.embed_tokens.weight" not in state:
         raise CheckpointError(f"{folder}: weights hold no model.embed_tokens.weight; not a LLaMA checkpoint")
     n_base_rows = state["model.embed_tokens.weight"].shape[0]
-    n_tok_base = len(tokenizer) - sum(1 for t in ADDED_TOKENS if t in tokenizer.get_vocab())
+    n_tok_base = len(tokenizer) - sum(1 for t in added_tokens() if t in tokenizer.get_vocab())
     check_tokenizer_vs_embedding(n_tok_base, n_base_rows, folder)
     vocab = max(n_base_rows, len(tokenizer))
     config = config_from_base(cfg, vocab_size=vocab)
@@ -168,12 +168,13 @@ def load_base(
         proj_from_base = "model.mm_projector.weight" in state
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for m in MODALITIES.values():
-            if m.name == "video" and proj_from_base:
+            if m.init_from_base and f"model.{m.projector}.weight" in state:
                 continue
             w = sd[f"model.{m.projector}.weight"]
             w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
             sd[f"model.{m.projector}.bias"].zero_()
-    missing = [k for k in sd if k not in state and not k.startswith("model.mm_projector")]
+    projectors = tuple(f"model.{m.projector}." for m in MODALITIES.values())
+    missing = [k for k in sd if k not in state and not k.startswith(projectors)]
     if missing:
         raise CheckpointError(f"{folder}: weights miss {len(missing)} tensors of a LLaMA model, e.g. {missing[:3]}")
     if unexpected:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from ..constants import ADDED_TOKENS, DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_FRAMES
+from ..constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_FRAMES, added_tokens
 
 
 @strict
@@ -48,4 +48,4 @@ class LlavidalConfig(LlamaConfig):
         return int(ids[name])
 
     def has_modality_tokens(self) -> bool:
-        return bool(self.modality_token_ids) and all(t in self.modality_token_ids for t in ADDED_TOKENS)
+        return bool(self.modality_token_ids) and all(t in self.modality_token_ids for t in added_tokens())

@@ -23,10 +23,20 @@ except ImportError:  # transformers < 5.2x: the int / 1-D positions forms that L
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return hidden_states[:, keep, :]
 
-from ..constants import MODALITIES, MODALITY_ORDER, Modality
+from ..constants import MODALITIES, Modality
 from .configuration_llavidal import LlavidalConfig
 
 FeatureInput = torch.Tensor | Sequence[torch.Tensor | None] | None
+
+
+def features_by_modality(video=None, object=None, pose=None, kwargs: dict | None = None) -> dict[str, FeatureInput]:
+    """``{modality: features}`` from the named arguments and, for registered modalities beyond the published
+    three, the ``{name}_features`` keys popped from ``kwargs``."""
+    given = {"video": video, "object": object, "pose": pose}
+    for name in MODALITIES:
+        if name not in given:
+            given[name] = kwargs.pop(f"{name}_features", None) if kwargs is not None else None
+    return given
 
 
 def pack_features(features: FeatureInput, dim: int, name: str) -> torch.Tensor | None:
@@ -93,15 +103,15 @@ class EmbeddingWithTrainableRows(nn.Module):
 
 
 class LlavidalModel(LlamaModel):
-    """LLaMA decoder plus the three projectors, named as in the original state dicts
-    (``model.mm_projector``, ``model.mm_projector_forobject``, ``model.mm_projector_forpose``)."""
+    """LLaMA decoder plus one projector per registered modality, the published three named as in the original
+    state dicts (``model.mm_projector``, ``model.mm_projector_forobject``, ``model.mm_projector_forpose``)."""
 
     config_class = LlavidalConfig
 
     def __init__(self, config: LlavidalConfig):
         super().__init__(config)
         for m in MODALITIES.values():
-            setattr(self, m.projector, nn.Linear(getattr(config, m.dim_attr), config.hidden_size, bias=True))
+            setattr(self, m.projector, nn.Linear(m.dim(config), config.hidden_size, bias=True))
         self.post_init()
 
     def projector(self, modality: str) -> nn.Linear:
@@ -113,8 +123,8 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     The KV cache argument is ``cache`` (transformers' name since 5.2x; ``past_key_values`` is deprecated there and
     removed in 5.40). ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
-    :func:`pack_features` for the accepted layouts); the original keyword ``video_spatio_temporal_features`` is
-    accepted for video.
+    :func:`pack_features` for the accepted layouts), and ``{name}_features`` for a registered modality; the original
+    keyword ``video_spatio_temporal_features`` is accepted for video.
     """
 
     config_class = LlavidalConfig
@@ -153,6 +163,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         video_features: FeatureInput = None,
         object_features: FeatureInput = None,
         pose_features: FeatureInput = None,
+        **more_features: FeatureInput,  # {name}_features of registered modalities
     ) -> torch.Tensor:  # [B, L, H]
         """Token embeddings with every patch position replaced by its projected feature row.
 
@@ -161,11 +172,13 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         """
         embeds = self.model.embed_tokens(input_ids)  # [B, L, H]
         B, L, H = embeds.shape
-        given = {"video": video_features, "object": object_features, "pose": pose_features}
+        given = features_by_modality(video_features, object_features, pose_features, more_features)
+        if more_features:
+            raise TypeError(f"unknown feature arguments {sorted(more_features)}; registered modalities: "
+                            f"{', '.join(MODALITIES)}")
         positions, projected = [], []
-        for name in MODALITY_ORDER:
-            m = MODALITIES[name]
-            rows = pack_features(given[name], getattr(self.config, m.dim_attr), name)  # [R, D] or None
+        for name, m in MODALITIES.items():
+            rows = pack_features(given[name], m.dim(self.config), name)  # [R, D] or None
             mask = input_ids == self.patch_token_id(name)  # [B, L]
             n_rows = 0 if rows is None else rows.shape[0]
             self._check_rows(m, mask, n_rows)
@@ -216,11 +229,12 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         if video_features is None:
             video_features = video_spatio_temporal_features
-        has_features = any(f is not None for f in (video_features, object_features, pose_features))
+        given = features_by_modality(video_features, object_features, pose_features, kwargs)
+        has_features = any(f is not None for f in given.values())
         if inputs_embeds is None and input_ids is not None and (has_features or input_ids.shape[1] > 1):
             # prefill / training: splice the features; this also verifies that no patch token is left without
             # a row. Single-token decoding steps (KV cache) hold no span and skip it.
-            inputs_embeds = self.embed_multimodal(input_ids, video_features, object_features, pose_features)
+            inputs_embeds = self.embed_multimodal(input_ids, **{f"{k}_features": v for k, v in given.items()})
             input_ids = None
 
         outputs = self.model(
@@ -263,8 +277,9 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         """
         if video_features is None:
             video_features = video_spatio_temporal_features
+        given = features_by_modality(video_features, object_features, pose_features, kwargs)
         if input_ids is not None and "inputs_embeds" not in kwargs:
-            kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, video_features, object_features, pose_features)
+            kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, **{f"{k}_features": v for k, v in given.items()})
             if kwargs.get("attention_mask") is None:
                 kwargs["attention_mask"] = torch.ones_like(input_ids)
         elif input_ids is not None:
@@ -290,4 +305,4 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             self.set_input_embeddings(emb.merged())
 
 
-__all__ = ["EmbeddingWithTrainableRows", "LlavidalForCausalLM", "LlavidalModel", "pack_features"]
+__all__ = ["EmbeddingWithTrainableRows", "LlavidalForCausalLM", "LlavidalModel", "features_by_modality", "pack_features"]

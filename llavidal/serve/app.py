@@ -122,7 +122,7 @@ def _prepare(state: ServerState, conv: Conversation, req, on_tokens):
     options = GenerationOptions(max_new_tokens=max_new, temperature=temperature, top_p=req.top_p or 1.0,
                                 repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed,
                                 template=cfg.template, system=conv.system if conv.system is not None else cfg.system)
-    query = Query(conv.question, history=tuple(conv.history), **arrays)
+    query = Query.of(conv.question, arrays, history=conv.history)
     try:
         request = make_request(state.model, state.tokenizer, query, options, on_tokens=on_tokens)
         state.engine.check(request)

@@ -7,8 +7,8 @@ ending with ``user``. A user message's ``content`` is a string or a list of part
 * ``{"type": "video_url", "video_url": {"url": U}}`` - a video (vLLM's name for the part); U is a path under one of
   the server's media folders, a ``file://`` URL of such a path, or a ``data:video/mp4;base64,...`` URL. A U that
   names a feature file (``.pkl``, ``.npy`` ...) is read as video features instead of being decoded.
-* ``{"type": "video_features" | "object_features" | "pose_features", "<same key>": {"url": U}}`` - pre-computed
-  features: a feature file under a media folder, or ``data:application/x-npy;base64,...`` (also ``x-pickle``,
+* ``{"type": "video_features" | "object_features" | "pose_features", "<same key>": {"url": U}}`` (and
+  ``{name}_features`` for a registered modality) - pre-computed features: a feature file under a media folder, or ``data:application/x-npy;base64,...`` (also ``x-pickle``,
   ``x-safetensors``, ``x-npz``, or ``octet-stream``, whose format is recognised from its first bytes).
 
 Each modality may be given once per conversation; its span goes into the first user turn (as in training).
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..constants import MODALITIES
 
 
 class RequestError(Exception):
@@ -91,8 +93,9 @@ def parse_request(body: Any) -> ChatCompletionRequest:
     return req
 
 
-MEDIA_PARTS = {"video_url": "video", "video_features": "video", "object_features": "object",
-               "pose_features": "pose"}
+def media_parts() -> dict[str, str]:
+    """Content-part type -> modality: ``video_url`` and one ``{name}_features`` part per registered modality."""
+    return {"video_url": "video", **{f"{m}_features": m for m in MODALITIES}}
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _text_of(content, param: str, role: str, media: dict[str, MediaRef]) -> str:
             if not isinstance(part.get("text"), str):
                 raise RequestError(400, f"{where}.text: expected a string", param=f"{where}.text")
             texts.append(part["text"])
-        elif kind in MEDIA_PARTS:
+        elif kind in media_parts():
             if role != "user":
                 raise RequestError(400, f"{where}: media parts belong in user messages", param=where)
             inner = part.get(kind)
@@ -134,7 +137,7 @@ def _text_of(content, param: str, role: str, media: dict[str, MediaRef]) -> str:
             if not isinstance(url, str) or not url:
                 raise RequestError(400, f"{where}.{kind}.url: expected a path, file: URL or data: URL",
                                    param=f"{where}.{kind}.url")
-            modality = MEDIA_PARTS[kind]
+            modality = media_parts()[kind]
             if modality in media:
                 raise RequestError(400, f"{where}: a second {modality} input (the first is at "
                                         f"{media[modality].param}); give each modality once per conversation",
@@ -144,8 +147,8 @@ def _text_of(content, param: str, role: str, media: dict[str, MediaRef]) -> str:
             raise RequestError(400, f"{where}: {kind} parts are not supported; send a video (video_url) or "
                                     "video/object/pose features", param=where)
         else:
-            raise RequestError(400, f"{where}.type: unknown content part type {kind!r}; expected text, video_url, "
-                                    "video_features, object_features or pose_features", param=f"{where}.type")
+            raise RequestError(400, f"{where}.type: unknown content part type {kind!r}; expected text or one of "
+                                    f"{', '.join(media_parts())}", param=f"{where}.type")
     return "\n".join(texts)
 
 

@@ -2,11 +2,14 @@
 transformers' TrainingArguments, plus the choices this implementation adds."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import torch
 import transformers
+
+from ..constants import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +72,23 @@ class DataArguments:
     frame_aspect_ratio: str = field(default="square", metadata={"help": "accepted for compatibility"})
 
     def folders(self) -> dict[str, str | None]:
-        return {"video": self.video_folder, "object": self.object_folder, "pose": self.pose_folder}
+        return {m: getattr(self, f"{m}_folder", None) for m in MODALITIES}
 
     def mask_probs(self) -> dict[str, float]:
-        return {"video": self.video_mask_prob, "object": self.object_mask_prob, "pose": self.pose_mask_prob}
+        return {m: float(getattr(self, f"{m}_mask_prob", 0.0)) for m in MODALITIES}
+
+
+def data_arguments_class() -> type[DataArguments]:
+    """:class:`DataArguments` plus ``--{name}_folder`` / ``--{name}_mask_prob`` for every registered modality
+    beyond the published three (the class itself when there is none)."""
+    extra = [m for m in MODALITIES if not hasattr(DataArguments, f"{m}_folder")]
+    if not extra:
+        return DataArguments
+    fields = []
+    for m in extra:
+        fields += [(f"{m}_folder", str | None, field(default=None, metadata={"help": f"{m} features (active iff given)"})),
+                   (f"{m}_mask_prob", float, field(default=0.0))]
+    return dataclasses.make_dataclass("DataArguments", fields, bases=(DataArguments,))
 
 
 @dataclass
@@ -111,7 +127,7 @@ class TrainingArguments(transformers.TrainingArguments):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = transformers.HfArgumentParser((ModelArguments, data_arguments_class(), TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.model_name_or_path is None:
         parser.error("--model_name_or_path is required")
@@ -122,4 +138,4 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return model_args, data_args, training_args
 
 
-__all__ = ["DataArguments", "ModelArguments", "TrainingArguments", "parse_args"]
+__all__ = ["DataArguments", "ModelArguments", "TrainingArguments", "data_arguments_class", "parse_args"]

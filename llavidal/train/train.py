@@ -23,7 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..constants import MODALITY_ORDER
+from ..constants import MODALITIES
 from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 def build_model(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
     """Load the base, apply the starting adapter, and set what is trainable for the chosen mode."""
     mode = model_args.mode()
-    active = [m for m in MODALITY_ORDER if data_args.folders()[m]]
+    active = [m for m in MODALITIES if data_args.folders()[m]]
     if mode == "full":
         dtype = torch.float32  # master weights in fp32; --bf16/--fp16 run under autocast
     else:  # frozen LLM weights in the compute dtype, trainable parts in fp32
@@ -55,7 +55,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
     model.config.tokenization = model_args.tokenization or model.config.tokenization
-    model.config.trained_modalities = [m for m in MODALITY_ORDER
+    model.config.trained_modalities = [m for m in MODALITIES
                                        if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
 
