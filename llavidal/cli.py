@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import importlib
 import json
 import logging
@@ -165,7 +166,7 @@ def cmd_infer(args) -> int:
     for flag in MODALITIES:  # before minutes of model loading
         value = given[flag]
         cached = (flag == "video" and value is not None and args.feature_cache
-                  and (Path(args.feature_cache) / f"{video_id(value)}.pkl").is_file())
+                  and any(Path(args.feature_cache).glob(f"{glob.escape(video_id(value))}.*pkl")))
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if all(v is None for v in given.values()):
@@ -173,10 +174,10 @@ def cmd_infer(args) -> int:
     model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
-        from .video.extract import VideoFeaturizer
+        from .demo.chat import featurizer_for
 
         clip = args.clip or getattr(model.config, "mm_vision_tower", None) or "openai/clip-vit-large-patch14"
-        featurizer = VideoFeaturizer(clip, device=str(model.device), max_frames=args.max_frames)
+        featurizer = featurizer_for(clip, model.config, device=str(model.device), max_frames=args.max_frames)
         video = featurizer.cached(video, args.feature_cache) if args.feature_cache else featurizer(video)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed, template=args.template, system=args.system,

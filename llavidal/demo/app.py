@@ -181,17 +181,19 @@ class DemoBackend:
                 self._cache.move_to_end(key)
                 feats, n_frames = self._cache[key]
             else:
-                frames = self.featurizer.frames(path)  # [N <= max_frames, 224, 224, 3] uint8
+                frames = self.featurizer.frames(path)  # [N <= max_frames (or the kept K), 224, 224, 3] uint8
                 n_frames = len(frames)
-                feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D]
+                feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D], or [N, 256, D]
                 self._cache[key] = (feats, n_frames)
                 while len(self._cache) > max(0, cfg.feature_cache_size):
                     self._cache.popitem(last=False)
         feats = validate_feature(feats, "video", self.model.config, path.name)
         length = f"{duration:.1f} s" if duration is not None else "length unknown"
         rate = f" at {fps:.3g} fps" if fps else ""
-        report = (f"**{path.name}** ({length}{rate}): {n_frames} frames sampled (at most {cfg.max_frames}) → "
-                  f"video features {list(feats.shape)}")
+        kept = getattr(self.featurizer, "kept", None)
+        sampled = (f"{n_frames} frames kept (at most {kept})" if kept
+                   else f"{n_frames} frames sampled (at most {cfg.max_frames})")
+        report = f"**{path.name}** ({length}{rate}): {sampled} → video features {list(feats.shape)}"
         return feats, report
 
     def extra_features(self, path: str | os.PathLike, modality: str):

@@ -105,10 +105,15 @@ class Conversation:
 
 # ---------------------------------------------------------------- loading a sample
 def featurizer_for(clip: str, config, device=None, dtype=None, max_frames: int = 100, decoder: str = "auto"):
-    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose feature width fits the model's video projector."""
+    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose features fit the model's video projector: its width,
+    and its kind (per-frame patch tokens of the frames a pooled model keeps, else the spatio-temporal rows)."""
+    from ..constants import MODALITIES
     from ..video.extract import VideoFeaturizer
+    from ..video.pool import frame_pooling
 
-    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder)
+    pooling = frame_pooling(MODALITIES["video"], config)
+    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder,
+                         kept=pooling.frames if pooling is not None else None)
     if fz.model.hidden_size != config.mm_hidden_size:
         raise ValueError(f"--clip {clip}: its vision width is {fz.model.hidden_size}, but the model's video projector "
                          f"expects {config.mm_hidden_size}-wide features (mm_hidden_size); use the CLIP the model "
