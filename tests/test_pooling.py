@@ -207,3 +207,40 @@ def test_mixing_kinds_is_refused_in_data_starting_weights_and_files(pooled_run, 
     assert report["modalities"] == ["video"]
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as fh:
         assert fh.metadata()["video_pool"] == "2,2,2"
+
+
+def test_raw_videos_with_a_pooled_model_infer_and_eval(pooled_run, tmp_path, capsys):
+    """Raw videos are featurized by the model's kind: the kept frames' tokens, pooled to its grid."""
+    from llavidal.inference import GenerationOptions, answer
+    from llavidal.model import load_pretrained
+    from llavidal.video.clip import make_tiny_clip
+    from llavidal.video.extract import VideoFeaturizer
+    from llavidal.video.io import write_video
+
+    _, run = pooled_run
+    clip = make_tiny_clip(tmp_path / "clip", seed=0)  # vision width 1024: fits the tiny base
+    rng = np.random.default_rng(0)
+    videos = tmp_path / "videos"
+    for i in range(2):
+        write_video(videos / f"clip_{i}.mp4", rng.integers(0, 256, (6 + i, 40, 56, 3), dtype=np.uint8), 8)
+    capsys.readouterr()
+    assert cli_main(["infer", "--base", str(run), "--video", str(videos / "clip_1.mp4"), "--clip", str(clip), "-q",
+                     "Where?", "--max-new-tokens", "3", "--device", "cpu", "--json", "--feature-cache",
+                     str(tmp_path / "cache")]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]
+    frames = VideoFeaturizer(str(clip), device="cpu", kept=4)(videos / "clip_1.mp4")
+    assert frames.shape == (4, 256, 1024) and (tmp_path / "cache" / "clip_1.frames4.pkl").is_file()
+    model, tok = load_pretrained(run, device="cpu", dtype=torch.float32)
+    assert got == answer(model, tok, "Where?", video=frames, options=GenerationOptions(max_new_tokens=3))
+    qa = {str(i): {"video_id": f"/elsewhere/clip_{i}.mp4", "question": "Where does the person walk?",
+                   "choices": {"1": "left", "2": "right", "3": "up", "4": "down"}, "ground_truth": "left"}
+          for i in range(2)}
+    (tmp_path / "qa.json").write_text(json.dumps(qa))
+    assert cli_main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(tmp_path / "qa.json"), "--base",
+                     str(run), "--max-new-tokens", "3", "--device", "cpu", "--video-dir", str(videos), "--clip",
+                     str(clip), "--extract-workers", "0", "--output", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["mcq"]["total"] == 2 and summary["mcq"]["missing_video"] == 0
+    cached = sorted((tmp_path / "eval" / "video_frames4").glob("*.pkl"))
+    assert [p.name for p in cached] == ["clip_0.pkl", "clip_1.pkl"]
+    np.testing.assert_array_equal(load_feature(cached[1]), frames)
