@@ -93,18 +93,30 @@ def square_side(patches: int) -> int | None:
     return side if side * side == patches else None
 
 
+def pooling_matrix(n: int, k: int):
+    """``[k, n]`` float32: row i averages the inputs of adaptive bin i (``floor(i·n/k) .. ceil((i+1)·n/k) - 1``)."""
+    import torch
+
+    m = torch.zeros(k, n)
+    for i in range(k):
+        lo, hi = i * n // k, -(-(i + 1) * n // k)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
 def pool_frames(frames, grid: PoolGrid):
     """Adaptive average pooling of per-frame patch tokens: ``[T, P, D]`` (square ``P``) or ``[T, H, W, D]`` →
     ``[t·h·w, D]`` float32, rows in (time, row, column) order. Numpy in, numpy out; a torch tensor stays one.
 
-    A grid larger than the input along an axis repeats inputs (each bin covers at least one), so every video gives
-    exactly ``grid.tokens`` rows.
+    The same numbers as ``torch.nn.functional.adaptive_avg_pool3d`` over (T, H, W), computed as one small matrix
+    product per axis (an axis that keeps its size is left alone), which is several times faster on CPUs. A grid
+    larger than the input along an axis repeats inputs (each bin covers at least one), so every video gives exactly
+    ``grid.tokens`` rows.
     """
     import torch
-    import torch.nn.functional as F
 
     is_numpy = not isinstance(frames, torch.Tensor)
-    x = torch.from_numpy(np.asarray(frames, dtype=np.float32)) if is_numpy else frames.float()
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)) if is_numpy else frames.float()  # a copy: never a view
     if x.ndim == 3:
         side = square_side(x.shape[1])
         if side is None:
@@ -112,11 +124,16 @@ def pool_frames(frames, grid: PoolGrid):
         x = x.reshape(x.shape[0], side, side, x.shape[2])
     if x.ndim != 4:
         raise ValueError(f"per-frame patch tokens must be [T, P, D] or [T, H, W, D], got {list(x.shape)}")
-    d = x.shape[-1]
-    pooled = F.adaptive_avg_pool3d(x.permute(3, 0, 1, 2).unsqueeze(0), (grid.t, grid.h, grid.w))  # [1, D, t, h, w]
-    out = pooled[0].permute(1, 2, 3, 0).reshape(grid.tokens, d)  # [t*h*w, D]
+    T, H, W, D = x.shape
+    if grid.t != T:  # [t, T] @ [T, H*W*D]
+        x = (pooling_matrix(T, grid.t).to(x.device) @ x.reshape(T, -1)).reshape(grid.t, H, W, D)
+    if grid.h != H:  # [h, H] @ [t, H, W*D] (batched over t)
+        x = torch.matmul(pooling_matrix(H, grid.h).to(x.device), x.reshape(grid.t, H, W * D))
+    if grid.w != W:  # [w, W] @ [t*h, W, D]
+        x = torch.matmul(pooling_matrix(W, grid.w).to(x.device), x.reshape(grid.t * grid.h, W, D))
+    out = x.reshape(grid.tokens, D)
     return out.numpy() if is_numpy else out
 
 
-__all__ = ["DEFAULT_KEPT_FRAMES", "FramePooling", "PoolGrid", "frame_pooling", "pool_frames", "set_frame_pooling",
-           "square_side"]
+__all__ = ["DEFAULT_KEPT_FRAMES", "FramePooling", "PoolGrid", "frame_pooling", "pool_frames", "pooling_matrix",
+           "set_frame_pooling", "square_side"]
