@@ -173,9 +173,10 @@ def expected_widths(config) -> dict[str, int]:
     return {name: m.dim(config) for name, m in MODALITIES.items()}
 
 
-def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>") -> np.ndarray:
+def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>", pool: bool = True) -> np.ndarray:
     """Check a feature array against the model config; returns it unchanged when valid (objects given as
-    ``[n*frames, width]`` are reshaped; per-frame video tokens are pooled).
+    ``[n*frames, width]`` are reshaped; per-frame video tokens are pooled, unless ``pool`` is False: callers that keep
+    features to hand them to inference later keep the per-frame tokens, which inference checks and pools again).
 
     Video and pose (any ungrouped modality): ``[N, width]`` with N >= 1; object (grouped): ``[n, frames, width]``
     with n >= 1 (``[n*frames, width]`` is accepted too and reshaped). A model whose config records a pooling grid for
@@ -219,7 +220,7 @@ def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<arr
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise FeatureError(f"{source}: {modality} features hold {bad} NaN/inf values")
-    return pool_frames(arr, pooling.grid) if pooling is not None else arr
+    return pool_frames(arr, pooling.grid) if pooling is not None and pool else arr
 
 
 def _check_kind(arr: np.ndarray, m, pooling, width: int, source: str) -> None:
@@ -238,9 +239,9 @@ def _check_kind(arr: np.ndarray, m, pooling, width: int, source: str) -> None:
             f"--keep-frames-count {pooling.frames}")
 
 
-def load_validated(path: str | os.PathLike, modality: str, config) -> np.ndarray:
+def load_validated(path: str | os.PathLike, modality: str, config, pool: bool = True) -> np.ndarray:
     """:func:`load_feature` + :func:`validate_feature`."""
-    return validate_feature(load_feature(path, modality), modality, config, str(path))
+    return validate_feature(load_feature(path, modality), modality, config, str(path), pool=pool)
 
 
 def check_feature_file(path: str | os.PathLike, width: int | None = None, rows: int | None = None,

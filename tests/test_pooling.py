@@ -244,3 +244,53 @@ def test_raw_videos_with_a_pooled_model_infer_and_eval(pooled_run, tmp_path, cap
     cached = sorted((tmp_path / "eval" / "video_frames4").glob("*.pkl"))
     assert [p.name for p in cached] == ["clip_0.pkl", "clip_1.pkl"]
     np.testing.assert_array_equal(load_feature(cached[1]), frames)
+
+
+def test_demo_answers_a_pooled_model_about_a_raw_video(pooled_run, tmp_path):
+    """The web demo's handlers with a pooled model: an uploaded video becomes the kept frames' tokens pooled to the
+    model's grid, and the streamed reply is the greedy reply to the kept frames' tokens."""
+    pytest.importorskip("gradio")
+    from llavidal.demo.app import DemoBackend, DemoConfig, DemoHandlers
+    from llavidal.demo.chat import Conversation
+    from llavidal.inference import stream_answer
+    from llavidal.video.clip import make_tiny_clip
+    from llavidal.video.extract import VideoFeaturizer
+    from llavidal.video.io import write_video
+
+    _, run = pooled_run
+    clip = make_tiny_clip(tmp_path / "clip", seed=0)
+    write_video(tmp_path / "kitchen.mp4", np.random.default_rng(1).integers(0, 256, (7, 40, 56, 3), dtype=np.uint8), 8)
+    backend = DemoBackend.load(DemoConfig(base=str(run), clip=str(clip), device="cpu", dtype="fp32",
+                                          max_new_tokens=6))
+    handlers, conv = DemoHandlers(backend), Conversation()
+    *_, (conv, status, _, _) = handlers.on_video(str(tmp_path / "kitchen.mp4"), conv)
+    assert "4 frames kept (at most 4)" in status and "video features [4, 256, 1024], pooled to 2x2x2 = 8 tokens" in status, status
+    frames = VideoFeaturizer(str(clip), device="cpu", kept=4)(tmp_path / "kitchen.mp4")  # [4, 256, 1024]
+    np.testing.assert_array_equal(conv.arrays["video"], frames)  # kept as they are; pooled when asked about
+    *_, (_, chat, conv, status) = handlers.ask("Where is the person?", conv, 0.0, 6)
+    assert status.startswith("Replied"), status
+    # (joined stream pieces, as the demo shows them: with a random tiny model they may differ from answer()'s text in
+    # how a token cut inside a UTF-8 character is rendered)
+    expected = "".join(stream_answer(backend.model, backend.tokenizer, "Where is the person?", video=frames,
+                                     options=backend.options()))
+    assert expected.strip() == expected and expected
+    assert chat[-1]["content"] == expected and conv.history == [("Where is the person?", expected)]
+    # the terminal chat (`llavidal chat --video`) keeps the same per-frame tokens
+    from llavidal.demo.chat import load_sample
+
+    term = load_sample(backend.model.config, video=str(tmp_path / "kitchen.mp4"), featurizer=backend.featurizer)
+    np.testing.assert_array_equal(term.arrays["video"], frames)
+    assert "".join(term.stream(backend.model, backend.tokenizer, "Where is the person?", backend.options())) == expected
+    # and the OpenAI-compatible server's media resolver (a `video_url` part) hands inference the same tokens
+    from llavidal.inference import Query, encode_query
+    from llavidal.serve.media import MediaResolver
+    from llavidal.serve.protocol import MediaRef
+
+    resolver = MediaResolver(backend.model.config, roots=[tmp_path], clip=str(clip), device="cpu")
+    try:
+        arr = resolver.array(MediaRef("video", str(tmp_path / "kitchen.mp4"), True, "messages[0].content[1]"))
+    finally:
+        resolver.close()
+    np.testing.assert_array_equal(arr, frames)
+    _, arrays = encode_query(backend.model, backend.tokenizer, Query.of("Where?", {"video": arr}), backend.options())
+    assert arrays["video"].shape == (8, 1024)

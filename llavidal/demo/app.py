@@ -159,9 +159,12 @@ class DemoBackend:
                                  tokenization=cfg.tokenization)
 
     def video_features(self, path: str | os.PathLike) -> tuple:
-        """(features [100 + 256, D] float16, a one-line report) for an uploaded video; :class:`DemoError` or
+        """(features [100 + 256, D] float16, or a pooled model's per-frame tokens [T, 256, D], pooled when asked
+        about; a one-line report) for an uploaded video; :class:`DemoError` or
         :class:`~llavidal.video.io.VideoReadError` for what cannot be used."""
+        from ..constants import MODALITIES
         from ..features import validate_feature
+        from ..video.pool import frame_pooling
 
         path = Path(path)
         cfg = self.cfg
@@ -187,19 +190,21 @@ class DemoBackend:
                 self._cache[key] = (feats, n_frames)
                 while len(self._cache) > max(0, cfg.feature_cache_size):
                     self._cache.popitem(last=False)
-        feats = validate_feature(feats, "video", self.model.config, path.name)
+        feats = validate_feature(feats, "video", self.model.config, path.name, pool=False)  # inference pools
         length = f"{duration:.1f} s" if duration is not None else "length unknown"
         rate = f" at {fps:.3g} fps" if fps else ""
         kept = getattr(self.featurizer, "kept", None)
         sampled = (f"{n_frames} frames kept (at most {kept})" if kept
                    else f"{n_frames} frames sampled (at most {cfg.max_frames})")
-        report = f"**{path.name}** ({length}{rate}): {sampled} → video features {list(feats.shape)}"
+        pooling = frame_pooling(MODALITIES["video"], self.model.config)
+        pooled = f", pooled to {pooling.grid} = {pooling.grid.tokens} tokens" if pooling is not None else ""
+        report = f"**{path.name}** ({length}{rate}): {sampled} → video features {list(feats.shape)}{pooled}"
         return feats, report
 
     def extra_features(self, path: str | os.PathLike, modality: str):
         from ..features import load_validated
 
-        return load_validated(path, modality, self.model.config)
+        return load_validated(path, modality, self.model.config, pool=False)
 
 
 # ---------------------------------------------------------------- the UI
