@@ -108,6 +108,24 @@ def test_phase2_trains_both_branches_reports_and_resumes(world, tmp_path, monkey
                               frames=16, workers=0, device="cpu", progress=False, video_frames=2, dropout=0.0))
 
 
+def test_phase2_without_the_alignment_term_leaves_the_pose_encoder_alone(world, tmp_path):
+    """alpha = 0: the pose encoder's steps do not depend on the video branch (each branch's gradient is clipped on
+    its own), so alpha = 0 is phase 1 continued, the control of the phase-2 study. Two runs whose video branches see
+    different frames end with the same pose encoder and different video branches."""
+    root, clip, phase1 = world
+    outs = []
+    for frames in (1, 2):
+        outs.append(tmp_path / f"frames{frames}")
+        argv = _phase2_argv(root, clip, phase1, outs[-1], epochs=1)
+        argv[argv.index("--video-frames") + 1] = str(frames)
+        assert cli_main([*argv, "--alpha", "0"]) == 0
+    a, b = (load_file(str(o / "model.safetensors")) for o in outs)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    va, vb = (load_file(str(o / "video_branch.safetensors")) for o in outs)
+    assert max(float((va[k] - vb[k]).abs().max()) for k in va) > 0
+
+
 def test_phase2_needs_init_and_videos(world, tmp_path, capsys):
     root, clip, _ = world
     assert cli_main(["pose", "train", "--phase", "2", "--data", str(root / "skeletons"), "--out", str(tmp_path / "x"),

@@ -405,7 +405,9 @@ def train(cfg: PoseTrainConfig) -> dict:
                 loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if phase2 is not None:  # each branch clipped on its own: alpha = 0 leaves the pose encoder's steps alone
+                torch.nn.utils.clip_grad_norm_(phase2.head.parameters(), 1.0)
             optimizer.step()
             step += 1
             loss_sum += loss.item() * len(target)
