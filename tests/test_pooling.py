@@ -246,6 +246,24 @@ def test_raw_videos_with_a_pooled_model_infer_and_eval(pooled_run, tmp_path, cap
     np.testing.assert_array_equal(load_feature(cached[1]), frames)
 
 
+def test_scene_world_of_the_pooling_study(tmp_path):
+    """The pooling study's world: the object shows on one patch in `seen` consecutive frames; its files hold the
+    per-frame tokens and the spatio-temporal rows of the same tokens; the MCQ items offer rooms x objects."""
+    from llavidal.synthetic import SceneSpec, SceneWorld, make_scene_dataset
+    from llavidal.video.clip import pool_spatio_temporal
+
+    spec = SceneSpec(noise=0.0, room=0.0)
+    x = SceneWorld(0, spec).tokens((0, 1), np.random.default_rng(0)).astype(np.float32)
+    hit = np.abs(x).sum(axis=-1) > 0  # [frames, patches]
+    assert hit.sum() == spec.seen and hit.any(axis=0).sum() == 1 and np.ptp(np.nonzero(hit)[0]) == spec.seen - 1
+    data = make_scene_dataset(tmp_path, n_train=4, n_test=4, seed=0)
+    frames, rows = load_feature(data["frames"] / "scene_train_00001.pkl"), load_feature(data["rows"] / "scene_train_00001.pkl")
+    assert frames.shape == (16, 64, 64) and rows.shape == (80, 64)
+    np.testing.assert_allclose(rows, pool_spatio_temporal(frames, 16).numpy(), atol=1e-3)
+    item = json.loads(data["test"].read_text())["0"]
+    assert len(item["choices"]) == 4 and item["ground_truth"] in item["choices"].values()
+
+
 def test_demo_answers_a_pooled_model_about_a_raw_video(pooled_run, tmp_path):
     """The web demo's handlers with a pooled model: an uploaded video becomes the kept frames' tokens pooled to the
     model's grid, and the streamed reply is the greedy reply to the kept frames' tokens."""
