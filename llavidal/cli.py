@@ -247,6 +247,14 @@ def cmd_mmpro(args) -> int:
 def cmd_quickstart(args) -> int:
     from .quickstart import QuickstartConfig, run_quickstart
 
+    if args.study != "mmpro":  # the peers' methods on the synthetic worlds (docs/peers.md)
+        from .peers import run_study
+
+        if args.full_size:
+            raise ValueError(f"quickstart --study {args.study}: --full-size applies to the default study (mmpro) only")
+
+        run_study(args.study, out=args.out, seed=args.seed, fast=args.fast)
+        return 0
     cfg = QuickstartConfig(out=args.out, seed=args.seed)
     if args.fast:
         cfg.n_train, cfg.n_test, cfg.lm_epochs, cfg.stage_epochs = 96, 16, 1, 1
@@ -348,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
+    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2"],
+                   help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
+                        "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")
