@@ -14,7 +14,7 @@ Model shapes (``--preset``, random weights): ``small`` (hidden 512, 8 layers: a 
 (LLaMA-7B: hidden 4096, 32 layers; 2048 positions, so grids above ~1950 tokens do not fit and are reported as
 such), ``tiny`` (the test model). Figures are printed as measured and collected in ``--json``.
 
-    PYTHONPATH=. python bench/bench_pooling.py --preset small --json /tmp/bench_pooling.json          # CPU
+    PYTHONPATH=. python bench/bench_pooling.py --preset small --threads 1 --json /tmp/bench_pooling.json  # CPU
     PYTHONPATH=. python bench/bench_pooling.py --preset 7b --device cuda --dtype bf16 --json /tmp/p.json  # GPU
 """
 from __future__ import annotations
@@ -99,8 +99,11 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="fp32", choices=sorted(_common.dtypes()))
     p.add_argument("--grids", default=",".join(GRIDS), help="comma-separated T x H x W grids")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (1 is steadier on a shared CPU)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((FRAMES, SIDE * SIDE, WIDTH)).astype(np.float16)
