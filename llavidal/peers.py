@@ -30,6 +30,7 @@ class PoolingStudyConfig:
     n_train: int = 256
     n_test: int = 64
     grids: tuple[str, ...] = DEFAULT_GRIDS
+    n_text: int = 1200  # stage-0 conversations (as the quickstart)
     lm_epochs: int = 5  # as the quickstart's stage 0
     lm_lr: float = 3e-3
     epochs: int = 6
@@ -67,7 +68,7 @@ def run_pooling_study(cfg: PoolingStudyConfig) -> dict:
     lm = out / "stage0-language"
     if not (lm / "train_summary.json").is_file():
         text = out / "data" / "pretrain_text.json"
-        text.write_text(json.dumps(scene_pretraining_text(n=1200, seed=cfg.seed)))
+        text.write_text(json.dumps(scene_pretraining_text(n=cfg.n_text, seed=cfg.seed)))
         print("[pooling] stage 0: language pre-training of the tiny LLM (text only)")
         _train(["--model_name_or_path", str(base), "--data_path", str(text), "--output_dir", str(lm),
                 "--training_mode", "full", "--num_train_epochs", str(cfg.lm_epochs), "--learning_rate",
@@ -221,7 +222,7 @@ def run_study(name: str, out: str, seed: int = 0, fast: bool = False) -> dict:
     if name == "pooling":
         cfg = PoolingStudyConfig(out=out, seed=seed)
         if fast:
-            cfg.n_train, cfg.n_test, cfg.lm_epochs, cfg.epochs, cfg.grids = 32, 8, 1, 1, ("2x2x2",)
+            cfg.n_train, cfg.n_test, cfg.n_text, cfg.lm_epochs, cfg.epochs, cfg.grids = 32, 8, 64, 1, 1, ("2x2x2",)
         return run_pooling_study(cfg)
     if name == "ski-phase2":
         cfg = SkiStudyConfig(out=out, seeds=(seed, seed + 1, seed + 2))

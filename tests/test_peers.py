@@ -56,6 +56,23 @@ def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys):
     assert (out / "results.md").read_text() == table
 
 
+def test_pooling_study_runs_every_representation(tmp_path, capsys):
+    """The pooling study on a few samples: stage 0, then a video run on the rows and one on a pooled grid, each
+    scored on the held-out items; the pooled run's model reads the pooled kind."""
+    from llavidal.peers import PoolingStudyConfig, run_pooling_study
+
+    out = tmp_path / "pooling"
+    run_pooling_study(PoolingStudyConfig(out=str(out), n_train=8, n_test=4, n_text=16, lm_epochs=1, epochs=1,
+                                         grids=("2x2x2",), batch_size=4))
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["representation"], r["tokens"]) for r in results["runs"]] == [("rows", 80), ("pooled 2x2x2", 8)]
+    for r in results["runs"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and set(r) >= {"room_right", "object_right", "train_loss"}
+    assert json.loads((out / "video-pool-2x2x2" / "config.json").read_text())["video_pool"] == [2, 2, 2]
+    assert json.loads((out / "video-rows" / "config.json").read_text()).get("video_pool") is None
+    assert "| pooled 2x2x2 | 8 |" in (out / "results.md").read_text()
+
+
 def test_study_flags(tmp_path, capsys):
     assert cli_main(["quickstart", "--study", "pooling", "--full-size", "--out", str(tmp_path)]) == 2
     assert "--full-size applies to the default study (mmpro) only" in capsys.readouterr().err
