@@ -127,6 +127,7 @@ class _SlotState:
         self.host_gen = np.zeros(n, dtype=np.int64)
         self.host_active = np.zeros(n, dtype=bool)
         self.host_stream = np.zeros(n, dtype=bool)  # the slot's request streams its tokens
+        self.host_need = np.zeros(n, dtype=np.int64)  # prompt + max_new_tokens: cache positions the slot may use
         self.handles: list[GenerationHandle | None] = [None] * n
         # busy slots that need a repetition penalty / sample / use top-p: the work a step may skip
         self.flag_counts = np.zeros(3, dtype=np.int64)
@@ -134,6 +135,7 @@ class _SlotState:
     def occupy(self, slot: int, handle: GenerationHandle) -> None:
         self.handles[slot] = handle
         self.host_stream[slot] = handle.request.on_tokens is not None
+        self.host_need[slot] = len(handle.request.input_ids) + handle.request.max_new_tokens
         self.flag_counts += _flags_of(handle.request)
 
     def vacate(self, slot: int) -> GenerationHandle | None:
@@ -143,6 +145,7 @@ class _SlotState:
         self.handles[slot] = None
         self.host_active[slot] = False
         self.host_stream[slot] = False
+        self.host_need[slot] = 0
         self.host_len[slot] = 0
         self.host_gen[slot] = 0
         self.active[slot] = False
@@ -323,7 +326,8 @@ class Engine:
             n = self.config.max_batch_size
             self._state = _SlotState(n, self.max_len, self.vocab, self.device)
             self._arange = torch.arange(n, device=self.device)
-            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static)
+            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static,
+                                    grow=not self.static)
         return self._state
 
     def _run(self) -> None:
@@ -415,6 +419,8 @@ class Engine:
         n = len(group)
         lengths = [len(r.input_ids) for r in reqs]
         q = max(lengths)
+        occupied = np.flatnonzero(state.host_need)  # admitted slots, this group included
+        self._cache.reserve(int(occupied[-1]) + 1, int(state.host_need.max()))
         ids = torch.full((n, q), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, q), dtype=torch.long)
         cols = torch.full((n, q), self._cache.trash_column, dtype=torch.long)
