@@ -164,8 +164,14 @@ class ADLXDataset(Dataset):
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected {tuple(MODALITIES)}")
         if not self.sources:
-            logger.warning("no feature folder given (--video_folder, --object_folder, --pose_folder ...): training on "
-                           "text only, with every modality placeholder removed")
+            placeholders = tuple(m.placeholder for m in MODALITIES.values())
+            with_media = sum(any(p in u for u, _ in r["turns"] for p in placeholders) for r in self.records)
+            if with_media:
+                logger.warning("no feature folder given (--video_folder, --object_folder, --pose_folder ...): "
+                               "training on text only; the modality placeholders of %d of the %d records are removed",
+                               with_media, len(self.records))
+            else:
+                logger.info("training on text only (no feature folder given, no modality placeholder in the data)")
         self.missing = missing
         self.mask_probs = {m: float((mask_probs or {}).get(m, 0.0)) for m in MODALITIES}
         for m, p in self.mask_probs.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from ..console import library_quiet
 from ..constants import MODALITIES
 from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
@@ -133,7 +134,8 @@ def load_pretrained(
         return model, tokenizer
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
-        model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
+        with library_quiet():
+            model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
         check_model_vocab(len(tokenizer), model.config.vocab_size, base)
         check_model_finite(model, base)
         if model.config.modality_token_ids != modality_token_ids(tokenizer):

@@ -104,6 +104,9 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "resume from the newest checkpoint in output_dir when there is one"})
     remove_unused_columns: bool = field(default=False)
     optim: str = field(default="adamw_torch")
+    # a bar per run unless asked otherwise (transformers would derive it from its own log level, which the llavidal
+    # command keeps at "error" to hide library chatter)
+    disable_tqdm: bool | None = field(default=False, metadata={"help": "no progress bar (the log lines instead)"})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import TrainerState
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import MODALITIES
@@ -49,8 +50,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
                                        attn_implementation=model_args.attn_implementation)
     tokenizer.model_max_length = training_args.model_max_length
     if model_args.pretrain_mm_mlp_adapter:
-        report = load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)
-        logger.info("initialised from %s", report.summary())
+        load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)  # logs what it loaded
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
@@ -88,6 +88,43 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class StageProgress(ProgressCallback):
+    """One bar per training run, named after its output folder, with the latest loss on the bar instead of a
+    printed line per logging step; one summary line at the end. (``--verbose`` keeps the Trainer's own printing.)"""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # resumed runs start where they stopped
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.name,
+                                     dynamic_ncols=True, delay=1.0)  # delay: nothing drawn for a run that fails
+        self.current_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs and self.training_bar is not None:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        losses = [float(h["loss"]) for h in state.log_history if "loss" in h]
+        if state.is_world_process_zero and losses:
+            logger.info("%s: %d steps, loss %.4g -> %.4g", self.name, state.global_step, losses[0], losses[-1])
+
+
+def use_stage_progress(trainer: transformers.Trainer, name: str) -> None:
+    """Replace the Trainer's per-step printing with :class:`StageProgress` (unless ``--verbose`` or
+    ``--disable_tqdm True``, which keep the Trainer's own)."""
+    if os.environ.get("LLAVIDAL_VERBOSITY") == "verbose" or trainer.args.disable_tqdm:
+        return
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StageProgress(name))
 
 
 class LlavidalTrainer(transformers.Trainer):
@@ -161,6 +198,7 @@ def train(argv: list[str] | None = None) -> dict:
                               data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                               callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
                               base_path=model_args.model_name_or_path)
+    use_stage_progress(trainer, out.name)
 
     if training_args.fsdp and not trainer.is_fsdp_enabled:  # accelerate drops FSDP without a word on CPUs
         logger.warning("--fsdp %s was given but accelerate did not enable FSDP (it does so only on GPUs and other "

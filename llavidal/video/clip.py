@@ -160,19 +160,13 @@ def _resolve(clip: str | os.PathLike) -> str:
 def quiet_from_pretrained(cls, src: str, **kwargs):
     """``cls.from_pretrained`` without the load report of the unused half of a full CLIP checkpoint (a vision
     tower loaded from a ``CLIPModel`` folder leaves the text weights unused, which is expected)."""
-    from transformers.utils import logging as hf_logging
+    from ..console import library_quiet
 
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(src, **kwargs)
+        with library_quiet():
+            return cls.from_pretrained(src, **kwargs)
     except OSError as e:
         raise ClipLoadError(f"--clip {src}: cannot load {cls.__name__}: {e}") from None
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def load_clip_vision(clip: str | os.PathLike = DEFAULT_VIDEO_CLIP, select_layer: int = -2, device=None,
