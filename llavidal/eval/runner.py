@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -391,6 +392,7 @@ def run(cfg: RunConfig) -> dict | None:
     rank, world = _dist()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    t_load = time.perf_counter()
     if paper:  # the release's own model placement: plain fp16/fp32 generation, one item at a time
         model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
                                            dtype=paper.dtype(_device(cfg)), attn_implementation=cfg.attn)
@@ -411,12 +413,18 @@ def run(cfg: RunConfig) -> dict | None:
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, mine)
+    t_gen, done_before = time.perf_counter(), len(read_jsonl(pred_file)) if pred_file.is_file() else 0
     if paper:
         paper.seed_process()
         paper.run_items(model, tokenizer, mine, pred_file)
     else:
         torch.manual_seed(cfg.seed)
         run_items(cfg, model, tokenizer, mine, pred_file, engine)
+    t_end = time.perf_counter()
+    generated = len(read_jsonl(pred_file)) - done_before
+    # this process: setup = model loading (+ raw-video features); a resumed run counts only what it generated
+    timing = {"setup_s": round(t_gen - t_load, 3), "generate_s": round(t_end - t_gen, 3), "items_generated": generated,
+              "items_per_s": round(generated / (t_end - t_gen), 3) if generated else None}
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
 
@@ -434,7 +442,7 @@ def run(cfg: RunConfig) -> dict | None:
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "video_features": ({"clip": cfg.clip, "extracted": extraction["written"], "failed": extraction["failed"]}
                                if extraction else None),
-            "config": cfg.record(), "protocol": "clean"}
+            "config": cfg.record(), "protocol": "clean", "timing": timing}
     if paper:
         meta.update(protocol="paper", paper=paper.protocol.record(paper.eos, paper.max_new_tokens, paper.deviations),
                     seed=paper.seed,
