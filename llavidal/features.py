@@ -233,19 +233,23 @@ def save_feature(arr: np.ndarray, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     suffix = path.suffix.lower()
-    if suffix in (".pkl", ".pickle"):
-        with open(tmp, "wb") as fh:
-            pickle.dump(np.ascontiguousarray(arr), fh, protocol=4)
-    elif suffix == ".npy":
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-    elif suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({"features": np.ascontiguousarray(arr)}, str(tmp))
-    else:
+    if suffix not in (".pkl", ".pickle", ".npy", ".safetensors"):
         raise FeatureError(f"{path}: cannot write features as {suffix!r}; use .pkl, .npy or .safetensors")
-    os.replace(tmp, path)
+    try:
+        if suffix in (".pkl", ".pickle"):
+            with open(tmp, "wb") as fh:
+                pickle.dump(np.ascontiguousarray(arr), fh, protocol=4)
+        elif suffix == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file({"features": np.ascontiguousarray(arr)}, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill signal turned exception: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -65,22 +65,22 @@ def test_pack_features_on_a_full_disk(feature_folder, tmp_path):
 
 # ==================================================================== train
 def test_train_resumes_after_kill(tiny_base, synth, tmp_path):
-    flags = dict(per_device_train_batch_size=2, max_steps=8, save_strategy="steps", save_steps=2,
+    flags = dict(per_device_train_batch_size=2, max_steps=12, save_strategy="steps", save_steps=2,
                  video_mask_prob=0.5)
     ref = tmp_path / "ref"
     assert run(llavidal("train", *train_flags(tiny_base, synth, ref, **flags)), tmp_path).returncode == 0
     expected = load_file(str(ref / "adapter.safetensors"))
-    for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-6")):
+    for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-8")):
         out = tmp_path / f"killed{seed}"
         cmd = llavidal("train", *train_flags(tiny_base, synth, out, **flags))
-        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=1.0)
+        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=0.2)
         assert not (out / "train_summary.json").exists()
         proc = run(cmd, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = load_file(str(out / "adapter.safetensors"))
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
         summary = json.loads((out / "train_summary.json").read_text())
-        assert summary["global_step"] == 8 and summary["resumed_from"]
+        assert summary["global_step"] == 12 and summary["resumed_from"]
 
 
 # ==================================================================== eval run
