@@ -221,12 +221,13 @@ def load_base(
     folder: str | os.PathLike,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
-    seed: int | None = None,
+    seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Build a LLAVIDAL model from a LLaVA-Lightening (or plain LLaMA) base folder.
 
     The base ``mm_projector`` initialises the video projector; the object and pose projectors start from
-    normal(0, 0.02) weights and zero bias (seeded by ``seed`` when given); the added modality rows of the input
+    normal(0, 0.02) weights and zero bias, drawn from a generator seeded with ``seed`` (never from the global RNG, so
+    that a load gives the same model whatever ran before it); the added modality rows of the input
     and output embeddings start at the mean of the existing rows.
     """
     folder = Path(folder)
@@ -271,7 +272,7 @@ def load_base(
             sd[key][:n_base_rows].copy_(state[key])
             _mean_init_rows(sd[key], n_base_rows)
         proj_from_base = "model.mm_projector.weight" in state
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(seed)
         for m in MODALITIES.values():
             if m.name == "video" and proj_from_base:
                 continue
@@ -560,12 +561,15 @@ def load_pretrained(
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = "sdpa",
     layout: str | None = None,
+    init_seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
     ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder.
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
+    ``init_seed`` seeds the projectors that a base folder does not hold (object/pose start random): the same seed
+    gives the same model in every process.
     """
     base = Path(base)
     if not base.is_dir():
@@ -581,7 +585,7 @@ def load_pretrained(
             raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
                                   "pass the base folder and this folder's adapter.safetensors as --projector")
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
-                                           attn_implementation=attn)
+                                           attn_implementation=attn, init_seed=init_seed)
         for key in ("mm_use_vid_start_end", "use_modality_string_prefix"):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
@@ -596,7 +600,7 @@ def load_pretrained(
         if model.config.modality_token_ids != modality_token_ids(tokenizer):
             raise CheckpointError(f"{base}: config.modality_token_ids disagree with the tokenizer's ids")
     else:
-        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn)
+        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn, seed=init_seed)
     if projector is not None:
         load_projector(model, tokenizer, projector, layout=layout)
     model.to(device)
