@@ -163,3 +163,54 @@ def test_extract_video_on_a_full_disk_keeps_earlier_outputs(videos, tmp_path):
     assert tree(out, skip=("extract_summary", "failures")) == before  # nothing truncated, nothing lost
     assert run(_extract(src, clip, out), tmp_path).returncode == 0  # space again: the rest is done
     assert len(list(out.glob("*.pkl"))) == 10
+
+
+# ==================================================================== pose train and extract-pose
+@pytest.fixture(scope="module")
+def skeletons(tmp_path_factory):
+    from ntu_fixture import make_skeleton
+
+    from llavidal.curation.ntu import NTUName, write_skeleton_npy
+    from llavidal.video.clip import make_tiny_clip
+
+    root = tmp_path_factory.mktemp("ntu")
+    for s in (1, 2):
+        for p in (1, 3):
+            for a in (1, 2, 3, 8, 9):
+                name = NTUName(s, 1, p, 1, a)
+                write_skeleton_npy(make_skeleton(name, frames=24), root / "sk" / f"{name.stem}.skeleton.npy")
+    return root / "sk", make_tiny_clip(root / "clip", seed=0)
+
+
+def _pose_train(data, clip, out):
+    return llavidal("pose", "train", "--data", data, "--out", out, "--clip", clip, "--epochs", "4", "--batch", "8",
+                    "--lr", "3e-3", "--warmup-epochs", "0.5", "--frames", "16", "--workers", "0", "--eval-every", "2",
+                    "--device", "cpu", "--no-progress", "--layers", "1", "--dropout", "0")
+
+
+def test_pose_train_and_extract_pose_resume_after_kill(skeletons, tmp_path):
+    data, clip = skeletons
+    ref = tmp_path / "ref"
+    assert run(_pose_train(data, clip, ref), tmp_path).returncode == 0
+    expected = load_file(str(ref / "model.safetensors"))
+    out = tmp_path / "killed"
+    assert kill_when(_pose_train(data, clip, out), tmp_path, lambda: (out / "checkpoint-0002").is_dir(), SEEDS[0])
+    assert count_lines(out / "metrics.jsonl") < 4  # killed before the last epoch
+    proc = run(_pose_train(data, clip, out), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = load_file(str(out / "model.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    def extract(o):
+        return llavidal("extract-pose", "--skeletons", data, "--model", ref, "--output", o, "--tokens", "8",
+                        "--batch", "1", "--workers", "0", "--device", "cpu", "--no-progress")
+
+    assert run(extract(tmp_path / "fref"), tmp_path).returncode == 0
+    want = tree(tmp_path / "fref", skip=("summary", "failures"))
+    assert len(want) == 20
+    for seed in SEEDS[:1]:
+        o = tmp_path / f"f{seed}"
+        assert kill_when(extract(o), tmp_path, lambda: len(list(o.glob("*_pose.pkl"))) >= seed - 5, seed, 0.1)
+        assert run(extract(o), tmp_path).returncode == 0
+        assert tree(o, skip=("summary", "failures")) == want
