@@ -214,3 +214,27 @@ def test_pose_train_and_extract_pose_resume_after_kill(skeletons, tmp_path):
         assert kill_when(extract(o), tmp_path, lambda: len(list(o.glob("*_pose.pkl"))) >= seed - 5, seed, 0.1)
         assert run(extract(o), tmp_path).returncode == 0
         assert tree(o, skip=("summary", "failures")) == want
+
+
+# ==================================================================== mmpro
+def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
+    def cmd(out):
+        return llavidal("mmpro", "--model_name_or_path", tiny_base, "--data_path", synth["train"], "--video_folder",
+                        synth["video_folder"], "--object_folder", synth["object_folder"], "--pose_folder",
+                        synth["pose_folder"], "--output_dir", out, "--", "--max_steps", "4", "--save_steps", "2",
+                        "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--report_to", "none",
+                        "--use_cpu", "True", "--disable_tqdm", "True", "--dataloader_num_workers", "0")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path, timeout=600).returncode == 0
+    final = "stage3-video-object-pose"
+    expected = load_file(str(ref / final / "adapter.safetensors"))
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: (out / "stage2-video-pose" / "checkpoint-2" / "trainer_state.json")
+                     .is_file(), SEEDS[0], max_delay=0.1, timeout=600)
+    assert not (out / "mmpro.json").exists()
+    proc = run(cmd(out), tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("already complete, skipped") == 3  # the stage-1 runs are not redone
+    got = load_file(str(out / final / "adapter.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
