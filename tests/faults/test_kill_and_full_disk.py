@@ -238,3 +238,23 @@ def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
     assert proc.stdout.count("already complete, skipped") == 3  # the stage-1 runs are not redone
     got = load_file(str(out / final / "adapter.safetensors"))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+# ==================================================================== curation: person-augmented crops
+def test_curation_crop_resumes_after_kill(tmp_path):
+    from ntu_fixture import make_ntu_root
+
+    root = make_ntu_root(tmp_path / "ntu", performers=(1, 2), actions=(1, 2, 3, 8, 9), with_txt=False)
+
+    def cmd(out):
+        return llavidal("curate", "crop", "--ntu-root", root, "--out", out, "--slack", "4", "--size", "32",
+                        "--format", "avi", "--no-progress")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    want = tree(ref, skip=("manifest", "records", "failures"))
+    assert len([k for k in want if k.endswith(".avi")]) == 10
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_rgb.avi"))) >= 3, SEEDS[0], 0.1)
+    assert run(cmd(out), tmp_path).returncode == 0
+    assert tree(out, skip=("manifest", "records", "failures")) == want
