@@ -258,3 +258,31 @@ def test_curation_crop_resumes_after_kill(tmp_path):
     assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_rgb.avi"))) >= 3, SEEDS[0], 0.1)
     assert run(cmd(out), tmp_path).returncode == 0
     assert tree(out, skip=("manifest", "records", "failures")) == want
+
+
+# ==================================================================== extract-objects
+def test_extract_objects_resumes_after_kill(tmp_path):
+    from test_objects import render, scene_detections
+
+    from llavidal.video.clip import TinyClipSpec, make_tiny_clip
+
+    clip = make_tiny_clip(tmp_path / "clip", seed=0, spec=TinyClipSpec(vision_hidden_size=64,
+                          vision_intermediate_size=128, vision_heads=4, projection_dim=512))
+    videos, dets = tmp_path / "videos", tmp_path / "dets"
+    dets.mkdir()
+    for i in range(5):
+        render(videos / f"scene{i}.mp4")
+        (dets / f"scene{i}.json").write_text(json.dumps(scene_detections(f"scene{i}.mp4")))
+
+    def cmd(out):
+        return llavidal("extract-objects", "--videos", videos, "--detections", dets, "--output", out, "--clip", clip,
+                        "--device", "cpu", "--batch", "8", "--workers", "0")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    want = tree(ref, skip=("summary", "manifest", "failures"))
+    assert len([k for k in want if k.endswith("_object.pkl")]) == 5
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_object.pkl"))) >= 2, SEEDS[0], 0.1)
+    assert run(cmd(out), tmp_path).returncode == 0
+    assert tree(out, skip=("summary", "manifest", "failures")) == want
