@@ -116,13 +116,14 @@ def load_base(
     folder: str | os.PathLike,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
-    seed: int | None = None,
+    seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Build a LLAVIDAL model from a LLaVA-Lightening (or plain LLaMA) base folder.
 
-    The base ``mm_projector`` initialises the video projector; the object and pose projectors start from
-    normal(0, 0.02) weights and zero bias (seeded by ``seed`` when given); the added modality rows of the input
-    and output embeddings start at the mean of the existing rows.
+    The base ``mm_projector`` initialises the video projector; the projectors the folder lacks (object, pose) start
+    from normal(0, 0.02) weights and zero bias, drawn from a generator seeded with ``seed`` (never from the global
+    RNG, so that a load gives the same model whatever ran before it); the added modality rows of the input and
+    output embeddings start at the mean of the existing rows.
     """
     folder = Path(folder)
     cfg = read_config_dict(folder)
@@ -166,7 +167,7 @@ def load_base(
             sd[key][:n_base_rows].copy_(state[key])
             _mean_init_rows(sd[key], n_base_rows)
         proj_from_base = "model.mm_projector.weight" in state
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(seed)
         for m in MODALITIES.values():
             if m.init_from_base and f"model.{m.projector}.weight" in state:
                 continue

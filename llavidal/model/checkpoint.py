@@ -88,6 +88,7 @@ def load_pretrained(
     quantization: str | None = None,
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
+    init_seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
@@ -99,6 +100,8 @@ def load_pretrained(
     ``.bin`` projector file's base embedding rows too, as the original code did.
     ``quantization`` ("8bit"/"4bit", bitsandbytes) and ``device_map`` ("auto": GPUs first, the rest offloaded to CPU
     RAM within ``max_memory``) place the loaded model for small GPUs (:mod:`llavidal.model.placement`).
+    ``init_seed`` seeds the projectors that a base folder does not hold (object/pose start random): the same seed
+    gives the same model in every process.
     """
     base = Path(base)
     if not base.is_dir():
@@ -114,7 +117,7 @@ def load_pretrained(
         model, tokenizer = load_pretrained(base, projector=projector, device="cpu", dtype=dtype,
                                            attn_implementation=attn, layout=layout,
                                            allow_untrained_modality=allow_untrained_modality,
-                                           use_file_embeddings=use_file_embeddings)
+                                           use_file_embeddings=use_file_embeddings, init_seed=init_seed)
         return place_model(model, quantization=quantization, device_map=device_map, max_memory=max_memory,
                            device=device, dtype=dtype), tokenizer
     if (base / ADAPTER_FOLDER_FILE).is_file() and not _has_weights(base):
@@ -125,7 +128,8 @@ def load_pretrained(
             raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
                                   "pass the base folder and this folder's adapter.safetensors as --projector")
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
-                                           attn_implementation=attn, allow_untrained_modality=allow_untrained_modality)
+                                           attn_implementation=attn, allow_untrained_modality=allow_untrained_modality,
+                                           init_seed=init_seed)
         for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities"):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
@@ -141,7 +145,7 @@ def load_pretrained(
         if model.config.modality_token_ids != modality_token_ids(tokenizer):
             raise CheckpointError(f"{base}: config.modality_token_ids disagree with the tokenizer's ids")
     else:
-        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn)
+        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn, seed=init_seed)
     if projector is not None:
         load_projector(model, tokenizer, projector, layout=layout, use_file_embeddings=use_file_embeddings)
     model.allow_untrained_modality = bool(allow_untrained_modality)

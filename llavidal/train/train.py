@@ -47,7 +47,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     else:  # frozen LLM weights in the compute dtype, trainable parts in fp32
         dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model, tokenizer = load_pretrained(model_args.model_name_or_path, device="cpu", dtype=dtype,
-                                       attn_implementation=model_args.attn_implementation)
+                                       attn_implementation=model_args.attn_implementation,
+                                       init_seed=training_args.seed)
     tokenizer.model_max_length = training_args.model_max_length
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)  # logs what it loaded
