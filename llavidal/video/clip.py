@@ -17,8 +17,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_VIDEO_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_OBJECT_CLIP = "openai/clip-vit-base-patch32"
@@ -210,7 +214,7 @@ def normalise_frames(frames, stats: ImageStats, dtype=None):
     return x.to(dtype) if dtype is not None else x
 
 
-def pool_spatio_temporal(patches: np.ndarray | "torch.Tensor", temporal_rows: int = 100):
+def pool_spatio_temporal(patches: np.ndarray | torch.Tensor, temporal_rows: int = 100):
     """Video-ChatGPT pooling: ``[N, P, D]`` patch tokens → ``[temporal_rows + P, D]``.
 
     Temporal tokens = mean over patches per frame (zero-padded to ``temporal_rows``), spatial tokens = mean over

@@ -4,7 +4,6 @@ outputs intact. A few kill points per job keep the suite fast."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
