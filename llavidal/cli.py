@@ -24,6 +24,7 @@ EVAL_COMMANDS = {
     "prepare": "llavidal.eval.tasks:prepare_main",
     "convert": "llavidal.eval.tasks:convert_main",
     "run": "llavidal.eval.runner:main",
+    "report": "llavidal.eval.report:main",
 }
 
 

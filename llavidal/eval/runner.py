@@ -480,7 +480,12 @@ def run(cfg: RunConfig) -> dict | None:
             summary.update(_score_descriptions(cfg, items, rows, out))
         elif info.kind == "openqa":
             summary.update(_score_openqa(cfg, items, rows, len(items) + len(problems), out))
-    # per item, as scored (letters after any LLM parsing)
+    # per item, as scored (letters after any LLM parsing), with what was asked and the truth (the report reads them)
+    by_id = {it.id: it for it in items}
+    for r in rows:
+        it = by_id.get(r["id"])
+        if it is not None:
+            r.update(question=it.question, options=it.options, answer=it.answer, video_alts=list(it.video_alts))
     atomic_write_text(out / "scored.jsonl",
                       "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
     atomic_write_json(out / "summary.json", summary, indent=2)
