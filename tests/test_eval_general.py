@@ -204,3 +204,16 @@ def test_torchrun_two_ranks_with_the_judge(tiny_base, bench, tmp_path):
     assert both == single
     assert {r["id"]: r.get("reply") for r in r0 + r1} == \
         {r["id"]: r.get("reply") for r in _rows(tmp_path / "s" / "predictions.jsonl")}
+
+
+def test_prepare_lists_the_items_and_finds_their_videos(bench, capsys):
+    from llavidal.cli import main
+
+    zs = bench["zs"]
+    assert main(["eval", "prepare", "--task", "activitynet-qa", "--qa-file", str(zs["anet_q"]), "--video-dir",
+                 str(zs["anet_videos"])]) == 0
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    assert [line["answer"] for line in lines] == zs["answers"]
+    assert [line["video_found"] for line in lines] == [True, True, True, True, False]  # found as v_clip<i>.pkl
+    assert lines[0]["features"].endswith("v_clip0.pkl") and "5 items, 0 unreadable records, 1 missing" in out.err

@@ -146,3 +146,18 @@ def test_push_to_hub_offline_fails_clearly_after_writing_the_folder(tiny_base, t
     assert "someone/llavidal-tiny" in card and "hf_sentinel_token_value" not in card + out.out + out.err
     with pytest.raises(SystemExit, match="give --folder too"):
         main(["export", "--base", str(tiny_base), "--push-to-hub", "someone/x"])
+
+
+def test_adapter_folder_on_a_hub_base_keeps_the_hub_id(exported, offline_cache, tmp_path):
+    import json
+
+    from llavidal import load_pretrained
+    from llavidal.model.checkpoint import save_adapter_folder
+
+    model, tok = load_pretrained("llavidal-test/tiny", device="cpu", dtype="fp32")
+    with torch.no_grad():
+        model.get_model().mm_projector.bias.add_(0.5)  # a "trained" projector
+    out = save_adapter_folder(model, tok, tmp_path / "run", base="llavidal-test/tiny", modalities=["video"])
+    assert json.loads((out / "config.json").read_text())["llavidal_base_model"] == "llavidal-test/tiny"
+    again, _ = load_pretrained(out, device="cpu", dtype="fp32")
+    assert torch.equal(again.get_model().mm_projector.bias, model.get_model().mm_projector.bias)

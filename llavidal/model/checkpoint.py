@@ -26,7 +26,7 @@ from .adapters import load_projector, save_adapter
 from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
 from .configuration_llavidal import LlavidalConfig
 from .files import read_config_dict
-from .hub import resolve_model_path
+from .hub import hub_id, resolve_model_path
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_model_finite, check_model_vocab
 
@@ -130,7 +130,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
     cfg = model.config.to_dict()
-    cfg["llavidal_base_model"] = str(Path(base).resolve())
+    cfg["llavidal_base_model"] = str(base) if hub_id(base) else str(Path(base).resolve())  # a hub id stays one
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
     cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
