@@ -484,8 +484,10 @@ def run(cfg: RunConfig) -> dict | None:
     by_id = {it.id: it for it in items}
     for r in rows:
         it = by_id.get(r["id"])
-        if it is not None:
-            r.update(question=it.question, options=it.options, answer=it.answer, video_alts=list(it.video_alts))
+        if it is not None:  # what a row already says (the paper protocol's own question) is kept
+            for k, v in (("question", it.question), ("options", it.options), ("answer", it.answer),
+                         ("video_alts", list(it.video_alts))):
+                r.setdefault(k, v)
     atomic_write_text(out / "scored.jsonl",
                       "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
     atomic_write_json(out / "summary.json", summary, indent=2)
