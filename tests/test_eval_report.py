@@ -177,3 +177,16 @@ def test_report_reads_tensorboard_logs_without_trainer_state(results, tmp_path):
     assert runs.trains[0].source == "tensorboard"
     assert [(h["step"], round(h["loss"], 3)) for h in runs.trains[0].history] == [(1, 2.0), (2, 1.5), (3, 1.2)]
     json.dumps(runs.trains[0].history)
+
+
+def test_frames_are_never_read_outside_the_video_folder(tmp_path):
+    from llavidal.eval.report import EvalRun, video_frames
+    from llavidal.video.io import write_video
+
+    write_video(tmp_path / "outside.mp4", np.zeros((4, 32, 32, 3), np.uint8) + 200, fps=4)
+    write_video(tmp_path / "videos" / "inside.mp4", np.zeros((4, 32, 32, 3), np.uint8) + 50, fps=4)
+    run = EvalRun("r", tmp_path, {"task": "mvbench", "config": {"video_dir": str(tmp_path / "videos")}}, [])
+    urls, why = video_frames(run, {"video": "../outside.mp4"}, 2)
+    assert urls == [] and "leaves the video folder" in why
+    urls, why = video_frames(run, {"video": "inside.avi", "video_alts": []}, 2)  # found under another suffix
+    assert len(urls) == 2 and why is None and all(u.startswith("data:image/jpeg;base64,") for u in urls)

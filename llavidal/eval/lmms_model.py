@@ -72,6 +72,7 @@ class Llavidal(lmms):
             from accelerate import Accelerator
 
             accelerator = Accelerator()
+            self.accelerator = accelerator  # lmms-eval waits on it between request types
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
             if device is None and accelerator.device.type == "cuda":
                 device = str(accelerator.device)

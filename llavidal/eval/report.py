@@ -329,10 +329,14 @@ def video_frames(run: EvalRun, row: dict, n: int, width: int = 128) -> tuple[lis
         return [], None
     from PIL import Image
 
+    from ..io_utils import stays_inside
     from ..video.io import VIDEO_SUFFIXES, VideoReadError, read_frames
     from .tasks import find_video
 
-    path = find_video(run.video_dir, [row["video"], *row.get("video_alts", [])], VIDEO_SUFFIXES)
+    names = [str(v) for v in [row["video"], *(row.get("video_alts") or [])]]
+    if not all(stays_inside(v) for v in names):  # a results file never makes the report read outside the folder
+        return [], f"video path {row['video']!r} leaves the video folder"
+    path = find_video(run.video_dir, names, VIDEO_SUFFIXES)
     if path is None:
         return [], None
     try:

@@ -616,7 +616,8 @@ def _read_records(info: TaskInfo, entries: list[tuple[str | None, Any]], reader,
         except _Bad as e:
             problems.append(Problem(index, key if key is not None else _record_name(rec), str(e)))
             continue
-        check_relative(item.video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
+        for video in item.videos:
+            check_relative(video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
         raw = rec.get("question", rec.get("Q")) if isinstance(rec, Mapping) else None
         if isinstance(raw, str) and raw != item.question:
             item.question_raw = raw
