@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository on sys.path)
+import _common
 import numpy as np
 
 

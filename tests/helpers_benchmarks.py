@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import OpenAIStub  # noqa: E402
+from openai_stub import OpenAIStub
 
 ROWS, WIDTH = 8, 1024  # video feature rows of the fixtures (the tiny model reads any number of rows of width 1024)
 #: what the loopback judge grades each Video-ChatGPT criterion (score x 20 in the summary)
@@ -107,10 +107,10 @@ def judge_reply(body: dict) -> str:
     if "short factual questions" in system:
         ref = re.search(r"Reference answer: (.*)", user).group(1).strip()
         good = ref in ("dog", "yes", "man")
-        return "{'correct': '%s', 'score': %d}" % ("yes" if good else "no", 5 if good else 1)
+        return f"{{'correct': '{'yes' if good else 'no'}', 'score': {5 if good else 1}}}"
     for criterion, marker in MARKERS.items():
         if f"Criterion: {marker}" in system:
-            return "{'score': %d}" % CRITERION_SCORES[criterion]
+            return f"{{'score': {CRITERION_SCORES[criterion]}}}"
     if "multiple-choice" in system:
         return "(B)"
     return "A summary."

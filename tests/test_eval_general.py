@@ -9,10 +9,14 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers_benchmarks import (
-    CRITERION_SCORES, judge_stub, write_mvbench, write_videochatgpt, write_zero_shot,
+    CRITERION_SCORES,
+    judge_stub,
+    write_mvbench,
+    write_videochatgpt,
+    write_zero_shot,
 )
+
 from llavidal.eval.tasks import TaskFormatError, load_task
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_benchmarks import judge_stub, write_mvbench, write_videochatgpt, write_zero_shot
 
 CHROMIUM = "/usr/bin/chromium"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers_benchmarks import write_mvbench
 
 REPO = Path(__file__).resolve().parents[1]

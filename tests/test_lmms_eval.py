@@ -65,8 +65,8 @@ def clip_and_videos(tmp_path_factory):
 def test_continuation_scores_match_a_plain_forward(tiny):
     """The scoring behind the plugin's loglikelihood: summed log-probabilities of the continuation tokens after the
     prompt, and whether greedy decoding produces them."""
-    from llavidal.inference import GenerationOptions, Query, continuation_scores, make_request, prepare_inputs
     from llavidal.engine import get_engine
+    from llavidal.inference import GenerationOptions, Query, continuation_scores, make_request, prepare_inputs
     from llavidal.prompting import encode_text
 
     model, tok = tiny

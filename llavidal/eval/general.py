@@ -30,8 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from .tasks import (
-    LETTERS, EvalItem, Problem, TaskFormatError, TaskInfo, _Bad, _field, _ident, _looks_like, _norm, _read_records,
-    _text, build_mcq_prompt, detect_task, read_json_file,
+    LETTERS,
+    EvalItem,
+    Problem,
+    TaskFormatError,
+    TaskInfo,
+    _Bad,
+    _field,
+    _ident,
+    _looks_like,
+    _norm,
+    _read_records,
+    _text,
+    build_mcq_prompt,
+    detect_task,
+    read_json_file,
 )
 
 logger = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ class Llavidal(lmms):
             raise ValueError(f"llavidal: loglikelihood={loglikelihood!r}: expected logprob or loss")
         from ..model import load_pretrained
 
-        self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self._rank, self._world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if self._world_size > 1:  # lmms-eval gathers results with torch.distributed: accelerate sets it up
             from accelerate import Accelerator
 

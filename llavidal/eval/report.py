@@ -226,8 +226,8 @@ def bar_chart(categories: Sequence[str], series: Sequence[tuple[str, Sequence[fl
     n_cat, n_ser = max(len(categories), 1), max(len(series), 1)
     group = w / n_cat
     bar = group * 0.8 / (1 if stacked else n_ser)
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+    parts = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">'),
              f'<text x="{left}" y="16" class="title">{_esc(title)}</text>']
     for k in range(5):  # grid
         y = top + h - h * k / 4
@@ -297,8 +297,8 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *
     def py(y: float) -> float:
         return top + h - h * (y - y0) / (y1 - y0)
 
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+    parts = [(f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">'),
              f'<text x="{left}" y="16" class="title">{_esc(title)}</text>']
     for k in range(5):
         yv = y0 + (y1 - y0) * k / 4
@@ -609,10 +609,11 @@ def _training_section(runs: Runs) -> str:
             f"<th>log entries</th></tr>{rows}</table><div class='charts' data-chart='training'>{''.join(charts)}</div>")
 
 
-def render(runs: Runs, cfg: ReportConfig = ReportConfig()) -> str:
+def render(runs: Runs, cfg: ReportConfig | None = None) -> str:
     """The whole page."""
     from .tasks import TASKS
 
+    cfg = cfg or ReportConfig()
     tasks = _by_task(runs)
     sections = [_summary_section(runs, tasks)] if tasks else []
     sections.append(_training_section(runs))

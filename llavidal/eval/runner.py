@@ -96,9 +96,9 @@ class RunConfig:
 # ==================================================================== features
 def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
     """Paths of the item's feature files; None when its video features are missing."""
-    for video in ([video] if video else item.videos):
-        by_name = Path(video).name not in cfg.shared_basenames
-        v = find_feature(cfg.feature_dir, video, by_name) or find_feature(cfg.video_dir, video, by_name)
+    for name in ([video] if video else item.videos):
+        by_name = Path(name).name not in cfg.shared_basenames
+        v = find_feature(cfg.feature_dir, name, by_name) or find_feature(cfg.video_dir, name, by_name)
         if v is not None:
             break
     else:

@@ -135,4 +135,4 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     return str(getattr(info, "commit_url", info))
 
 
-__all__ = ["CardConfig", "DEFAULT_TAGS", "PIPELINE_TAG", "eval_rows", "push_folder", "write_model_card"]
+__all__ = ["DEFAULT_TAGS", "PIPELINE_TAG", "CardConfig", "eval_rows", "push_folder", "write_model_card"]
