@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers_benchmarks import (
     CRITERION_SCORES,
@@ -221,3 +222,20 @@ def test_prepare_lists_the_items_and_finds_their_videos(bench, capsys):
     assert [line["answer"] for line in lines] == zs["answers"]
     assert [line["video_found"] for line in lines] == [True, True, True, True, False]  # found as v_clip<i>.pkl
     assert lines[0]["features"].endswith("v_clip0.pkl") and "5 items, 0 unreadable records, 1 missing" in out.err
+
+
+def test_pose_features_are_found_under_the_name_the_video_was_found_under(tiny_base, bench, tmp_path):
+    """ActivityNet videos are found as v_{name}: the pose file beside them is named alike and is read."""
+    from llavidal.features import save_feature
+
+    zs = bench["zs"]
+    arr = np.random.default_rng(0).standard_normal((6, 216)).astype(np.float32)
+    save_feature(arr, tmp_path / "pose" / "v_clip0.pkl")
+    save_feature(arr, tmp_path / "other" / "v_clip9.pkl")
+    replies = {}
+    for name, extra in (("none", []), ("pose", ["--pose-dir", str(tmp_path / "pose")]),
+                        ("other", ["--pose-dir", str(tmp_path / "other")])):
+        assert _run(tiny_base, "activitynet-qa", zs["anet_q"], zs["anet_videos"], tmp_path / name, "--limit", "1",
+                    *extra) == 0
+        replies[name] = _rows(tmp_path / name / "predictions.jsonl")[0]["reply"]
+    assert replies["pose"] != replies["none"] and replies["other"] == replies["none"]

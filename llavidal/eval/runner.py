@@ -100,6 +100,7 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
         by_name = Path(name).name not in cfg.shared_basenames
         v = find_feature(cfg.feature_dir, name, by_name) or find_feature(cfg.video_dir, name, by_name)
         if v is not None:
+            video = name  # the name the video was found under: the other modalities' files are named alike
             break
     else:
         return None
