@@ -26,11 +26,13 @@ EVAL_COMMANDS = {
     "prepare": "llavidal.eval.tasks:prepare_main",
     "convert": "llavidal.eval.tasks:convert_main",
     "run": "llavidal.eval.runner:main",
+    "report": "llavidal.eval.report:main",
 }
 
 
 def _add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
-    p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
+    p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder; or a "
+                   "Hugging Face Hub id of one (org/name[@revision], cached; HF_HUB_OFFLINE honoured)")
     p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
@@ -196,13 +198,33 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def _card_config(args):
+    from .model.card import CardConfig
+    from .model.hub import hub_id
+
+    base_model = args.base_model or (hub_id(args.base)[0] if hub_id(args.base) else None)
+    cfg = CardConfig(repo_id=args.push_to_hub, license=args.license, base_model=base_model,
+                     datasets=args.datasets or [], results=args.results or [], model_name=args.model_name)
+    if args.tags:
+        cfg.tags = list(dict.fromkeys(cfg.tags + args.tags))
+    return cfg
+
+
 def cmd_export(args) -> int:
     from .model import export_legacy_projector, load_pretrained, save_adapter, save_pretrained
 
+    if args.push_to_hub and not args.folder:
+        raise SystemExit("error: --push-to-hub uploads the model folder: give --folder too")
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device="cpu", dtype="fp32",
                                        layout=args.layout)
     if args.folder:
+        from .model.card import push_folder, write_model_card
+
         print(f"model folder: {save_pretrained(model, tokenizer, args.folder)}")
+        trained = getattr(model.config, "trained_modalities", None) or ["video"]
+        print(f"model card: {write_model_card(args.folder, _card_config(args), trained)}")
+        if args.push_to_hub:
+            print(f"pushed to {args.push_to_hub}: {push_folder(args.folder, args.push_to_hub, private=args.private)}")
     if args.adapter:
         print(f"adapter: {save_adapter(model, tokenizer, args.adapter)}")
     if args.legacy:
@@ -313,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="output model folder (config, safetensors, tokenizer)")
     p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
     p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")
+    g = p.add_argument_group("model card (README.md in --folder) and the Hub")
+    g.add_argument("--push-to-hub", metavar="REPO_ID", help="upload --folder to this Hub repository (created if "
+                   "needed; token from HF_TOKEN or `hf auth login`)")
+    g.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
+    g.add_argument("--license", default="other", help="card licence (default other: the published weights derive "
+                   "from LLaMA-1)")
+    g.add_argument("--base-model", help="card base_model: the base's hub id (default: --base when it is one)")
+    g.add_argument("--datasets", nargs="+", help="card datasets (hub ids)")
+    g.add_argument("--tags", nargs="+", help="card tags besides the default ones")
+    g.add_argument("--results", nargs="+", help="eval run output folders: the card's evaluation table")
+    g.add_argument("--model-name", help="the card's title (default: the repository or folder name)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("train", help="train (the flags of the published train_mem.py recipe; see --help)",
                        add_help=False)

@@ -271,7 +271,6 @@ def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOpti
     return options
 
 
-@torch.inference_mode()
 def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
                     gen_options: GenerationOptions | None = None) -> list[float]:
     """Log-likelihood of each option as the assistant's reply (sum over its tokens and the closing ``</s>``).
@@ -279,17 +278,38 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
     Multiple-choice scoring without generation: the item's options go through the model as one batch that
     shares the prompt and the features.
     """
+    return [s.logprob for s in continuation_scores(model, tokenizer, query, options, gen_options, close=True)]
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """How likely a continuation is as the assistant's reply: ``logprob`` summed over its ``tokens``, and whether
+    greedy decoding would produce exactly it (``greedy``)."""
+
+    logprob: float
+    greedy: bool
+    tokens: int
+
+
+@torch.inference_mode()
+def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[str],
+                        gen_options: GenerationOptions | None = None, close: bool = False) -> list[ContinuationScore]:
+    """Score each continuation (leading/trailing whitespace dropped: the template places the reply) as the
+    assistant's reply to ``query``, with ``</s>`` after it when ``close``. The continuations go through the model as
+    one batch sharing the prompt and the features."""
     gen_options = gen_options or GenerationOptions(max_new_tokens=0)
     batch = prepare_inputs(model, tokenizer, [query], gen_options)
     prompt = batch["input_ids"][0].tolist()
     tokenization = resolve_tokenization(model, gen_options)
-    answers = [encode_text(tokenizer, o.strip() + "</s>", tokenization) for o in options]
+    answers = [encode_text(tokenizer, c.strip() + ("</s>" if close else ""), tokenization) for c in continuations]
+    if any(not a for a in answers):
+        raise ValueError("an empty continuation has no likelihood to score")
     longest = len(prompt) + max(map(len, answers))
-    k = len(options)
+    k = len(continuations)
     input_ids = torch.full((k, longest), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros((k, longest), dtype=torch.long)
     target = torch.zeros((k, longest), dtype=torch.bool)
-    for i, a in enumerate(answers):  # right padding: every option starts right after the shared prompt
+    for i, a in enumerate(answers):  # right padding: every continuation starts right after the shared prompt
         input_ids[i, :len(prompt) + len(a)] = torch.tensor(prompt + a)
         attention[i, :len(prompt) + len(a)] = 1
         target[i, len(prompt):len(prompt) + len(a)] = True
@@ -297,11 +317,15 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
              for m in MODALITIES}
     device = model.get_input_embeddings().weight.device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
-    where = target[:, 1:].to(device)  # position t predicts token t+1; only answer tokens are scored
-    logp = torch.log_softmax(logits[:, :-1][where].float(), dim=-1)  # [N_answer_tokens, V]
-    picked = logp.gather(-1, input_ids[:, 1:].to(device)[where].unsqueeze(-1)).squeeze(-1)
-    option_of = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
-    return torch.zeros(k, device=device).index_add_(0, option_of, picked).tolist()
+    where = target[:, 1:].to(device)  # position t predicts token t+1; only continuation tokens are scored
+    scored = logits[:, :-1][where].float()  # [N_continuation_tokens, V]
+    wanted = input_ids[:, 1:].to(device)[where]
+    picked = torch.log_softmax(scored, dim=-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+    owner = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
+    logprob = torch.zeros(k, device=device).index_add_(0, owner, picked)
+    misses = torch.zeros(k, device=device).index_add_(0, owner, (scored.argmax(-1) != wanted).float())
+    return [ContinuationScore(float(lp), not bool(m), len(a))
+            for lp, m, a in zip(logprob.tolist(), misses.tolist(), answers)]
 
-__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "encode_query", "make_request", "option_logprobs",
-           "prepare_inputs", "reply_text", "stream_answer"]
+__all__ = ["ContinuationScore", "GenerationOptions", "Query", "answer", "answer_batch", "continuation_scores",
+           "encode_query", "make_request", "option_logprobs", "prepare_inputs", "reply_text", "stream_answer"]

@@ -27,6 +27,7 @@ from .adapters import load_projector, save_adapter
 from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict
+from .hub import hub_id, resolve_model_path
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_model_finite, check_model_vocab
 
@@ -92,7 +93,8 @@ def load_pretrained(
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
-    ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder.
+    ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder, or a
+    Hugging Face Hub id of one (``org/name[@revision]``: downloaded once into the cache; :mod:`.hub`).
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
     ``allow_untrained_modality``: let questions feed a modality whose projector the loaded weights never trained
@@ -103,7 +105,7 @@ def load_pretrained(
     ``init_seed`` seeds the projectors that a base folder does not hold (object/pose start random): the same seed
     gives the same model in every process.
     """
-    base = Path(base)
+    base = resolve_model_path(base)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: model folder not found")
     device = torch.device(device) if device is not None else default_device()
@@ -124,6 +126,7 @@ def load_pretrained(
         # a projector-only training output: our config + tokenizer + adapter, on top of its base folder
         cfg = read_config_dict(base)
         origin = cfg.get("llavidal_base_model")
+        origin = resolve_model_path(origin) if origin else None
         if not origin or not Path(origin).is_dir():
             raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
                                   "pass the base folder and this folder's adapter.safetensors as --projector")
@@ -170,7 +173,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
     cfg = model.config.to_dict()
-    cfg["llavidal_base_model"] = str(Path(base).resolve())
+    cfg["llavidal_base_model"] = str(base) if hub_id(base) else str(Path(base).resolve())  # a hub id stays one
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
     cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
