@@ -60,7 +60,7 @@ class DemoConfig:
     max_frames: int = 100  # frames sampled per video (100 as the original)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
     max_upload_mb: float = 500.0  # larger files are refused (0: no limit)
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
     temperature: float = 0.0  # default of the slider (0 = greedy)
     top_p: float = 1.0

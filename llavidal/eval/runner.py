@@ -37,6 +37,7 @@ from .judge import JudgeConfig
 from .paper import PaperJudgeConfig, SummarizerConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
     FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, shared_basenames,
     task_info,
 )
@@ -58,7 +59,7 @@ class RunConfig:
     max_new_tokens: int | None = None  # None: 256 (clean protocol), 1024 (paper protocol, as the release)
     temperature: float = 0.0
     seed: int = 0
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
     limit: int | None = None
     device: str | None = None
@@ -483,7 +484,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
                         "recorded as a deviation)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--template", default="vicuna_v1_1")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system")
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")

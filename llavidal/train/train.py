@@ -6,7 +6,8 @@ their start/end rows), ``lora`` (peft LoRA on the LLM + the same), ``full``.
 
 Outputs in ``--output_dir``: ``checkpoint-N/`` folders with everything needed to resume (trainable weights,
 optimizer, scheduler, RNG, data position), and at the end a loadable model folder, ``adapter.safetensors``
-(projectors + token rows by name) and ``mm_projector.bin`` in the original key layout. Only rank 0 writes.
+(projectors + token rows by name) and, for the published LLaMA-Lightening backbone, ``mm_projector.bin`` in the
+original key layout. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
-from ..prompting import check_tokenization
+from ..model.backbones import LIGHTENING
+from ..prompting import check_template, check_tokenization, model_template
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
 
@@ -54,10 +56,14 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
+    if model_args.template() is not None:
+        check_template(model_args.template())
     model.config.tokenization = model_args.tokenization or model.config.tokenization
     model.config.trained_modalities = [m for m in MODALITIES
                                        if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
+    if model_args.template() is not None and hasattr(model.config, "template"):  # other backbones record theirs
+        model.config.template = model_args.template()
 
     lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                         tuple(t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()))
@@ -154,7 +160,8 @@ def train(argv: list[str] | None = None) -> dict:
     issue_log = DataIssueLog(path=out / f"data_issues.rank{training_args.process_index}.jsonl")
     dataset = ADLXDataset(records, tokenizer, unwrap(model).config, data_args.folders(),
                           missing=data_args.missing_features, mask_probs=data_args.mask_probs(),
-                          max_length=training_args.model_max_length, template=model_args.template(),
+                          max_length=training_args.model_max_length,
+                          template=model_args.template() or model_template(unwrap(model).config),
                           system=model_args.system_prompt, seed=training_args.seed, issue_log=issue_log,
                           tokenization=unwrap(model).config.tokenization)
     trainer = LlavidalTrainer(model=model, args=training_args, train_dataset=dataset,
@@ -207,7 +214,8 @@ def train(argv: list[str] | None = None) -> dict:
                 if plain is None:
                     final.merge_trainable_token_rows()
                 save_pretrained(final, tokenizer, out, plain)
-        export_legacy_projector(final, out / "mm_projector.bin", active, plain)
+        if final.config.model_type == LIGHTENING:  # the original trainer's layout: LLaMA-Lightening only
+            export_legacy_projector(final, out / "mm_projector.bin", active, plain)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:
