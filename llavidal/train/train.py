@@ -207,8 +207,11 @@ def train(argv: list[str] | None = None) -> dict:
                 logger.warning("LoRA under FSDP/DeepSpeed: %s holds the peft adapter and adapter.safetensors; merge "
                                "the LoRA weights into a full model on one process (peft merge_and_unload)", out)
             elif mode == "lora":
+                tied = final.config.tie_word_embeddings  # peft unties the config when it meets the row overlay
                 merged = getattr(trainer.model, "module", trainer.model).merge_and_unload()
                 merged.merge_trainable_token_rows()
+                if tied and merged.get_input_embeddings().weight is merged.get_output_embeddings().weight:
+                    merged.config.tie_word_embeddings = True  # still one matrix (Qwen2.5 small, LLaMA-3.2)
                 save_pretrained(merged, tokenizer, out)
             else:
                 if plain is None:
