@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+
 from .constants import TINY_FAMILIES
 from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 

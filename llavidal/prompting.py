@@ -282,7 +282,7 @@ def render_chat(tokenizer, messages: list[dict], generation: bool) -> str:
                          "has none: pass --template vicuna_v1_1 (or give the base folder a chat template)")
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
-    except Exception as e:  # jinja2 errors (a template's raise_exception, an unsupported role ...)
+    except Exception as e:  # noqa: BLE001 - jinja2 errors (a template's raise_exception, an unsupported role ...)
         raise ValueError(f"the tokenizer's chat template cannot render this conversation: {type(e).__name__}: {e}"
                          ) from None
 

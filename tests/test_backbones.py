@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from helpers_train import adapter, synthetic_data, train_flags
+
 from llavidal.constants import IGNORE_INDEX
 from llavidal.inference import GenerationOptions, Query, make_request, prepare_inputs
 
@@ -188,7 +188,7 @@ def test_lora_and_full_training_of_a_tied_backbone_write_loadable_folders(mode, 
     out = tmp_path / mode
     train(train_flags(family_base("qwen2"), synth, out, ("video",), tune_mm_mlp_adapter="False",
                       training_mode=mode, max_steps="1"))
-    model, tok = _load(out)
+    model, _ = _load(out)
     assert model.config.model_type == "llavidal_qwen2" and model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert torch.equal(model.projector("video").weight, adapter(out)["model.mm_projector.weight"])

@@ -93,8 +93,8 @@ class GenerateEngine(Engine):
         handle.started = time.perf_counter()
         ids = torch.tensor([r.input_ids], dtype=torch.long, device=self.device)
         feats = {f"{m}_features": f.to(self.device) for m, f in r.features.items() if f is not None}
-        kw = dict(max_new_tokens=r.max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-                  repetition_penalty=r.repetition_penalty, do_sample=not r.greedy, use_cache=True)
+        kw = {"max_new_tokens": r.max_new_tokens, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
+              "repetition_penalty": r.repetition_penalty, "do_sample": not r.greedy, "use_cache": True}
         if not r.greedy:
             kw.update(temperature=r.temperature, top_p=r.top_p)
             torch.manual_seed(r.seed)

@@ -32,12 +32,12 @@ from ..constants import MODALITIES
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..llm import LLMConfig, add_endpoint_args
 from ..llm.config import config_from_args
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 from ..video.io import VIDEO_SUFFIXES
 from .judge import JudgeConfig
 from .paper import PaperJudgeConfig, SummarizerConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
-from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
     FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, shared_basenames,
     task_info,
 )

@@ -134,7 +134,10 @@ def backbone_classes(backbone: str) -> tuple[type, type]:
 
 def _share_weight_conversions(backbone: str, model_type: str) -> None:
     """Checkpoint key conversions transformers applies to ``backbone`` apply to ours too (looked up by model_type)."""
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
 
     mapping = get_checkpoint_conversion_mapping(backbone)
     if mapping:

@@ -6,6 +6,7 @@ take the same fields (:func:`multimodal_fields`) on top of their own backbone's 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
@@ -63,6 +64,6 @@ class LlavidalConfig(ModalityTokens, LlamaConfig):
 
 def multimodal_fields() -> dict[str, tuple[str, object]]:
     """``{name: (annotation, default)}`` of the multimodal fields :class:`LlavidalConfig` adds to its LLaMA config."""
-    own = LlavidalConfig.__dict__["__annotations__"]
+    own = inspect.get_annotations(LlavidalConfig)
     fields = {f.name: f for f in dataclasses.fields(LlavidalConfig)}
     return {n: (own[n], fields[n].default) for n in own}

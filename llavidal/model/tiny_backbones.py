@@ -138,7 +138,7 @@ def write_tokenizer(out: Path, family: TinyFamily, vocab_size: int, seed: int = 
     return len(tok)
 
 
-def make_tiny_family(out: str | Path, family: str, seed: int = 0, spec: TinySpec = TinySpec(),
+def make_tiny_family(out: str | Path, family: str, seed: int = 0, spec: TinySpec | None = None,
                      num_key_value_heads: int = 2) -> Path:
     """Write a tiny random base folder of ``family`` (a key of :data:`FAMILIES`) to ``out``."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -146,6 +146,7 @@ def make_tiny_family(out: str | Path, family: str, seed: int = 0, spec: TinySpec
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone family {family!r}; choose from llama, {', '.join(FAMILIES)}")
     fam = FAMILIES[family]
+    spec = spec or TinySpec()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_tokens = write_tokenizer(out, fam, spec.sp_vocab_size, seed)

@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+
 from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 
 log = logging.getLogger("llavidal.serve")

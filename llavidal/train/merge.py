@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from ..constants import MODALITIES, TOKEN_LAYOUTS
 from ..io_utils import atomic_path
-from ..model.backbones import LIGHTENING
 from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION, adapter_metadata
+from ..model.backbones import LIGHTENING
 from ..model.checkpoint import ADAPTER_FOLDER_FILE
 from ..model.files import normalise_keys, read_tensor_file
 from ..model.validate import CheckpointError

@@ -8,10 +8,9 @@ Trainable parameters are kept in fp32 (optimizer state and updates); frozen ones
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import logging
 
 import torch
 

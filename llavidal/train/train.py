@@ -29,8 +29,8 @@ from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
-from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..model.backbones import LIGHTENING
+from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..prompting import check_template, check_tokenization, model_template
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
