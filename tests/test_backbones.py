@@ -94,7 +94,7 @@ def test_make_tiny_writes_the_family_layout_deterministically(family, family_bas
 @pytest.mark.parametrize("family", ("llama", *FAMILIES))
 def test_labels_cover_exactly_the_replies_and_their_end_of_turn(family, family_base, tiny_base):
     from llavidal.model.base import load_tokenizer, use_end_of_turn_as_eos
-    from llavidal.prompting import encode_turns
+    from llavidal.prompting import encode_turns, reply_ids
 
     base = tiny_base if family == "llama" else family_base(family)
     tok = load_tokenizer(base)
@@ -118,6 +118,7 @@ def test_labels_cover_exactly_the_replies_and_their_end_of_turn(family, family_b
     eot = END_OF_TURN[family]
     assert [tok.decode([ids[i] for i in r]) for r in runs] == [f"He drinks water.{eot}", f"He sits down.{eot}"]
     assert [ids[r[-1]] for r in runs] == [tok.eos_token_id] * 2  # the stop token of generation closes each reply
+    assert [ids[i] for i in runs[1]] == reply_ids(tok, "He sits down.", template)  # what option scoring sums
     patch = tok.convert_tokens_to_ids("<vid_patch>")
     assert ids.count(patch) == 3 and all(labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t == patch)
     if template == "chat":  # the ids are those of the rendered conversation, ending in the generation header
@@ -179,6 +180,21 @@ def test_cli_infer_then_projector_training_reloads_with_the_same_logits(family, 
         a = from_adapter(**batch, use_cache=False).logits
         b = full(**batch, use_cache=False).logits
     assert torch.equal(a, b)
+
+
+def test_eval_run_generates_and_scores_options_with_a_trained_backbone(trained, tmp_path):
+    from llavidal.cli import main
+    from llavidal.synthetic import WorldSpec, make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=0, n_test=4, seed=1, spec=WorldSpec(video_rows=8, pose_rows=6))
+    run, _ = trained("qwen2")
+    for mode in ("generate", "loglik"):
+        out = tmp_path / mode
+        assert main(["eval", "run", "--task", "smarthome-ar", "--qa-file", str(data["test"]), "--video-dir",
+                     str(data["video_folder"]), "--base", str(run), "--output", str(out), "--max-new-tokens", "8",
+                     "--batch-size", "4", "--mcq-mode", mode]) == 0
+        mcq = json.loads((out / "summary.json").read_text())["mcq"]
+        assert mcq["total"] == 4 and mcq["correct"] + mcq["wrong"] + mcq.get("unparsed", 0) == 4
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
