@@ -65,6 +65,9 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-memory", help="memory per device for --device-map, e.g. 0=6GiB,cpu=48GiB")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the decoding step (auto: the measured default of the device; off on CPU)")
+    g.add_argument("--max-cache-len", type=int, default=None,
+                   help="KV positions per sequence in the generation engine (default: the model's window, at most "
+                        "8192; raise it for long prompts on long-window backbones, e.g. 32768 for Qwen2.5)")
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -114,8 +117,9 @@ def placement_kwargs(args) -> dict:
 
 
 def engine_overrides(args) -> dict:
-    """EngineConfig fields from the ``--compile`` flag."""
-    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto"))}
+    """EngineConfig fields from the ``--compile`` and ``--max-cache-len`` flags."""
+    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto")),
+            "max_cache_len": getattr(args, "max_cache_len", None)}
 
 
 def load_model(args):

@@ -235,6 +235,9 @@ def test_engine_greedy_tokens_equal_generate(family, family_base):
     finally:
         engine.close()
     assert got == want and len({tuple(x) for x in want}) > 1
+    small = Engine(model, tok, EngineConfig(max_cache_len=64))  # the KV cache per sequence is a choice, not the window
+    with pytest.raises(ValueError, match=r"engine's KV cache of 64 positions .*max_cache_len; the model allows 2048"):
+        small.check(make_request(model, tok, queries[0], opts))
 
 
 def test_sliding_window_models_fall_back_to_generate(family_base, tmp_path):

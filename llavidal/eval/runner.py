@@ -69,6 +69,7 @@ class RunConfig:
     device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
     max_memory: dict | None = None
     compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    max_cache_len: int | None = None  # engine KV positions per sequence (None: the model's window, at most 8192)
     backend: str = "engine"  # engine | vllm
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
@@ -408,7 +409,8 @@ def run(cfg: RunConfig) -> dict | None:
                                            allow_untrained_modality=cfg.allow_untrained_modality,
                                            quantization=cfg.quantization, device_map=cfg.device_map,
                                            max_memory=cfg.max_memory)
-        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile,
+                            max_cache_len=cfg.max_cache_len)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, mine)
