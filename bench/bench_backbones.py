@@ -30,11 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 import torch
+from _common import machine_info, write_json  # (importing _common puts the repository on sys.path)
 
-from _common import machine_info, write_json
 from llavidal import load_pretrained
 from llavidal.constants import TINY_FAMILIES
 from llavidal.engine import Engine, EngineConfig
