@@ -281,6 +281,10 @@ def render_chat(tokenizer, messages: list[dict], generation: bool) -> str:
         raise ValueError(f"template 'chat' needs a tokenizer with a chat template; this {type(tokenizer).__name__} "
                          "has none: pass --template vicuna_v1_1 (or give the base folder a chat template)")
     try:
+        import jinja2  # noqa: F401  (transformers renders chat templates with it)
+    except ImportError:
+        raise ValueError("template 'chat' needs jinja2 (pip install 'jinja2>=3.1.6')") from None
+    try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
     except Exception as e:  # noqa: BLE001 - jinja2 errors (a template's raise_exception, an unsupported role ...)
         raise ValueError(f"the tokenizer's chat template cannot render this conversation: {type(e).__name__}: {e}"

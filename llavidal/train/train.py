@@ -31,7 +31,7 @@ from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
 from ..model.backbones import LIGHTENING
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
-from ..prompting import check_template, check_tokenization, model_template
+from ..prompting import check_template, check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
 
@@ -160,8 +160,7 @@ def train(argv: list[str] | None = None) -> dict:
     issue_log = DataIssueLog(path=out / f"data_issues.rank{training_args.process_index}.jsonl")
     dataset = ADLXDataset(records, tokenizer, unwrap(model).config, data_args.folders(),
                           missing=data_args.missing_features, mask_probs=data_args.mask_probs(),
-                          max_length=training_args.model_max_length,
-                          template=model_args.template() or model_template(unwrap(model).config),
+                          max_length=training_args.model_max_length, template=model_args.template(),
                           system=model_args.system_prompt, seed=training_args.seed, issue_log=issue_log,
                           tokenization=unwrap(model).config.tokenization)
     trainer = LlavidalTrainer(model=model, args=training_args, train_dataset=dataset,
