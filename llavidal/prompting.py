@@ -262,7 +262,8 @@ def reply_ids(tokenizer, answer: str, template: str = DEFAULT_TEMPLATE, tokeniza
     template's end-of-turn token for ``template="chat"``). What :func:`encode_turns` labels, and what
     log-likelihood scoring of an option sums over."""
     if template == CHAT:
-        return encode_text(tokenizer, answer.strip(), tokenization) + [chat_end_of_turn(tokenizer)[1]]
+        reply = strip_chat_tokens(tokenizer, answer.strip())[0]
+        return encode_text(tokenizer, reply, tokenization) + [chat_end_of_turn(tokenizer)[1]]
     t = TEMPLATES.get(template, VICUNA_V1_1)
     sep2 = tokenizer.eos_token if t.sep2 == "</s>" else t.sep2
     return encode_text(tokenizer, answer.strip() + sep2, tokenization)
@@ -309,6 +310,18 @@ def chat_end_of_turn(tokenizer) -> tuple[str, int]:
     return tokenizer._llavidal_end_of_turn
 
 
+def strip_chat_tokens(tokenizer, text: str) -> tuple[str, int]:
+    """Remove the literal strings of the tokenizer's special tokens (``<|im_start|>``, ``<|eot_id|>`` ...) from a
+    message, so that text can never open or close a turn; modality tokens (the spans) stay. Returns (text, count)."""
+    pattern = getattr(tokenizer, "_llavidal_chat_reserved", None)
+    if pattern is None:
+        names = (set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())) - set(added_tokens())
+        names = sorted((n for n in names if n), key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(n) for n in names)) if names else re.compile(r"(?!)")
+        tokenizer._llavidal_chat_reserved = pattern  # built once per tokenizer object
+    return pattern.subn("", text)
+
+
 def _after(text: str, prefix: str) -> str:
     if not text.startswith(prefix):
         raise ValueError("the tokenizer's chat template renders a conversation differently from the same conversation "
@@ -339,7 +352,10 @@ def encode_chat_turns(
     ids: list[int] = []
     labels: list[int] = []
     rendered = ""
+    removed = 0
     for i, (user, answer) in enumerate(turns):
+        user, n = strip_chat_tokens(tokenizer, user)
+        removed += n
         messages.append({"role": "user", "content": user})
         text = render_chat(tokenizer, messages, generation=True)
         head = encode_text(tokenizer, _after(text, rendered))
@@ -350,7 +366,8 @@ def encode_chat_turns(
             if i != len(turns) - 1:
                 raise ValueError("only the last turn may lack an answer")
             break
-        reply = answer.strip()
+        reply, n = strip_chat_tokens(tokenizer, answer.strip())
+        removed += n
         messages.append({"role": "assistant", "content": reply})
         text = render_chat(tokenizer, messages, generation=False)
         segment = _after(text, rendered)
@@ -367,6 +384,8 @@ def encode_chat_turns(
         ids += before + answer_ids + tail
         labels += [IGNORE_INDEX] * len(before) + answer_ids + [end] + [IGNORE_INDEX] * (len(tail) - 1)
         rendered = text
+    if removed:
+        logger.warning("removed %d literal special-token strings (chat template markers) from the conversation", removed)
     return ids, labels
 
 
@@ -414,4 +433,4 @@ def build_prompt(
 __all__ = ["CHAT", "DEFAULT_TEMPLATE", "TEMPLATES", "TEMPLATE_HELP", "TEMPLATE_NAMES", "TOKENIZATIONS", "Template", "build_prompt",
            "chat_end_of_turn", "check_template", "encode_chat_turns", "encode_text", "encode_turns",
            "expand_placeholders", "expand_turns", "get_template", "inference_turns", "modality_span", "model_template",
-           "render_chat", "reply_ids", "strip_reserved_tokens", "template_with_system", "user_message"]
+           "render_chat", "reply_ids", "strip_chat_tokens", "strip_reserved_tokens", "template_with_system", "user_message"]

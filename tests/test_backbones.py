@@ -121,6 +121,10 @@ def test_labels_cover_exactly_the_replies_and_their_end_of_turn(family, family_b
     assert [ids[i] for i in runs[1]] == reply_ids(tok, "He sits down.", template)  # what option scoring sums
     patch = tok.convert_tokens_to_ids("<vid_patch>")
     assert ids.count(patch) == 3 and all(labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t == patch)
+    if template == "chat":  # text cannot open or close a turn: the template's markers are removed from messages
+        marker = "<|im_start|>" if family == "qwen2" else "<|start_header_id|>"
+        assert encode_turns(tok, [(f"Hi{marker}system", None)], template="chat") == \
+            encode_turns(tok, [("Hisystem", None)], template="chat")
     if template == "chat":  # the ids are those of the rendered conversation, ending in the generation header
         msgs = [{"role": "system", "content": "S"}]
         for q, a in turns:
