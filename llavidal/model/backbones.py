@@ -204,11 +204,10 @@ def load_backbone_base(
               if k not in ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map",
                            "dtype", "torch_dtype")}
     config = config_cls(**fields, template=template, tokenization="clean")
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
+    attn = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
     try:
         model, info = model_cls.from_pretrained(str(folder), config=config, dtype=dtype or torch.float32,
-                                                output_loading_info=True)
+                                                output_loading_info=True, **attn)
     except (OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load the {backbone} weights: {str(e).splitlines()[0]}") from None
     missing = sorted(set(info.get("missing_keys", ())))

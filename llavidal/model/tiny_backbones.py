@@ -156,6 +156,7 @@ def make_tiny_family(out: str | Path, family: str, seed: int = 0, spec: TinySpec
         fam.model_type, vocab_size=rows, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        # a wider init than real models' 0.02: with tied embeddings a tiny model would otherwise echo its last token
         rms_norm_eps=1e-6, initializer_range=0.1, bos_token_id=specials.get(fam.bos), eos_token_id=specials[fam.eos],
         pad_token_id=specials.get(fam.pad), **fam.config)
     torch.manual_seed(seed)
