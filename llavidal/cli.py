@@ -9,6 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
+from .constants import TINY_FAMILIES
+from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
+
 # Subcommands that live next to their feature: each module has ``register(subparsers)`` (keep imports there light:
 # heavy libraries are imported inside the command functions).
 COMMAND_MODULES = (
@@ -64,6 +67,9 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-memory", help="memory per device for --device-map, e.g. 0=6GiB,cpu=48GiB")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the decoding step (auto: the measured default of the device; off on CPU)")
+    g.add_argument("--max-cache-len", type=int, default=None,
+                   help="KV positions per sequence in the generation engine (default: the model's window, at most "
+                        "8192; raise it for long prompts on long-window backbones, e.g. 32768 for Qwen2.5)")
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -113,8 +119,9 @@ def placement_kwargs(args) -> dict:
 
 
 def engine_overrides(args) -> dict:
-    """EngineConfig fields from the ``--compile`` flag."""
-    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto"))}
+    """EngineConfig fields from the ``--compile`` and ``--max-cache-len`` flags."""
+    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto")),
+            "max_cache_len": getattr(args, "max_cache_len", None)}
 
 
 def load_model(args):
@@ -137,8 +144,9 @@ def load_kwargs(args: argparse.Namespace) -> dict:
 def cmd_make_tiny(args) -> int:
     from .model.tiny import make_tiny
 
-    out = make_tiny(args.dir, seed=args.seed, safetensors=args.safetensors)
-    print(f"wrote a tiny LLaVA-Lightening-style base model to {out} (seed {args.seed})")
+    out = make_tiny(args.dir, seed=args.seed, safetensors=args.safetensors, family=args.family)
+    kind = "LLaVA-Lightening-style" if args.family == "llama" else f"{args.family}-family"
+    print(f"wrote a tiny {kind} base model to {out} (seed {args.seed})")
     return 0
 
 
@@ -302,9 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout) for tests/demos")
+    p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout, or another "
+                       "backbone family's) for tests/demos")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", choices=TINY_FAMILIES, default="llama",
+                   help="llama: LLaVA-Lightening (LLaMA-1, Vicuna template; default); llama3: LLaMA-3.1 layout; qwen2: "
+                        "Qwen2.5-Instruct layout (both with their chat templates)")
     p.add_argument("--safetensors", action="store_true", help="write safetensors shards instead of .bin")
     p.set_defaults(func=cmd_make_tiny)
 
@@ -324,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, help="seed for sampling")
-    p.add_argument("--template", default="vicuna_v1_1", help="conversation template (vicuna_v1_1, llavidal_v1)")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system", help="system prompt overriding the template's")
     p.add_argument("--no-stream", action="store_true", help="print the reply at the end instead of streaming")
     p.add_argument("--json", action="store_true", help="print one JSON object")

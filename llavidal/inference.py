@@ -24,7 +24,7 @@ import torch
 from .constants import MODALITIES
 from .engine import GenerationRequest, GenerationResult, get_engine
 from .features import load_feature, patch_rows, validate_feature
-from .prompting import DEFAULT_TEMPLATE, encode_text, encode_turns, inference_turns
+from .prompting import encode_turns, inference_turns, model_template, reply_ids
 
 FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
 
@@ -36,7 +36,7 @@ class GenerationOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None  # seeds sampling (temperature > 0)
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the model's own (vicuna_v1_1 for LLaMA-Lightening, chat for other backbones)
     system: str | None = None  # overrides the template's system prompt
     tokenization: str | None = None  # clean | original; None: what the model was trained with (config.tokenization)
 
@@ -97,7 +97,7 @@ def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> 
     rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
     turns = inference_turns(query.question, rows, history=query.history, use_start_end=config.mm_use_vid_start_end,
                             use_string_prefix=config.use_modality_string_prefix)
-    return encode_turns(tokenizer, turns, template=options.template, system=options.system,
+    return encode_turns(tokenizer, turns, template=resolve_template(model, options), system=options.system,
                         tokenization=resolve_tokenization(model, options))[0], arrays
 
 
@@ -164,6 +164,11 @@ def check_trained_modalities(model, modalities: Sequence[str]) -> None:
 def resolve_tokenization(model, options: GenerationOptions) -> str:
     """The options' tokenization, else the model's (``config.tokenization``: what its weights were trained on)."""
     return options.tokenization or getattr(model.config, "tokenization", None) or "clean"
+
+
+def resolve_template(model, options: GenerationOptions) -> str:
+    """The options' template, else the one the model was built for (``prompting.model_template``)."""
+    return options.template or model_template(model.config)
 
 
 def _clean(text: str) -> str:
@@ -273,7 +278,8 @@ def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOpti
 
 def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
                     gen_options: GenerationOptions | None = None) -> list[float]:
-    """Log-likelihood of each option as the assistant's reply (sum over its tokens and the closing ``</s>``).
+    """Log-likelihood of each option as the assistant's reply (sum over its tokens and the token that closes the
+    turn: ``</s>``, or the chat template's end-of-turn token).
 
     Multiple-choice scoring without generation: the item's options go through the model as one batch that
     shares the prompt and the features.
@@ -301,7 +307,8 @@ def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[
     batch = prepare_inputs(model, tokenizer, [query], gen_options)
     prompt = batch["input_ids"][0].tolist()
     tokenization = resolve_tokenization(model, gen_options)
-    answers = [encode_text(tokenizer, c.strip() + ("</s>" if close else ""), tokenization) for c in continuations]
+    template = resolve_template(model, gen_options)
+    answers = [reply_ids(tokenizer, c, template, tokenization, close=close) for c in continuations]
     if any(not a for a in answers):
         raise ValueError("an empty continuation has no likelihood to score")
     longest = len(prompt) + max(map(len, answers))
@@ -328,4 +335,5 @@ def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[
             for lp, m, a in zip(logprob.tolist(), misses.tolist(), answers)]
 
 __all__ = ["ContinuationScore", "GenerationOptions", "Query", "answer", "answer_batch", "continuation_scores",
-           "encode_query", "make_request", "option_logprobs", "prepare_inputs", "reply_text", "stream_answer"]
+           "encode_query", "make_request", "option_logprobs", "prepare_inputs", "reply_text", "resolve_template",
+           "stream_answer"]

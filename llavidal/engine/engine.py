@@ -32,7 +32,7 @@ import torch
 
 from ..constants import MODALITIES
 from .cache import SlotCache
-from .config import EngineConfig, GenerationRequest, GenerationResult
+from .config import DEFAULT_MAX_CACHE_LEN, EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
 
 log = logging.getLogger("llavidal.engine")
@@ -171,14 +171,10 @@ class Engine:
         self.config = config or EngineConfig()
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
-        attn = getattr(model.config, "_attn_implementation", "sdpa")
-        if attn not in ("sdpa", "eager"):
-            raise ValueError(f"the generation engine runs with sdpa or eager attention; this model was loaded with "
-                             f"{attn!r} (load it with --attn sdpa)")
-        self.attn = attn
+        self.attn = self._check_model(model)
         self.device = model.get_input_embeddings().weight.device
-        limit = int(model.config.max_position_embeddings)
-        self.max_len = min(self.config.max_cache_len or limit, limit)
+        self.limit = int(model.config.max_position_embeddings)
+        self.max_len = min(self.config.max_cache_len or min(self.limit, DEFAULT_MAX_CACHE_LEN), self.limit)
         self.vocab = int(model.get_output_embeddings().weight.shape[0])
         suppress = sorted(set(model.never_generated_token_ids()))
         self.suppress = None
@@ -200,6 +196,19 @@ class Engine:
         self._decode_fn = None
         _LIVE.add(self)
 
+    @staticmethod
+    def _check_model(model) -> str:
+        """The attention implementation the engine runs with; a model the slot cache cannot hold is refused
+        (:func:`get_engine` falls back to ``model.generate`` for it)."""
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the generation engine cannot run this model: {reason}")
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(f"the generation engine runs with sdpa or eager attention; this model was loaded with "
+                             f"{attn!r} (load it with --attn sdpa)")
+        return attn
+
     # ------------------------------------------------------------------ public
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError for a request this engine cannot run (before it is queued)."""
@@ -209,8 +218,11 @@ class Engine:
             raise ValueError("the prompt is empty")
         n = len(request.input_ids)
         if n + request.max_new_tokens > self.max_len:
+            where = (f"the model's {self.max_len} positions" if self.max_len == self.limit else
+                     f"the engine's KV cache of {self.max_len} positions per sequence (EngineConfig.max_cache_len; "
+                     f"the model allows {self.limit})")
             raise ValueError(f"the prompt is {n} tokens; with max_new_tokens={request.max_new_tokens} it exceeds "
-                             f"the model's {self.max_len} positions")
+                             f"{where}")
         if not 0 < request.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
         if request.repetition_penalty <= 0:
@@ -578,9 +590,25 @@ class Engine:
                 self.stats.failed += 1
 
 
+def unsupported_reason(model) -> str | None:
+    """Why the slot cache cannot hold ``model``'s layers (None when it can): it keeps full causal attention over
+    every position, so sliding-window and non-attention layers (Mistral v0.1, Gemma 2/3, hybrid models) need
+    ``model.generate``'s own caches."""
+    cfg = model.config
+    kinds = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention"}
+    if kinds:
+        return f"its layers include {', '.join(sorted(kinds))} (the slot cache holds full-attention layers only)"
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        return f"it attends within a sliding window of {window} positions (the slot cache holds full attention only)"
+    return None
+
+
 def get_engine(model, tokenizer, config: EngineConfig | None = None, **overrides) -> Engine:
     """The engine attached to ``model`` (made on first use). ``config``/``overrides`` (EngineConfig fields)
-    replace an idle engine whose configuration differs; a busy one is kept as it is."""
+    replace an idle engine whose configuration differs; a busy one is kept as it is. A model the slot cache cannot
+    hold (:func:`unsupported_reason`) gets a :class:`~llavidal.engine.fallback.GenerateEngine`: the same interface
+    over ``model.generate``, one request at a time, with the reason logged once."""
     engine: Engine | None = getattr(model, "_llavidal_engine", None)
     base = config or (engine.config if engine is not None else EngineConfig())
     wanted = replace(base, **overrides) if overrides else base
@@ -588,9 +616,17 @@ def get_engine(model, tokenizer, config: EngineConfig | None = None, **overrides
         return engine
     if engine is not None:
         engine.close()
-    engine = Engine(model, tokenizer, wanted)
+    reason = unsupported_reason(model)
+    if reason is None:
+        engine = Engine(model, tokenizer, wanted)
+    else:
+        from .fallback import GenerateEngine
+
+        log.warning("the generation engine cannot run this model: %s; replies come from model.generate, one request "
+                    "at a time (no continuous batching)", reason)
+        engine = GenerateEngine(model, tokenizer, wanted, reason=reason)
     model._llavidal_engine = engine
     return engine
 
 
-__all__ = ["Engine", "EngineBusy", "EngineStats", "GenerationHandle", "get_engine"]
+__all__ = ["Engine", "EngineBusy", "EngineStats", "GenerationHandle", "get_engine", "unsupported_reason"]

@@ -35,6 +35,7 @@ from ..constants import MODALITIES
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..llm import LLMConfig, add_endpoint_args
 from ..llm.config import config_from_args
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 from ..video.io import VIDEO_SUFFIXES
 from .describe import description_questions
 from .judge import JudgeConfig
@@ -64,7 +65,7 @@ class RunConfig:
     max_new_tokens: int | None = None  # None: 256 (clean protocol), 1024 (paper protocol, as the release)
     temperature: float = 0.0
     seed: int = 0
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
     limit: int | None = None
     device: str | None = None
@@ -74,6 +75,7 @@ class RunConfig:
     device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
     max_memory: dict | None = None
     compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    max_cache_len: int | None = None  # engine KV positions per sequence (None: the model's window, at most 8192)
     backend: str = "engine"  # engine | vllm
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
@@ -463,7 +465,8 @@ def run(cfg: RunConfig) -> dict | None:
                                            allow_untrained_modality=cfg.allow_untrained_modality,
                                            quantization=cfg.quantization, device_map=cfg.device_map,
                                            max_memory=cfg.max_memory)
-        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile,
+                            max_cache_len=cfg.max_cache_len)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, mine)
@@ -558,7 +561,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
                         "recorded as a deviation)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--template", default="vicuna_v1_1")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system")
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")

@@ -24,6 +24,7 @@ from ..console import library_quiet
 from ..constants import MODALITIES
 from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
+from .backbones import is_llavidal_model_type, model_class
 from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict
@@ -72,7 +73,7 @@ def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBa
 
 def is_llavidal_folder(folder: str | os.PathLike) -> bool:
     try:
-        return read_config_dict(folder).get("model_type") == "llavidal"
+        return is_llavidal_model_type(read_config_dict(folder).get("model_type"))
     except CheckpointError:
         return False
 
@@ -93,8 +94,9 @@ def load_pretrained(
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
-    ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder, or a
-    Hugging Face Hub id of one (``org/name[@revision]``: downloaded once into the cache; :mod:`.hub`).
+    ``base`` is our own folder (from :func:`save_pretrained` or training), a LLaVA-Lightening base folder, the
+    folder of another backbone that ``AutoModelForCausalLM`` loads (LLaMA-3, Qwen2.5 ...: docs/design.md#backbones),
+    or a Hugging Face Hub id of one (``org/name[@revision]``: downloaded once into the cache; :mod:`.hub`).
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
     ``allow_untrained_modality``: let questions feed a modality whose projector the loaded weights never trained
@@ -133,7 +135,8 @@ def load_pretrained(
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
                                            attn_implementation=attn, allow_untrained_modality=allow_untrained_modality,
                                            init_seed=init_seed)
-        for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities"):
+        for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities",
+                    "template"):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
         if projector is not None:
@@ -141,8 +144,9 @@ def load_pretrained(
         return model, tokenizer
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
+        cls = model_class(read_config_dict(base)["model_type"])
         with library_quiet():
-            model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
+            model = cls.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
         check_model_vocab(len(tokenizer), model.config.vocab_size, base)
         check_model_finite(model, base)
         if model.config.modality_token_ids != modality_token_ids(tokenizer):

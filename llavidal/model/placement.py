@@ -81,8 +81,6 @@ def place_model(model, quantization: str | None = None, device_map: str | dict |
     RAM, bounded by ``max_memory``), a dict of module -> device, or None (everything on ``device``)."""
     from transformers import BitsAndBytesConfig
 
-    from .modeling_llavidal import LlavidalForCausalLM
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or next(model.parameters()).dtype
     kwargs = {}
@@ -97,7 +95,7 @@ def place_model(model, quantization: str | None = None, device_map: str | dict |
     config = model.config
     try:
         with library_quiet():
-            placed = LlavidalForCausalLM.from_pretrained(
+            placed = type(model).from_pretrained(
                 None, config=config, state_dict=model.state_dict(), dtype=dtype, device_map=device_map,
                 max_memory=max_memory, attn_implementation=config._attn_implementation, **kwargs)
     except (ImportError, RuntimeError, ValueError) as e:

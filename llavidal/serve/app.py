@@ -43,7 +43,7 @@ class ServeConfig:
     max_request_mb: float = 64.0  # request bodies (base64 videos included)
     max_new_tokens: int = 512  # default and upper bound of max_tokens
     temperature: float = 0.0  # when the request gives none (0: greedy)
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
 
 

@@ -6,7 +6,8 @@ their start/end rows), ``lora`` (peft LoRA on the LLM + the same), ``full``.
 
 Outputs in ``--output_dir``: ``checkpoint-N/`` folders with everything needed to resume (trainable weights,
 optimizer, scheduler, RNG, data position), and at the end a loadable model folder, ``adapter.safetensors``
-(projectors + token rows by name) and ``mm_projector.bin`` in the original key layout. Only rank 0 writes.
+(projectors + token rows by name) and, for the published LLaMA-Lightening backbone, ``mm_projector.bin`` in the
+original key layout. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
+from ..model.backbones import LIGHTENING
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
-from ..prompting import check_tokenization
+from ..prompting import check_template, check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
 
@@ -55,10 +57,14 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
+    if model_args.template() is not None:
+        check_template(model_args.template())
     model.config.tokenization = model_args.tokenization or model.config.tokenization
     model.config.trained_modalities = [m for m in MODALITIES
                                        if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
+    if model_args.template() is not None and hasattr(model.config, "template"):  # other backbones record theirs
+        model.config.template = model_args.template()
 
     lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                         tuple(t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()))
@@ -239,14 +245,18 @@ def train(argv: list[str] | None = None) -> dict:
                 logger.warning("LoRA under FSDP/DeepSpeed: %s holds the peft adapter and adapter.safetensors; merge "
                                "the LoRA weights into a full model on one process (peft merge_and_unload)", out)
             elif mode == "lora":
+                tied = final.config.tie_word_embeddings  # peft unties the config when it meets the row overlay
                 merged = getattr(trainer.model, "module", trainer.model).merge_and_unload()
                 merged.merge_trainable_token_rows()
+                if tied and merged.get_input_embeddings().weight is merged.get_output_embeddings().weight:
+                    merged.config.tie_word_embeddings = True  # still one matrix (Qwen2.5 small, LLaMA-3.2)
                 save_pretrained(merged, tokenizer, out)
             else:
                 if plain is None:
                     final.merge_trainable_token_rows()
                 save_pretrained(final, tokenizer, out, plain)
-        export_legacy_projector(final, out / "mm_projector.bin", active, plain)
+        if final.config.model_type == LIGHTENING:  # the original trainer's layout: LLaMA-Lightening only
+            export_legacy_projector(final, out / "mm_projector.bin", active, plain)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:
