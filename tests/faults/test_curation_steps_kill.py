@@ -9,10 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from faults.harness import count_lines, kill_when, llavidal, run
 from ntu_fixture import make_ntu_root
 from openai_stub import OpenAIStub
 from test_curation_e2e import ROOT, _reply
+
+from faults.harness import count_lines, kill_when, llavidal, run
 
 SEEDS = (21, 22, 23)
 
