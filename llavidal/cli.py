@@ -10,6 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
+from .constants import TINY_FAMILIES
+from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
+
 # Subcommands that live next to their feature: each module has ``register(subparsers)`` (keep imports there light:
 # heavy libraries are imported inside the command functions).
 COMMAND_MODULES = (
@@ -27,11 +30,13 @@ EVAL_COMMANDS = {
     "prepare": "llavidal.eval.tasks:prepare_main",
     "convert": "llavidal.eval.tasks:convert_main",
     "run": "llavidal.eval.runner:main",
+    "report": "llavidal.eval.report:main",
 }
 
 
 def _add_model_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
-    p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder")
+    p.add_argument("--base", required=True, help="model folder: ours, or a LLaVA-7B-Lightening base folder; or a "
+                   "Hugging Face Hub id of one (org/name[@revision], cached; HF_HUB_OFFLINE honoured)")
     p.add_argument("--projector", help="projector/adapter file (.bin or .safetensors; any supported layout)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (auto: bf16 on CUDA, fp32 on CPU)")
@@ -63,6 +68,9 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-memory", help="memory per device for --device-map, e.g. 0=6GiB,cpu=48GiB")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the decoding step (auto: the measured default of the device; off on CPU)")
+    g.add_argument("--max-cache-len", type=int, default=None,
+                   help="KV positions per sequence in the generation engine (default: the model's window, at most "
+                        "8192; raise it for long prompts on long-window backbones, e.g. 32768 for Qwen2.5)")
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -112,8 +120,9 @@ def placement_kwargs(args) -> dict:
 
 
 def engine_overrides(args) -> dict:
-    """EngineConfig fields from the ``--compile`` flag."""
-    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto"))}
+    """EngineConfig fields from the ``--compile`` and ``--max-cache-len`` flags."""
+    return {"compile": {"on": True, "off": False}.get(getattr(args, "compile", "auto")),
+            "max_cache_len": getattr(args, "max_cache_len", None)}
 
 
 def load_model(args):
@@ -136,8 +145,9 @@ def load_kwargs(args: argparse.Namespace) -> dict:
 def cmd_make_tiny(args) -> int:
     from .model.tiny import make_tiny
 
-    out = make_tiny(args.dir, seed=args.seed, safetensors=args.safetensors)
-    print(f"wrote a tiny LLaVA-Lightening-style base model to {out} (seed {args.seed})")
+    out = make_tiny(args.dir, seed=args.seed, safetensors=args.safetensors, family=args.family)
+    kind = "LLaVA-Lightening-style" if args.family == "llama" else f"{args.family}-family"
+    print(f"wrote a tiny {kind} base model to {out} (seed {args.seed})")
     return 0
 
 
@@ -197,13 +207,33 @@ def cmd_infer(args) -> int:
     return 0
 
 
+def _card_config(args):
+    from .model.card import CardConfig
+    from .model.hub import hub_id
+
+    base_model = args.base_model or (hub_id(args.base)[0] if hub_id(args.base) else None)
+    cfg = CardConfig(repo_id=args.push_to_hub, license=args.license, base_model=base_model,
+                     datasets=args.datasets or [], results=args.results or [], model_name=args.model_name)
+    if args.tags:
+        cfg.tags = list(dict.fromkeys(cfg.tags + args.tags))
+    return cfg
+
+
 def cmd_export(args) -> int:
     from .model import export_legacy_projector, load_pretrained, save_adapter, save_pretrained
 
+    if args.push_to_hub and not args.folder:
+        raise SystemExit("error: --push-to-hub uploads the model folder: give --folder too")
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device="cpu", dtype="fp32",
                                        layout=args.layout)
     if args.folder:
+        from .model.card import push_folder, write_model_card
+
         print(f"model folder: {save_pretrained(model, tokenizer, args.folder)}")
+        trained = getattr(model.config, "trained_modalities", None) or ["video"]
+        print(f"model card: {write_model_card(args.folder, _card_config(args), trained)}")
+        if args.push_to_hub:
+            print(f"pushed to {args.push_to_hub}: {push_folder(args.folder, args.push_to_hub, private=args.private)}")
     if args.adapter:
         print(f"adapter: {save_adapter(model, tokenizer, args.adapter)}")
     if args.legacy:
@@ -289,9 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout) for tests/demos")
+    p = sub.add_parser("make-tiny", help="write a tiny random base model (LLaVA-Lightening layout, or another "
+                       "backbone family's) for tests/demos")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", choices=TINY_FAMILIES, default="llama",
+                   help="llama: LLaVA-Lightening (LLaMA-1, Vicuna template; default); llama3: LLaMA-3.1 layout; qwen2: "
+                        "Qwen2.5-Instruct layout (both with their chat templates)")
     p.add_argument("--safetensors", action="store_true", help="write safetensors shards instead of .bin")
     p.set_defaults(func=cmd_make_tiny)
 
@@ -311,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, help="seed for sampling")
-    p.add_argument("--template", default="vicuna_v1_1", help="conversation template (vicuna_v1_1, llavidal_v1)")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system", help="system prompt overriding the template's")
     p.add_argument("--no-stream", action="store_true", help="print the reply at the end instead of streaming")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -322,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="output model folder (config, safetensors, tokenizer)")
     p.add_argument("--adapter", help="output adapter file (.safetensors): projectors + token rows by name")
     p.add_argument("--legacy", help="output .bin in the original mm_projector.bin key layout")
+    g = p.add_argument_group("model card (README.md in --folder) and the Hub")
+    g.add_argument("--push-to-hub", metavar="REPO_ID", help="upload --folder to this Hub repository (created if "
+                   "needed; token from HF_TOKEN or `hf auth login`)")
+    g.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
+    g.add_argument("--license", default="other", help="card licence (default other: the published weights derive "
+                   "from LLaMA-1)")
+    g.add_argument("--base-model", help="card base_model: the base's hub id (default: --base when it is one)")
+    g.add_argument("--datasets", nargs="+", help="card datasets (hub ids)")
+    g.add_argument("--tags", nargs="+", help="card tags besides the default ones")
+    g.add_argument("--results", nargs="+", help="eval run output folders: the card's evaluation table")
+    g.add_argument("--model-name", help="the card's title (default: the repository or folder name)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("train", help="train (the flags of the published train_mem.py recipe; see --help)",
                        add_help=False)

@@ -14,12 +14,13 @@ shards) behave alike.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-__all__ = ["NORMAL", "QUIET", "VERBOSE", "configure", "pop_verbosity"]
+__all__ = ["NORMAL", "QUIET", "VERBOSE", "configure", "library_quiet", "pop_verbosity"]
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 _LIBRARIES = r"(transformers|torch|accelerate|peft|huggingface_hub|safetensors|gradio|tokenizers)(\.|$)"
@@ -40,10 +41,23 @@ def pop_verbosity(argv: Sequence[str]) -> tuple[list[str], int]:
     return rest, level
 
 
+class _PlainInfo(logging.Formatter):
+    """Progress messages as plain lines; warnings and errors with their level and origin."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {record.getMessage()}" + (
+            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
 def configure(level: int = NORMAL) -> None:
     """Apply ``level`` to logging, progress bars and warnings, in this process and the ones it starts."""
     os.environ["LLAVIDAL_VERBOSITY"] = {QUIET: "quiet", NORMAL: "normal", VERBOSE: "verbose"}[level]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and level < VERBOSE:
+            handler.setFormatter(_PlainInfo())
     logging.getLogger("llavidal").setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO,
                                             VERBOSE: logging.DEBUG}[level])
     if level == QUIET:
@@ -57,6 +71,8 @@ def configure(level: int = NORMAL) -> None:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
         warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
+        # bitsandbytes (the 8/4-bit loading extra) reports at import that optional CPU kernels are not installed
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:  # already imported (a library command): apply now; otherwise the environment variable does it
             import sys
 
@@ -66,3 +82,23 @@ def configure(level: int = NORMAL) -> None:
                 hf_logging.set_verbosity_error()
         except ImportError:  # pragma: no cover
             pass
+
+
+@contextlib.contextmanager
+def library_quiet() -> Iterator[None]:
+    """transformers' messages at error level and its progress bars off for the duration: for loads of local folders
+    whose per-tensor bar and load report say nothing a user can act on (``--verbose`` keeps them)."""
+    if os.environ.get("LLAVIDAL_VERBOSITY") == "verbose":
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -136,3 +136,7 @@ OBJECT_FRAMES = 8  # rows per object
 
 # The tokens of the published layout, in id order (a registered modality's tokens follow them: added_tokens()).
 ADDED_TOKENS = LAYOUT_CURRENT
+
+# Backbone families `llavidal make-tiny --family` writes: llama is LLaVA-Lightening (the published model's layout);
+# the others are llavidal.model.tiny_backbones (docs/design.md#backbones).
+TINY_FAMILIES = ("llama", "llama3", "qwen2")

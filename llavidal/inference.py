@@ -24,7 +24,7 @@ import torch
 from .constants import MODALITIES
 from .engine import GenerationRequest, GenerationResult, get_engine
 from .features import load_feature, patch_rows, validate_feature
-from .prompting import DEFAULT_TEMPLATE, encode_text, encode_turns, inference_turns
+from .prompting import encode_turns, inference_turns, model_template, reply_ids
 
 FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
 
@@ -36,7 +36,7 @@ class GenerationOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None  # seeds sampling (temperature > 0)
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the model's own (vicuna_v1_1 for LLaMA-Lightening, chat for other backbones)
     system: str | None = None  # overrides the template's system prompt
     tokenization: str | None = None  # clean | original; None: what the model was trained with (config.tokenization)
 
@@ -97,7 +97,7 @@ def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> 
     rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
     turns = inference_turns(query.question, rows, history=query.history, use_start_end=config.mm_use_vid_start_end,
                             use_string_prefix=config.use_modality_string_prefix)
-    return encode_turns(tokenizer, turns, template=options.template, system=options.system,
+    return encode_turns(tokenizer, turns, template=resolve_template(model, options), system=options.system,
                         tokenization=resolve_tokenization(model, options))[0], arrays
 
 
@@ -166,6 +166,11 @@ def resolve_tokenization(model, options: GenerationOptions) -> str:
     return options.tokenization or getattr(model.config, "tokenization", None) or "clean"
 
 
+def resolve_template(model, options: GenerationOptions) -> str:
+    """The options' template, else the one the model was built for (``prompting.model_template``)."""
+    return options.template or model_template(model.config)
+
+
 def _clean(text: str) -> str:
     return text.strip()
 
@@ -198,7 +203,8 @@ def answer(model, tokenizer, question: str, video: FeatureLike = None, object: F
 
 class _TextPieces:
     """Incremental detokenization as transformers' ``TextStreamer`` does it (text is released at word boundaries,
-    never half a character); the finished pieces are collected instead of printed."""
+    never half a character); the finished pieces are collected instead of printed, with the whitespace
+    :func:`answer` strips left out (see :class:`_Trim`): the pieces of a reply join to its ``answer()``."""
 
     def __init__(self, tokenizer):
         from transformers import TextStreamer
@@ -212,6 +218,7 @@ class _TextPieces:
 
         self.pieces = pieces
         self.streamer = Collector(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.trim = _Trim()
 
     def put(self, ids: list[int]) -> list[str]:
         self.streamer.put(torch.tensor(ids))
@@ -222,8 +229,27 @@ class _TextPieces:
         return self._take()
 
     def _take(self) -> list[str]:
-        out = list(self.pieces)
+        out = [t for t in map(self.trim, self.pieces) if t]
         self.pieces.clear()
+        return out
+
+
+class _Trim:
+    """Streamed text without the whitespace at either end of the reply: leading whitespace is dropped, trailing
+    whitespace is held back until more text follows it (so the pieces join to ``text.strip()``)."""
+
+    def __init__(self):
+        self.started, self.held = False, ""
+
+    def __call__(self, piece: str) -> str:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        body = piece.rstrip()
+        if not body:
+            self.held += piece
+            return ""
+        out, self.held = self.held + body, piece[len(body):]
         return out
 
 
@@ -244,17 +270,14 @@ def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, ob
     handle = get_engine(model, tokenizer).submit(request)
     handle.future.add_done_callback(lambda _: tokens.put(None))
     text = _TextPieces(tokenizer)
-    first = True
+
+    def pieces() -> Iterator[str]:
+        while (ids := tokens.get()) is not None:
+            yield from text.put(ids)
+        yield from text.end()
+
     try:
-        while True:
-            ids = tokens.get()
-            for piece in text.put(ids) if ids is not None else text.end():
-                if first:
-                    piece, first = piece.lstrip(), not piece.strip()
-                if piece:
-                    yield piece
-            if ids is None:
-                break
+        yield from pieces()
         handle.result()  # a failed generation raises here
     finally:  # normal end, or the consumer closed the generator: the request has ended (its slot is free) when
         handle.cancel()  # this returns
@@ -271,25 +294,47 @@ def _merge(options: GenerationOptions | None, overrides: dict) -> GenerationOpti
     return options
 
 
-@torch.inference_mode()
 def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
                     gen_options: GenerationOptions | None = None) -> list[float]:
-    """Log-likelihood of each option as the assistant's reply (sum over its tokens and the closing ``</s>``).
+    """Log-likelihood of each option as the assistant's reply (sum over its tokens and the token that closes the
+    turn: ``</s>``, or the chat template's end-of-turn token).
 
     Multiple-choice scoring without generation: the item's options go through the model as one batch that
     shares the prompt and the features.
     """
+    return [s.logprob for s in continuation_scores(model, tokenizer, query, options, gen_options, close=True)]
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """How likely a continuation is as the assistant's reply: ``logprob`` summed over its ``tokens``, and whether
+    greedy decoding would produce exactly it (``greedy``)."""
+
+    logprob: float
+    greedy: bool
+    tokens: int
+
+
+@torch.inference_mode()
+def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[str],
+                        gen_options: GenerationOptions | None = None, close: bool = False) -> list[ContinuationScore]:
+    """Score each continuation (leading/trailing whitespace dropped: the template places the reply) as the
+    assistant's reply to ``query``, with ``</s>`` after it when ``close``. The continuations go through the model as
+    one batch sharing the prompt and the features."""
     gen_options = gen_options or GenerationOptions(max_new_tokens=0)
     batch = prepare_inputs(model, tokenizer, [query], gen_options)
     prompt = batch["input_ids"][0].tolist()
     tokenization = resolve_tokenization(model, gen_options)
-    answers = [encode_text(tokenizer, o.strip() + "</s>", tokenization) for o in options]
+    template = resolve_template(model, gen_options)
+    answers = [reply_ids(tokenizer, c, template, tokenization, close=close) for c in continuations]
+    if any(not a for a in answers):
+        raise ValueError("an empty continuation has no likelihood to score")
     longest = len(prompt) + max(map(len, answers))
-    k = len(options)
+    k = len(continuations)
     input_ids = torch.full((k, longest), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros((k, longest), dtype=torch.long)
     target = torch.zeros((k, longest), dtype=torch.bool)
-    for i, a in enumerate(answers):  # right padding: every option starts right after the shared prompt
+    for i, a in enumerate(answers):  # right padding: every continuation starts right after the shared prompt
         input_ids[i, :len(prompt) + len(a)] = torch.tensor(prompt + a)
         attention[i, :len(prompt) + len(a)] = 1
         target[i, len(prompt):len(prompt) + len(a)] = True
@@ -297,11 +342,16 @@ def option_logprobs(model, tokenizer, query: Query, options: Sequence[str],
              for m in MODALITIES}
     device = model.get_input_embeddings().weight.device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
-    where = target[:, 1:].to(device)  # position t predicts token t+1; only answer tokens are scored
-    logp = torch.log_softmax(logits[:, :-1][where].float(), dim=-1)  # [N_answer_tokens, V]
-    picked = logp.gather(-1, input_ids[:, 1:].to(device)[where].unsqueeze(-1)).squeeze(-1)
-    option_of = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
-    return torch.zeros(k, device=device).index_add_(0, option_of, picked).tolist()
+    where = target[:, 1:].to(device)  # position t predicts token t+1; only continuation tokens are scored
+    scored = logits[:, :-1][where].float()  # [N_continuation_tokens, V]
+    wanted = input_ids[:, 1:].to(device)[where]
+    picked = torch.log_softmax(scored, dim=-1).gather(-1, wanted.unsqueeze(-1)).squeeze(-1)
+    owner = torch.arange(k, device=device).unsqueeze(1).expand_as(where)[where]
+    logprob = torch.zeros(k, device=device).index_add_(0, owner, picked)
+    misses = torch.zeros(k, device=device).index_add_(0, owner, (scored.argmax(-1) != wanted).float())
+    return [ContinuationScore(float(lp), not bool(m), len(a))
+            for lp, m, a in zip(logprob.tolist(), misses.tolist(), answers)]
 
-__all__ = ["GenerationOptions", "Query", "answer", "answer_batch", "encode_query", "make_request", "option_logprobs",
-           "prepare_inputs", "reply_text", "stream_answer"]
+__all__ = ["ContinuationScore", "GenerationOptions", "Query", "answer", "answer_batch", "continuation_scores",
+           "encode_query", "make_request", "option_logprobs", "prepare_inputs", "reply_text", "resolve_template",
+           "stream_answer"]

@@ -110,3 +110,31 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries (``.{name}.{pid}.tmp...``) that writers killed mid-write left in ``folder``: those whose
+    process is gone. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(".*.tmp*"):
+        parts = p.name.split(".")
+        pid = next((int(parts[i - 1]) for i in range(1, len(parts)) if parts[i].startswith("tmp")
+                    and parts[i - 1].isdigit()), None)
+        if pid is None or not p.is_file() or _alive(pid):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

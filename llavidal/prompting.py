@@ -11,6 +11,11 @@ sentencepiece model on its own, with the model's dummy ``▁`` prefix. The diffe
 when text follows: ``<vid_end> ASSISTANT:`` becomes ``<vid_end> ▁ ▁A SS IST ANT :`` (a lone ``▁``, id 29871 in
 LLaMA) instead of ``<vid_end> ▁A SS IST ANT :``. ``None`` takes the model's ``config.tokenization`` (what its
 weights were trained with).
+
+**Other backbones** (docs/design.md#backbones) use their tokenizer's own chat template (template name ``chat``):
+the conversation is rendered by ``apply_chat_template`` and cut into segments at the points where the rendering
+of a shorter conversation ends, so labels still come by construction: each assistant reply and the token that
+closes its turn. :func:`model_template` is the template a model was built for.
 """
 from __future__ import annotations
 
@@ -60,7 +65,23 @@ VICUNA_V1_1 = Template(
 LLAVIDAL_V1 = Template("llavidal_v1", None)
 TEMPLATES: dict[str, Template] = {t.name: t for t in (VICUNA_V1_1, LLAVIDAL_V1)}
 DEFAULT_TEMPLATE = "vicuna_v1_1"
+CHAT = "chat"  # the tokenizer's own chat template (jinja, apply_chat_template): other backbones
+TEMPLATE_NAMES = (*TEMPLATES, CHAT)
+TEMPLATE_HELP = ("conversation template: vicuna_v1_1, llavidal_v1 (the original inference prompt) or chat (the "
+                 "tokenizer's chat template); default: the model's own (vicuna_v1_1 for LLaMA-Lightening, chat for "
+                 "other backbones)")
 TOKENIZATIONS = ("clean", "original")
+
+
+def model_template(config) -> str:
+    """The conversation template a model was built for: its config's ``template`` (recorded for other backbones),
+    else vicuna_v1_1 (LLaVA-Lightening, the published model)."""
+    return getattr(config, "template", None) or DEFAULT_TEMPLATE
+
+
+def check_template(name: str) -> None:
+    if name not in TEMPLATE_NAMES:
+        raise ValueError(f"unknown conversation template {name!r}; choose from {', '.join(TEMPLATE_NAMES)}")
 
 
 
@@ -76,7 +97,8 @@ def _placeholder_re() -> re.Pattern:
 
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown conversation template {name!r}; choose from {sorted(TEMPLATES)}")
+        hint = " (the chat template is the tokenizer's: encode_turns renders it)" if name == CHAT else ""
+        raise ValueError(f"unknown conversation template {name!r}; choose from {sorted(TEMPLATES)}{hint}")
     t = TEMPLATES[name]
     if t.system is None:
         t = replace(t, system=_release_system_prompt(None))
@@ -117,7 +139,8 @@ class OriginalSegmenter:
         model_file = getattr(tokenizer, "vocab_file", None)
         if not model_file:
             raise ValueError("tokenization='original' needs the sentencepiece tokenizer.model of a LLaMA tokenizer; "
-                             f"this {type(tokenizer).__name__} has none")
+                             f"this {type(tokenizer).__name__} has none (a model folder saved before llavidal kept "
+                             "it: copy tokenizer.model from its base folder into it)")
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         specials = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.get_added_vocab()}
         specials.update({tokenizer.bos_token: tokenizer.bos_token_id, tokenizer.eos_token: tokenizer.eos_token_id})
@@ -210,10 +233,15 @@ def encode_turns(
     Built by construction, segment by segment: ``<s>`` + ``system USER: q ASSISTANT:`` (ignored), then the answer +
     ``</s>`` (the only labelled tokens), then ``USER: q ASSISTANT:`` (ignored), ... A final turn without an answer
     leaves the ids open for generation. Training and inference share this function, so both see the same ids.
-    ``tokenization``: ``clean`` or ``original`` (see the module docstring).
+    ``tokenization``: ``clean`` or ``original`` (see the module docstring). ``template="chat"``: the tokenizer's
+    chat template (:func:`encode_chat_turns`). ``</s>`` stands for the tokenizer's eos token, and a tokenizer
+    without a bos token gets none.
     """
+    if template == CHAT:
+        return encode_chat_turns(tokenizer, turns, system, tokenization)
     t = template_with_system(template, system)
-    ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
+    bos = tokenizer.bos_token_id
+    ids, labels = ([bos], [IGNORE_INDEX]) if bos is not None else ([], [])
     for i, (user, answer) in enumerate(turns):
         head = (t.system + t.sep if i == 0 else "")
         head += f"{t.roles[0]}: {user}{t.sep}{t.roles[1]}:"
@@ -224,9 +252,142 @@ def encode_turns(
             if i != len(turns) - 1:
                 raise ValueError("only the last turn may lack an answer")
             break
-        answer_ids = encode_text(tokenizer, answer.strip() + t.sep2, tokenization)
+        answer_ids = reply_ids(tokenizer, answer, template, tokenization)
         ids += answer_ids
         labels += answer_ids
+    return ids, labels
+
+
+def reply_ids(tokenizer, answer: str, template: str = DEFAULT_TEMPLATE, tokenization: str | None = "clean",
+              close: bool = True) -> list[int]:
+    """The labelled ids of one assistant reply: its text and, when ``close``, the token that closes the turn
+    (``</s>``; the chat template's end-of-turn token for ``template="chat"``). What :func:`encode_turns` labels, and
+    what log-likelihood scoring of an option sums over."""
+    if template == CHAT:
+        reply = strip_chat_tokens(tokenizer, answer.strip())[0]
+        return encode_text(tokenizer, reply, tokenization) + ([chat_end_of_turn(tokenizer)[1]] if close else [])
+    t = TEMPLATES.get(template, VICUNA_V1_1)
+    sep2 = tokenizer.eos_token if t.sep2 == "</s>" else t.sep2
+    return encode_text(tokenizer, answer.strip() + (sep2 if close else ""), tokenization)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tokenizer's chat template (other backbones)
+# ----------------------------------------------------------------------------------------------------------------
+
+_PROBE_REPLY = "llavidal probe reply"
+
+
+def render_chat(tokenizer, messages: list[dict], generation: bool) -> str:
+    """``messages`` rendered by the tokenizer's chat template, as text; errors name the template's problem."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"template 'chat' needs a tokenizer with a chat template; this {type(tokenizer).__name__} "
+                         "has none: pass --template vicuna_v1_1 (or give the base folder a chat template)")
+    try:
+        import jinja2  # noqa: F401  (transformers renders chat templates with it)
+    except ImportError:
+        raise ValueError("template 'chat' needs jinja2 (pip install 'jinja2>=3.1.6')") from None
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    except Exception as e:  # noqa: BLE001 - jinja2 errors (a template's raise_exception, an unsupported role ...)
+        raise ValueError(f"the tokenizer's chat template cannot render this conversation: {type(e).__name__}: {e}"
+                         ) from None
+
+
+def chat_end_of_turn(tokenizer) -> tuple[str, int]:
+    """The token that closes an assistant turn in the tokenizer's chat template (``<|im_end|>``, ``<|eot_id|>``
+    ...) and its id: the first token after the reply in a rendered conversation. It must be a special token."""
+    found = getattr(tokenizer, "_llavidal_end_of_turn", None)
+    if found is not None:
+        return found
+    text = render_chat(tokenizer, [{"role": "user", "content": "hi"},
+                                   {"role": "assistant", "content": _PROBE_REPLY}], generation=False)
+    after = text[text.rindex(_PROBE_REPLY) + len(_PROBE_REPLY):]
+    ids = tokenizer(after, add_special_tokens=False).input_ids
+    token = tokenizer.convert_ids_to_tokens(ids[0]) if ids else None
+    if token is None or token not in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()):
+        raise ValueError(f"the tokenizer's chat template closes an assistant turn with {after[:40]!r}, which does not "
+                         "start with a special token; llavidal needs one to stop generation and to label replies")
+    tokenizer._llavidal_end_of_turn = (token, int(ids[0]))  # found once per tokenizer object
+    return tokenizer._llavidal_end_of_turn
+
+
+def strip_chat_tokens(tokenizer, text: str) -> tuple[str, int]:
+    """Remove the literal strings of the tokenizer's special tokens (``<|im_start|>``, ``<|eot_id|>`` ...) from a
+    message, so that text can never open or close a turn; modality tokens (the spans) stay. Returns (text, count)."""
+    pattern = getattr(tokenizer, "_llavidal_chat_reserved", None)
+    if pattern is None:
+        names = (set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())) - set(added_tokens())
+        names = sorted((n for n in names if n), key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(n) for n in names)) if names else re.compile(r"(?!)")
+        tokenizer._llavidal_chat_reserved = pattern  # built once per tokenizer object
+    return pattern.subn("", text)
+
+
+def _after(text: str, prefix: str) -> str:
+    if not text.startswith(prefix):
+        raise ValueError("the tokenizer's chat template renders a conversation differently from the same conversation "
+                         "with more turns (it rewrites earlier turns), so labels cannot be built segment by segment; "
+                         "pass --template vicuna_v1_1")
+    return text[len(prefix):]
+
+
+def encode_chat_turns(
+    tokenizer,
+    turns: Sequence[tuple[str, str | None]],
+    system: str | None = None,
+    tokenization: str | None = "clean",
+) -> tuple[list[int], list[int]]:
+    """:func:`encode_turns` through the tokenizer's chat template.
+
+    The conversation grows one message at a time; each rendering must extend the previous one, and the new text is
+    one segment: the prompt up to the generation header of each user turn (ignored), then the assistant message:
+    what the template puts before the reply (ignored), the reply and the end-of-turn token (labelled), what follows
+    that token (a newline in ChatML; ignored). ``system=None`` leaves the system message to the template.
+    """
+    check_tokenization(tokenization)
+    if tokenization == "original":
+        raise ValueError("tokenization 'original' reproduces the ids of the LLaMA release; the chat template of other "
+                         "backbones is encoded with tokenization 'clean'")
+    _, end = chat_end_of_turn(tokenizer)
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    removed = 0
+    for i, (user, answer) in enumerate(turns):
+        user, n = strip_chat_tokens(tokenizer, user)
+        removed += n
+        messages.append({"role": "user", "content": user})
+        text = render_chat(tokenizer, messages, generation=True)
+        head = encode_text(tokenizer, _after(text, rendered))
+        ids += head
+        labels += [IGNORE_INDEX] * len(head)
+        rendered = text
+        if answer is None:
+            if i != len(turns) - 1:
+                raise ValueError("only the last turn may lack an answer")
+            break
+        reply, n = strip_chat_tokens(tokenizer, answer.strip())
+        removed += n
+        messages.append({"role": "assistant", "content": reply})
+        text = render_chat(tokenizer, messages, generation=False)
+        segment = _after(text, rendered)
+        at = segment.find(reply)
+        if at < 0:
+            raise ValueError("the tokenizer's chat template changes the text of an assistant reply; labels cannot be "
+                             "built by construction: pass --template vicuna_v1_1")
+        before = encode_text(tokenizer, segment[:at])
+        answer_ids = encode_text(tokenizer, reply)
+        tail = encode_text(tokenizer, segment[at + len(reply):])
+        if not tail or tail[0] != end:
+            raise ValueError(f"the chat template does not close this assistant reply with its end-of-turn token "
+                             f"{tokenizer.convert_ids_to_tokens(end)!r}")
+        ids += before + answer_ids + tail
+        labels += [IGNORE_INDEX] * len(before) + answer_ids + [end] + [IGNORE_INDEX] * (len(tail) - 1)
+        rendered = text
+    if removed:
+        logger.warning("removed %d literal special-token strings (chat template markers) from the conversation", removed)
     return ids, labels
 
 
@@ -271,6 +432,7 @@ def build_prompt(
     return template_with_system(template, system).render(turns)
 
 
-__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "TOKENIZATIONS", "Template", "build_prompt", "encode_text", "encode_turns",
-           "expand_placeholders", "expand_turns", "get_template", "inference_turns", "modality_span",
-           "strip_reserved_tokens", "template_with_system", "user_message"]
+__all__ = ["CHAT", "DEFAULT_TEMPLATE", "TEMPLATES", "TEMPLATE_HELP", "TEMPLATE_NAMES", "TOKENIZATIONS", "Template", "build_prompt",
+           "chat_end_of_turn", "check_template", "encode_chat_turns", "encode_text", "encode_turns",
+           "expand_placeholders", "expand_turns", "get_template", "inference_turns", "modality_span", "model_template",
+           "render_chat", "reply_ids", "strip_chat_tokens", "strip_reserved_tokens", "template_with_system", "user_message"]

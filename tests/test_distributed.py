@@ -73,3 +73,28 @@ def test_fsdp_two_cpu_processes_save_resume_merge(tiny_base, synth, tmp_path):
     load_pretrained(tiny_base, projector=merged, device="cpu")
     load_pretrained(tiny_base, projector=fsdp / "mm_projector.bin", device="cpu")
 
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_cpu_processes(tiny_base, synth, tmp_path, stage):
+    """ZeRO-2/3 (the shipped configs) on 2 CPU processes, when deepspeed is installed (CI does not install it; see
+    docs/dependencies.md): the losses of one process with the same global batch, and outputs gathered whole."""
+    pytest.importorskip("deepspeed")
+    from llavidal.model import load_pretrained
+    from llavidal.train.train import train
+
+    ds, single = tmp_path / "ds", tmp_path / "single"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "llavidal.train.train_mem", *train_flags(tiny_base, synth, ds, per_device_train_batch_size=2, **COMMON),
+           "--deepspeed", str(REPO / "configs" / f"ds_zero{stage}.json")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (ds / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own (partitioned) checkpoint
+    train(train_flags(tiny_base, synth, single, per_device_train_batch_size=4, **COMMON))
+    la, lb = losses(ds), losses(single)
+    assert la.keys() == lb.keys() == {1, 2, 3}
+    for k in la:
+        assert la[k] == pytest.approx(lb[k], rel=1e-5)
+    assert max_abs_diff(adapter(ds), adapter(single)) <= 1e-5
+    model, _ = load_pretrained(ds, device="cpu")
+    assert model.model.mm_projector_forpose.weight.shape == (64, 216)

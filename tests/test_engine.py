@@ -243,3 +243,26 @@ def test_answer_helpers_share_one_engine_per_model(tiny, rng):
     assert get_engine(model, tok, max_batch_size=2) is engine
     want = [s.strip() for s in tok.batch_decode(_generate_ids(model, tok, queries, opts), skip_special_tokens=True)]
     assert replies == want
+
+
+def test_the_cache_grows_with_what_is_admitted(tiny, rng):
+    """Eager decoding allocates the slots and positions the admitted requests need (a single short question on a
+    small GPU does not reserve max_batch_size x max positions); growing keeps what the slots hold."""
+    model, tok = tiny
+    queries = _queries(rng, 6)
+    engine = Engine(model, tok, EngineConfig(max_batch_size=8))
+    short = [make_request(model, tok, q, GenerationOptions(max_new_tokens=4)) for q in queries[:1]]
+    engine.generate(short)
+    cache = engine._cache
+    first = (cache.n_slots, cache.max_cache_len)
+    assert first[0] == 1 and first[1] < model.config.max_position_embeddings
+    # a long request in slot 0, then more arrive while it runs: rows and columns grow mid-generation
+    opts = [GenerationOptions(max_new_tokens=n) for n in (60, 5, 5, 300, 5, 5)]
+    started = threading.Event()
+    first_req = make_request(model, tok, queries[0], opts[0], on_tokens=lambda ids: started.set())
+    h0 = engine.submit(first_req)
+    assert started.wait(30)
+    rest = engine.submit_many([make_request(model, tok, q, o) for q, o in zip(queries[1:], opts[1:])])
+    got = [h.result(timeout=60).token_ids for h in [h0, *rest]]
+    assert cache.n_slots > first[0] and cache.max_cache_len > first[1]
+    assert got == [_generate_ids(model, tok, [q], o)[0] for q, o in zip(queries, opts)]

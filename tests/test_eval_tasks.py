@@ -24,10 +24,17 @@ FIXTURES = {
 
 
 def test_task_table():
-    assert set(TASKS) == {"smarthome-ar", "charades-ar", "lemma-tc", "tsu-tc", "charades-desc", "tsu-desc"}
-    assert {n: t.kind for n, t in TASKS.items()} == {
+    adlx = {n: t for n, t in TASKS.items() if t.family == "adlx"}
+    assert set(adlx) == {"smarthome-ar", "charades-ar", "lemma-tc", "tsu-tc", "charades-desc", "tsu-desc"}
+    assert {n: t.kind for n, t in adlx.items()} == {
         "smarthome-ar": "mcq", "charades-ar": "mcq", "lemma-tc": "mcq", "tsu-tc": "mcq",
         "charades-desc": "description", "tsu-desc": "description"}
+    general = {n: (t.family, t.kind) for n, t in TASKS.items() if t.family != "adlx"}
+    assert general == {
+        "vcgbench-generic": ("videochatgpt", "description"), "vcgbench-temporal": ("videochatgpt", "description"),
+        "vcgbench-consistency": ("videochatgpt", "description"), "msvd-qa": ("zeroshot-qa", "openqa"),
+        "msrvtt-qa": ("zeroshot-qa", "openqa"), "activitynet-qa": ("zeroshot-qa", "openqa"),
+        "mvbench": ("mvbench", "mcq")}
     assert TASKS["lemma-tc"].num_options == 6 and TASKS["tsu-tc"].num_options == 4
     assert TASKS["charades-ar"].numbered and TASKS["smarthome-ar"].numbered and not TASKS["tsu-tc"].numbered
     assert TASKS["tsu-desc"].num_options is None
@@ -266,7 +273,7 @@ def test_prepare_cli_wrong_file(capsys):
 # the combined MCQ format (the release's current evaluation files) and path safety
 # ----------------------------------------------------------------------------------------------------------------
 
-MCQ_TASKS = [t for t, info in TASKS.items() if info.kind == "mcq"]
+MCQ_TASKS = [t for t, info in TASKS.items() if info.kind == "mcq" and info.family == "adlx"]
 
 
 @pytest.mark.parametrize("task", MCQ_TASKS)

@@ -70,3 +70,21 @@ def test_two_processes_give_bit_identical_adapters_and_results(tiny_base, tmp_pa
     assert ra == rb
     sa, sb = (json.loads((o / "train_summary.json").read_text()) for o in outs)
     assert sa["train_loss"] == sb["train_loss"]
+
+
+def test_loading_a_base_neither_uses_nor_moves_the_global_rng(tiny_base):
+    """The object/pose projectors a base folder lacks start random: from a generator seeded by ``init_seed``, so a
+    load gives the same model whatever ran before it (they used to be drawn from the global RNG)."""
+    from llavidal.model import load_pretrained
+
+    torch.manual_seed(1)
+    a, _ = load_pretrained(tiny_base, device="cpu")
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    b, _ = load_pretrained(tiny_base, device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+    c, _ = load_pretrained(tiny_base, device="cpu", init_seed=5)
+    for name in ("mm_projector_forobject", "mm_projector_forpose"):
+        wa, wb, wc = (getattr(m.model, name).weight for m in (a, b, c))
+        assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+        assert abs(float(wa.std()) - 0.02) < 0.002

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import append_jsonl, atomic_write_bytes, atomic_write_json, commit, discard, read_jsonl, temp_path_for
+from ..io_utils import (append_jsonl, atomic_write_bytes, atomic_write_json, commit, discard, read_jsonl,
+                        remove_stale_temporaries, temp_path_for)
 
 MANIFEST = "crop_manifest.json"
 FAILURES = "failures.jsonl"
@@ -402,6 +403,7 @@ def crop_dataset(ntu_root, out_dir, cfg: CropConfig | None = None) -> dict:
         raise ValueError(f"size must be >= 2 and slack >= 0, got size={cfg.size} slack={cfg.slack}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # half-written clips of a run that was killed
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t0 = time.perf_counter()
     clips, ignored = list_clips(ntu_root)

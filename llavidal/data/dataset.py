@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..constants import IGNORE_INDEX, MODALITIES
 from ..features import FeatureError, FeatureKindError, load_feature, patch_rows, validate_feature
 from ..io_utils import stays_inside
-from ..prompting import DEFAULT_TEMPLATE, encode_turns, expand_turns, strip_reserved_tokens
+from ..prompting import encode_turns, expand_turns, model_template, strip_reserved_tokens
 from .store import FeatureStore, open_feature_source
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class ADLXDataset(Dataset):
         missing: str = "error",
         mask_probs: Mapping[str, float] | None = None,
         max_length: int = 2048,
-        template: str = DEFAULT_TEMPLATE,
+        template: str | None = None,  # None: the model's own (prompting.model_template)
         system: str | None = None,
         seed: int = 0,
         issue_log: DataIssueLog | None = None,
@@ -164,15 +164,22 @@ class ADLXDataset(Dataset):
         if unknown:
             raise ValueError(f"unknown modalities {sorted(unknown)}; expected {tuple(MODALITIES)}")
         if not self.sources:
-            logger.warning("no feature folder given (--video_folder, --object_folder, --pose_folder ...): training on "
-                           "text only, with every modality placeholder removed")
+            placeholders = tuple(m.placeholder for m in MODALITIES.values())
+            with_media = sum(any(p in u for u, _ in r["turns"] for p in placeholders) for r in self.records)
+            if with_media:
+                logger.warning("no feature folder given (--video_folder, --object_folder, --pose_folder ...): "
+                               "training on text only; the modality placeholders of %d of the %d records are removed",
+                               with_media, len(self.records))
+            else:
+                logger.info("training on text only (no feature folder given, no modality placeholder in the data)")
         self.missing = missing
         self.mask_probs = {m: float((mask_probs or {}).get(m, 0.0)) for m in MODALITIES}
         for m, p in self.mask_probs.items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"--{m}_mask_prob must be in [0, 1], got {p}")
         self.max_length = max_length
-        self.template, self.system, self.tokenization = template, system, tokenization
+        self.template = template or model_template(model_config)
+        self.system, self.tokenization = system, tokenization
         self.seed, self.epoch = seed, 0
         self.issues = issue_log or DataIssueLog()
 

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..features import FeatureError, load_feature
-from ..io_utils import append_jsonl, atomic_write_json, read_jsonl
+from ..io_utils import append_jsonl, atomic_write_json, commit, read_jsonl
 
 STORE_FORMAT = "llavidal-feature-store"
 FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".safetensors", ".pt", ".pth")
@@ -113,7 +113,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, names: Iterab
             items[name] = {"offset": offset, "shape": list(arr.shape), "dtype": arr.dtype.str}
             append_jsonl(journal, [{"name": name, **items[name], "nbytes": arr.nbytes}])
             offset += arr.nbytes
-    os.replace(partial, out / "data.bin")
+    commit(partial, out / "data.bin")  # the journaled partial file becomes the store in one rename
     (out / "failures.json").unlink(missing_ok=True)
     if failures:
         atomic_write_json(out / "failures.json", failures)

@@ -56,11 +56,12 @@ class DemoConfig:
     device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
     max_memory: dict | None = None
     compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    max_cache_len: int | None = None  # engine KV positions per sequence (None: the model's window, at most 8192)
     decoder: str = "auto"
     max_frames: int = 100  # frames sampled per video (100 as the original)
     max_video_seconds: float = 600.0  # longer videos are refused (0: no limit)
     max_upload_mb: float = 500.0  # larger files are refused (0: no limit)
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
     temperature: float = 0.0  # default of the slider (0 = greedy)
     top_p: float = 1.0
@@ -144,7 +145,8 @@ class DemoBackend:
                                            use_file_embeddings=cfg.use_file_embeddings,
                                            quantization=cfg.quantization, device_map=cfg.device_map,
                                            max_memory=cfg.max_memory)
-        get_engine(model, tokenizer, max_batch_size=max(1, cfg.concurrency), compile=cfg.compile)
+        get_engine(model, tokenizer, max_batch_size=max(1, cfg.concurrency), compile=cfg.compile,
+                   max_cache_len=cfg.max_cache_len)
         fz = featurizer_for(cfg.clip, model.config, device=cfg.device, max_frames=cfg.max_frames, decoder=cfg.decoder)
         return cls(model, tokenizer, fz, cfg)
 

@@ -70,7 +70,7 @@ class Conversation:
         positions; returns how many turns were dropped. (A prompt that does not fit even without history is left
         for :func:`llavidal.inference.prepare_inputs` to report.)"""
         from ..features import patch_rows, validate_feature
-        from ..inference import resolve_tokenization
+        from ..inference import resolve_template, resolve_tokenization
         from ..prompting import encode_turns, inference_turns
 
         config = model.config
@@ -82,7 +82,7 @@ class Conversation:
         while self.history:
             turns = inference_turns(question, rows, self.history, use_start_end=config.mm_use_vid_start_end,
                                     use_string_prefix=config.use_modality_string_prefix)
-            n = len(encode_turns(tokenizer, turns, template=options.template, system=options.system,
+            n = len(encode_turns(tokenizer, turns, template=resolve_template(model, options), system=options.system,
                                  tokenization=resolve_tokenization(model, options))[0])
             if n + options.max_new_tokens <= limit:
                 break

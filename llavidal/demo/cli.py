@@ -1,6 +1,8 @@
 """Subcommands ``llavidal demo`` (gradio web demo) and ``llavidal chat`` (terminal chat)."""
 from __future__ import annotations
 
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
+
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
@@ -8,8 +10,7 @@ def add_generation_args(p, max_new_tokens: int = 512) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--template", default="vicuna_v1_1",
-                   help="conversation template: vicuna_v1_1 (training, default) or llavidal_v1 (original demo)")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system", help="system prompt overriding the template's")
 
 

@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", type=str, required=True, help="base model folder (LLaVA-7B-Lightening-v1-1)")
     p.add_argument("--vision_tower_name", type=str, default="openai/clip-vit-large-patch14",
                    help="CLIP folder or hub id for the video features")
-    p.add_argument("--conv-mode", type=str, default="vicuna_v1_1", help="vicuna_v1_1 (training) or llavidal_v1")
+    p.add_argument("--conv-mode", type=str, default=None,
+                   help="vicuna_v1_1 (training), llavidal_v1 or chat; default: the model's own (vicuna_v1_1 for the "
+                        "published model)")
     p.add_argument("--projection_path", type=str, default=None, help="projector file, e.g. llavidal_weights.bin")
     # what this version adds
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
@@ -66,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def to_config(args):
     from llavidal.demo.app import DemoConfig
-    from llavidal.prompting import TEMPLATES
+    from llavidal.prompting import TEMPLATE_NAMES
 
-    if args.conv_mode not in TEMPLATES:
-        raise SystemExit(f"error: --conv-mode {args.conv_mode!r}: choose one of {sorted(TEMPLATES)}")
+    if args.conv_mode is not None and args.conv_mode not in TEMPLATE_NAMES:
+        raise SystemExit(f"error: --conv-mode {args.conv_mode!r}: choose one of {', '.join(TEMPLATE_NAMES)}")
     if args.moderate:
         raise SystemExit("error: --moderate is not supported by this version (it called OpenAI's moderation API)")
     return DemoConfig(base=args.model_name, projector=args.projection_path, clip=args.vision_tower_name,

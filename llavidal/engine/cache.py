@@ -46,6 +46,18 @@ class SlotLayer(StaticLayer):
         # transformers materialises every mask of a compileable cache; eager decoding may skip an all-true one
         self.is_compileable = compileable
 
+    def resize(self, rows: int, cols: int) -> None:
+        """Room for ``rows`` slots of ``cols`` positions (+ trash), keeping what the slots hold."""
+        old_rows, old_cols = self.n_slots, self.max_cache_len - 1
+        self.n_slots, self.max_cache_len = rows, cols + 1
+        if not self.is_initialized:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros((rows, old.shape[1], cols + 1, old.shape[3]))
+            new[:old_rows, :, :old_cols] = old[:, :, :old_cols]  # the old trash column is not carried over
+            setattr(self, name, new)
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         # allocate for every slot, whatever the batch of the first forward (a prefill of a few requests)
         shape_k = (self.n_slots, key_states.shape[1], 0, key_states.shape[-1])
@@ -84,18 +96,33 @@ class SlotLayer(StaticLayer):
 
 
 class SlotCache(Cache):
-    """A :class:`~transformers.cache_utils.Cache` of :class:`SlotLayer` s sharing one :class:`WritePlan`."""
+    """A :class:`~transformers.cache_utils.Cache` of :class:`SlotLayer` s sharing one :class:`WritePlan`.
 
-    def __init__(self, num_layers: int, n_slots: int, max_cache_len: int, compileable: bool = True):
+    With ``grow`` the tensors start empty and :meth:`reserve` enlarges them to what the admitted requests need
+    (slots and positions, doubling), so a single short question on a small GPU does not hold memory for
+    ``max_slots`` x ``max_len`` positions; without it (compiled decoding: fixed addresses) they are allocated whole.
+    """
+
+    def __init__(self, num_layers: int, max_slots: int, max_len: int, compileable: bool = True, grow: bool = False):
         self.plan = WritePlan()
-        self.n_slots = n_slots
-        self.max_cache_len = max_cache_len
-        super().__init__(layers=[SlotLayer(max_cache_len, n_slots, self.plan, compileable)
+        self.max_slots, self.max_len, self.grow = max_slots, max_len, grow
+        self.n_slots, self.max_cache_len = (0, 0) if grow else (max_slots, max_len)
+        super().__init__(layers=[SlotLayer(self.max_cache_len, self.n_slots, self.plan, compileable)
                                  for _ in range(num_layers)])
 
     @property
     def trash_column(self) -> int:
         return self.max_cache_len
+
+    def reserve(self, rows: int, cols: int) -> None:
+        """Make room for slots ``0..rows-1`` holding up to ``cols`` positions each."""
+        if rows <= self.n_slots and cols <= self.max_cache_len:
+            return
+        rows = min(self.max_slots, max(rows, 2 * self.n_slots))
+        cols = min(self.max_len, max(-(-cols // 256) * 256, 2 * self.max_cache_len))
+        for layer in self.layers:
+            layer.resize(rows, cols)
+        self.n_slots, self.max_cache_len = rows, cols
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized

@@ -11,6 +11,11 @@ import torch
 # figure in docs/benchmarks.md.
 COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
 
+# KV positions per slot when EngineConfig.max_cache_len is not set: the model's window up to this many. The slot cache
+# is allocated whole, and the windows of other backbones (LLaMA-3.1: 131,072; Qwen2.5: 32,768) would take tens of GB
+# per slot; LLaMA-Lightening's 2,048 is well below it.
+DEFAULT_MAX_CACHE_LEN = 8192
+
 
 @dataclass
 class EngineConfig:
@@ -22,7 +27,7 @@ class EngineConfig:
     """
 
     max_batch_size: int = 8  # slots
-    max_cache_len: int | None = None  # KV positions per slot (default: the model's max_position_embeddings)
+    max_cache_len: int | None = None  # KV positions per slot (default: the model's window, at most DEFAULT_MAX_CACHE_LEN)
     max_prefill_tokens: int = 8192  # prompt tokens prefilled by one forward (admitted requests are grouped)
     refill: bool = True  # continuous batching (False: static batches, for comparison)
     compile: bool | None = None  # torch.compile the decode step (None: COMPILE_BY_DEFAULT for the device)
@@ -79,4 +84,4 @@ class GenerationResult:
     total_s: float  # submit -> end
 
 
-__all__ = ["COMPILE_BY_DEFAULT", "EngineConfig", "GenerationRequest", "GenerationResult"]
+__all__ = ["COMPILE_BY_DEFAULT", "DEFAULT_MAX_CACHE_LEN", "EngineConfig", "GenerationRequest", "GenerationResult"]

@@ -32,7 +32,7 @@ import torch
 
 from ..constants import MODALITIES
 from .cache import SlotCache
-from .config import EngineConfig, GenerationRequest, GenerationResult
+from .config import DEFAULT_MAX_CACHE_LEN, EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
 
 log = logging.getLogger("llavidal.engine")
@@ -127,6 +127,7 @@ class _SlotState:
         self.host_gen = np.zeros(n, dtype=np.int64)
         self.host_active = np.zeros(n, dtype=bool)
         self.host_stream = np.zeros(n, dtype=bool)  # the slot's request streams its tokens
+        self.host_need = np.zeros(n, dtype=np.int64)  # prompt + max_new_tokens: cache positions the slot may use
         self.handles: list[GenerationHandle | None] = [None] * n
         # busy slots that need a repetition penalty / sample / use top-p: the work a step may skip
         self.flag_counts = np.zeros(3, dtype=np.int64)
@@ -134,6 +135,7 @@ class _SlotState:
     def occupy(self, slot: int, handle: GenerationHandle) -> None:
         self.handles[slot] = handle
         self.host_stream[slot] = handle.request.on_tokens is not None
+        self.host_need[slot] = len(handle.request.input_ids) + handle.request.max_new_tokens
         self.flag_counts += _flags_of(handle.request)
 
     def vacate(self, slot: int) -> GenerationHandle | None:
@@ -143,6 +145,7 @@ class _SlotState:
         self.handles[slot] = None
         self.host_active[slot] = False
         self.host_stream[slot] = False
+        self.host_need[slot] = 0
         self.host_len[slot] = 0
         self.host_gen[slot] = 0
         self.active[slot] = False
@@ -168,14 +171,10 @@ class Engine:
         self.config = config or EngineConfig()
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
-        attn = getattr(model.config, "_attn_implementation", "sdpa")
-        if attn not in ("sdpa", "eager"):
-            raise ValueError(f"the generation engine runs with sdpa or eager attention; this model was loaded with "
-                             f"{attn!r} (load it with --attn sdpa)")
-        self.attn = attn
+        self.attn = self._check_model(model)
         self.device = model.get_input_embeddings().weight.device
-        limit = int(model.config.max_position_embeddings)
-        self.max_len = min(self.config.max_cache_len or limit, limit)
+        self.limit = int(model.config.max_position_embeddings)
+        self.max_len = min(self.config.max_cache_len or min(self.limit, DEFAULT_MAX_CACHE_LEN), self.limit)
         self.vocab = int(model.get_output_embeddings().weight.shape[0])
         suppress = sorted(set(model.never_generated_token_ids()))
         self.suppress = None
@@ -197,6 +196,19 @@ class Engine:
         self._decode_fn = None
         _LIVE.add(self)
 
+    @staticmethod
+    def _check_model(model) -> str:
+        """The attention implementation the engine runs with; a model the slot cache cannot hold is refused
+        (:func:`get_engine` falls back to ``model.generate`` for it)."""
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the generation engine cannot run this model: {reason}")
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(f"the generation engine runs with sdpa or eager attention; this model was loaded with "
+                             f"{attn!r} (load it with --attn sdpa)")
+        return attn
+
     # ------------------------------------------------------------------ public
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError for a request this engine cannot run (before it is queued)."""
@@ -206,8 +218,11 @@ class Engine:
             raise ValueError("the prompt is empty")
         n = len(request.input_ids)
         if n + request.max_new_tokens > self.max_len:
+            where = (f"the model's {self.max_len} positions" if self.max_len == self.limit else
+                     f"the engine's KV cache of {self.max_len} positions per sequence (EngineConfig.max_cache_len; "
+                     f"the model allows {self.limit})")
             raise ValueError(f"the prompt is {n} tokens; with max_new_tokens={request.max_new_tokens} it exceeds "
-                             f"the model's {self.max_len} positions")
+                             f"{where}")
         if not 0 < request.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
         if request.repetition_penalty <= 0:
@@ -323,7 +338,8 @@ class Engine:
             n = self.config.max_batch_size
             self._state = _SlotState(n, self.max_len, self.vocab, self.device)
             self._arange = torch.arange(n, device=self.device)
-            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static)
+            self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static,
+                                    grow=not self.static)
         return self._state
 
     def _run(self) -> None:
@@ -415,6 +431,8 @@ class Engine:
         n = len(group)
         lengths = [len(r.input_ids) for r in reqs]
         q = max(lengths)
+        occupied = np.flatnonzero(state.host_need)  # admitted slots, this group included
+        self._cache.reserve(int(occupied[-1]) + 1, int(state.host_need.max()))
         ids = torch.full((n, q), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, q), dtype=torch.long)
         cols = torch.full((n, q), self._cache.trash_column, dtype=torch.long)
@@ -572,9 +590,25 @@ class Engine:
                 self.stats.failed += 1
 
 
+def unsupported_reason(model) -> str | None:
+    """Why the slot cache cannot hold ``model``'s layers (None when it can): it keeps full causal attention over
+    every position, so sliding-window and non-attention layers (Mistral v0.1, Gemma 2/3, hybrid models) need
+    ``model.generate``'s own caches."""
+    cfg = model.config
+    kinds = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention"}
+    if kinds:
+        return f"its layers include {', '.join(sorted(kinds))} (the slot cache holds full-attention layers only)"
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True):
+        return f"it attends within a sliding window of {window} positions (the slot cache holds full attention only)"
+    return None
+
+
 def get_engine(model, tokenizer, config: EngineConfig | None = None, **overrides) -> Engine:
     """The engine attached to ``model`` (made on first use). ``config``/``overrides`` (EngineConfig fields)
-    replace an idle engine whose configuration differs; a busy one is kept as it is."""
+    replace an idle engine whose configuration differs; a busy one is kept as it is. A model the slot cache cannot
+    hold (:func:`unsupported_reason`) gets a :class:`~llavidal.engine.fallback.GenerateEngine`: the same interface
+    over ``model.generate``, one request at a time, with the reason logged once."""
     engine: Engine | None = getattr(model, "_llavidal_engine", None)
     base = config or (engine.config if engine is not None else EngineConfig())
     wanted = replace(base, **overrides) if overrides else base
@@ -582,9 +616,17 @@ def get_engine(model, tokenizer, config: EngineConfig | None = None, **overrides
         return engine
     if engine is not None:
         engine.close()
-    engine = Engine(model, tokenizer, wanted)
+    reason = unsupported_reason(model)
+    if reason is None:
+        engine = Engine(model, tokenizer, wanted)
+    else:
+        from .fallback import GenerateEngine
+
+        log.warning("the generation engine cannot run this model: %s; replies come from model.generate, one request "
+                    "at a time (no continuous batching)", reason)
+        engine = GenerateEngine(model, tokenizer, wanted, reason=reason)
     model._llavidal_engine = engine
     return engine
 
 
-__all__ = ["Engine", "EngineBusy", "EngineStats", "GenerationHandle", "get_engine"]
+__all__ = ["Engine", "EngineBusy", "EngineStats", "GenerationHandle", "get_engine", "unsupported_reason"]

@@ -309,6 +309,9 @@ class VllmAsyncEngine:
 def make_vllm_backend(model, tokenizer, backbone_dir: str | Path, source: str, config: EngineConfig,
                       serve: bool = False, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
     """Export (or reuse) the backbone, reduce ``model`` to the embedder, start vLLM; returns the driver."""
+    if model.config.model_type != "llavidal":
+        raise ValueError(f"--backend vllm exports the LLaMA-Lightening backbone; this model's backbone is "
+                         f"{model.config.model_type}: use --backend engine")
     require_vllm()
     backbone = export_backbone(model, tokenizer, backbone_dir, source)
     embedder = strip_to_embedder(model)

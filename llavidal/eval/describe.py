@@ -14,7 +14,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .metrics import aggregate_scores, text_metrics
-from .tasks import EvalItem
+from .prompts import CRITERIA
+from .tasks import TASKS, EvalItem
+
+
+def description_questions(item: EvalItem) -> dict[str, str]:
+    """What a description item asks the model, keyed by the field its reply is stored under: the question
+    (``reply``) when a criterion other than consistency is judged, the two paraphrases (``cons_reply1/2``) when
+    consistency is."""
+    criteria = TASKS[item.task].criteria
+    out = {}
+    if any(c != "consistency" for c in criteria):
+        out["reply"] = item.prompt
+    if "consistency" in criteria:
+        out["cons_reply1"] = item.extra.get("cons_Q1") or item.question
+        out["cons_reply2"] = item.extra.get("cons_Q2") or item.question
+    return out
 
 
 def _summaries(judge, prompts, rows: list[dict], key: str, concurrency: int) -> dict[str, str | None]:
@@ -24,16 +39,20 @@ def _summaries(judge, prompts, rows: list[dict], key: str, concurrency: int) -> 
 
 
 def score_descriptions(items: Sequence[EvalItem], rows: list[dict], judge=None, prompts=None,
-                       concurrency: int = 16, embedding: bool | None = None) -> dict:
-    """Judge and offline scores of description replies; ``judge`` None gives the offline metrics only."""
+                       concurrency: int = 16, embedding: bool | None = None,
+                       criteria: Sequence[str] = CRITERIA) -> dict:
+    """Judge and offline scores of description replies; ``judge`` None gives the offline metrics only.
+    ``criteria``: the criteria judged (the task's; ``final`` is their mean). ``per_item`` maps item ids to their
+    judge outcomes per criterion (score, the judge's reply, or the error)."""
     by_id = {it.id: it for it in items}
     ok = [r for r in rows if r.get("status") == "ok" and r["id"] in by_id]
-    out: dict = {"items_scored": len(ok)}
+    out: dict = {"items_scored": len(ok), "criteria": list(criteria)}
     if not ok:
         return out
 
     tsu = any("clip_replies" in r for r in ok)
-    predictions = {r["id"]: r.get("reply") for r in ok}
+    # a consistency-only task has no reply to the main question: its first paraphrase reply stands in offline
+    predictions = {r["id"]: r.get("reply") or r.get("cons_reply1") for r in ok}
     cons = {r["id"]: (r.get("cons_reply1"), r.get("cons_reply2")) for r in ok}
     if tsu and judge is not None:
         summary = _summaries(judge, prompts, ok, "clip_replies", concurrency)
@@ -63,19 +82,26 @@ def score_descriptions(items: Sequence[EvalItem], rows: list[dict], judge=None, 
         reqs = prompts.description_requests(i, it.question, it.answer or "", predictions[i], c_q1, c_q2, c_a,
                                             p1 or "", p2 or "")
         for criterion, req in reqs.items():
+            if criterion not in criteria:
+                continue
             if criterion == "consistency" and not (p1 and p2):
                 continue  # no paraphrase replies: consistency not judged (counted below)
             requests.append(req)
-            owners.append(criterion)
+            owners.append((i, criterion))
     results = judge.judge_many(requests, concurrency=concurrency, desc="judge")
-    per: dict[str, list] = {}
-    for criterion, res in zip(owners, results):
-        per.setdefault(criterion, []).append(res)
-    scores = aggregate_scores(per, criteria=None, judge=judge.config.identity(),
+    per: dict[str, list] = {c: [] for c in criteria}
+    per_item: dict[str, dict] = {}
+    for (i, criterion), res in zip(owners, results):
+        per[criterion].append(res)
+        per_item.setdefault(i, {})[criterion] = ({"score": res.value, "reply": res.reply} if res.ok
+                                                 else {"score": None, "error": res.error, "reply": res.reply})
+    scores = aggregate_scores(per, criteria=list(criteria), judge=judge.config.identity(),
                               prompt_set=f"{prompts.name}@{prompts.version}")
     out["judge"] = scores.to_dict()
-    out["consistency_not_judged"] = sum(1 for i in scored if not all(cons.get(i, (None, None))))
+    out["per_item"] = per_item
+    if "consistency" in criteria:
+        out["consistency_not_judged"] = sum(1 for i in scored if not all(cons.get(i, (None, None))))
     return out
 
 
-__all__ = ["score_descriptions"]
+__all__ = ["description_questions", "score_descriptions"]

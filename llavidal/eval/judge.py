@@ -43,14 +43,16 @@ from ..llm.config import DUMMY_API_KEY
 from ..llm.parsing import literal_dicts, short, strip_fences, strip_think
 
 __all__ = [
-    "DUMMY_API_KEY", "KIND_MCQ", "KIND_SCORE", "KIND_TEXT", "Judge", "JudgeCache", "JudgeConfig", "JudgeConfigError",
+    "DUMMY_API_KEY", "KIND_MCQ", "KIND_SCORE", "KIND_TEXT", "KIND_VERDICT", "Judge", "JudgeCache", "JudgeConfig", "JudgeConfigError",
     "JudgeRequest", "JudgeResult", "ReplyParseError", "cache_key", "parse_letter", "parse_reply", "parse_score",
+    "parse_verdict",
 ]
 
 KIND_SCORE = "score"  # integer 0..5
 KIND_MCQ = "mcq"  # one option letter, or "Z" for none
 KIND_TEXT = "text"  # free text (TSU clip summary)
-KINDS = (KIND_SCORE, KIND_MCQ, KIND_TEXT)
+KIND_VERDICT = "verdict"  # {"match": yes/no, "score": 0..5} (zero-shot open-ended QA)
+KINDS = (KIND_SCORE, KIND_MCQ, KIND_TEXT, KIND_VERDICT)
 
 SCORE_MIN, SCORE_MAX = 0, 5
 NONE_LETTER = "Z"
@@ -257,12 +259,50 @@ def parse_letter(text: str | None, choices: Iterable[str] = "ABCDEF") -> str:
     raise ReplyParseError(f"no option letter found in reply {short(text)!r}")
 
 
+_VERDICT_KEYS = ("correct", "pred", "match", "verdict")
+_YES_NO = re.compile(r"(?i)\b(yes|no)\b")
+
+
+def _yes_no(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().strip(".'\"").lower()
+    if word in ("yes", "true", "correct"):
+        return True
+    if word in ("no", "false", "incorrect", "wrong"):
+        return False
+    raise ReplyParseError(f"verdict {value!r} is neither yes nor no")
+
+
+def parse_verdict(text: str | None) -> dict[str, Any]:
+    """``{"match": bool, "score": int}`` from a zero-shot QA judge reply, or :class:`ReplyParseError`.
+
+    Looked for: a dict literal / JSON object with a verdict key (``correct``, ``pred``, ``match`` or ``verdict``:
+    yes/no) and a ``score`` (0..5); failing that, exactly one distinct yes/no word in the reply plus a score that
+    :func:`parse_score` accepts. Never returns a default.
+    """
+    if text is None or not str(text).strip():
+        raise ReplyParseError("empty reply")
+    body = strip_fences(str(text))
+    for d in literal_dicts(body):
+        keys = {str(k).strip().lower(): v for k, v in d.items()}
+        verdict = [keys[k] for k in _VERDICT_KEYS if k in keys]
+        if verdict and "score" in keys:
+            return {"match": _one([_yes_no(v) for v in verdict], "verdicts"), "score": _score_value(keys["score"])}
+    words = _YES_NO.findall(body)
+    if not words:
+        raise ReplyParseError(f"no yes/no verdict found in reply {short(text)!r}")
+    return {"match": _one([w.lower() == "yes" for w in words], "verdicts"), "score": parse_score(body)}
+
+
 def parse_reply(kind: str, text: str | None, choices: Iterable[str] | None = None) -> int | str:
     """Parse ``text`` as ``kind`` (``score`` -> int, ``mcq`` -> letter, ``text`` -> stripped non-empty text)."""
     if kind == KIND_SCORE:
         return parse_score(text)
     if kind == KIND_MCQ:
         return parse_letter(text, choices if choices is not None else "ABCDEF")
+    if kind == KIND_VERDICT:
+        return parse_verdict(text)
     if kind == KIND_TEXT:
         if text is None or not str(text).strip():
             raise ReplyParseError("empty reply")

@@ -217,6 +217,9 @@ class PaperProtocol:
 def base_eos_token_id(base: str | Path) -> int | None:
     """The eos id the release's generation stopped at: the base folder's ``generation_config.json`` (else its
     ``config.json``) — 1 (``<s>``) in the LLaVA-Lightening folder, not the tokenizer's ``</s>``."""
+    from ..model.hub import resolve_model_path
+
+    base = resolve_model_path(base)  # a hub id: its cached snapshot
     for name in ("generation_config.json", "config.json"):
         path = Path(base) / name
         if path.is_file():

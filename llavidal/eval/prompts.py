@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..llm.prompts import PromptSet, PromptSetError, PromptSpec
-from .judge import KIND_MCQ, KIND_SCORE, KIND_TEXT, JudgeRequest
+from .judge import KIND_MCQ, KIND_SCORE, KIND_TEXT, KIND_VERDICT, JudgeRequest
 
 __all__ = [
     "CRITERIA", "CRITERION_LABELS", "DEFAULT_PROMPT_SET_NAME", "DEFAULT_PROMPT_SET_VERSION", "JUDGE_SPECS",
-    "JudgePromptSet", "PromptSetError", "default_prompt_set", "format_clip_descriptions", "format_options",
-    "load_prompt_set", "save_prompt_set",
+    "JudgePromptSet", "OPENQA_PROMPT_SET_NAME", "OpenQAPromptSet", "PromptSetError", "default_prompt_set",
+    "format_clip_descriptions", "format_options", "load_prompt_set", "save_prompt_set",
 ]
 
 DEFAULT_PROMPT_SET_NAME = "llavidal-judge"
@@ -303,3 +303,55 @@ def load_prompt_set(path: str | os.PathLike[str] | None = None) -> JudgePromptSe
 
 def save_prompt_set(prompt_set: PromptSet, path: str | os.PathLike[str]) -> Path:
     return prompt_set.save(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zero-shot open-ended QA (MSVD-QA, MSRVTT-QA, ActivityNet-QA)
+# ----------------------------------------------------------------------------------------------------------------
+OPENQA_PROMPT_SET_NAME = "llavidal-openqa"
+
+_OPENQA = {
+    "system": (
+        "You check answers that a video question-answering system gave to short factual questions about videos. "
+        "For each case you get the question, the reference answer (usually one or a few words) and the system's "
+        "answer, which may be a whole sentence. You cannot see the video: the reference answer is the truth.\n\n"
+        "Decide whether the system's answer means the same as the reference answer:\n"
+        "- synonyms, paraphrases, singular/plural and more specific wording of the same thing count as the same "
+        "(reference 'man', answer 'a young man in a hat' is correct);\n"
+        "- an answer that names something else, adds a contradicting detail, or hedges between several answers "
+        "is not correct;\n"
+        "- for yes/no questions only the polarity counts;\n"
+        "- for counts, the number must be the same.\n\n"
+        "Then grade how well it matches, as an integer: 5 = same meaning, 4 = same meaning with a small "
+        "imprecision, 3 = partly right, 2 = mostly wrong, 1 = wrong but related, 0 = wrong or no answer."),
+    "user": (
+        "Question: ${question}\n"
+        "Reference answer: ${answer}\n"
+        "System's answer: ${prediction}\n\n"
+        "Reply with a Python dictionary string and nothing else: {'correct': 'yes' or 'no', 'score': N} where N "
+        "is an integer from 0 to 5 (a number, not a string), e.g. {'correct': 'no', 'score': 1}."),
+}
+
+
+class OpenQAPromptSet(PromptSet):
+    """The judge prompt of the zero-shot open-ended QA benchmarks: is the reply the reference answer (yes/no) and
+    how well does it match (0-5). Built-in set ``llavidal-openqa@1``; ``--prompt-set FILE`` loads another."""
+
+    SPECS = {"openqa": PromptSpec(_QAP, kind=KIND_VERDICT)}
+
+    @classmethod
+    def default_dict(cls) -> dict[str, Any]:
+        return {"name": OPENQA_PROMPT_SET_NAME, "version": "1",
+                "description": "LLAVIDAL judge prompt for zero-shot open-ended video QA (yes/no and a 0-5 score)",
+                "prompts": {"openqa": dict(_OPENQA)}}
+
+    def openqa_request(self, question: str, answer: str, prediction: str, *, id: str | None = None) -> JudgeRequest:
+        p = self.prompts["openqa"]
+        return JudgeRequest(messages=tuple(p.render(question=question, answer=answer, prediction=prediction)),
+                            kind=p.kind, prompt_set=self.ident, prompt_key="openqa", id=id, max_tokens=p.max_tokens)
+
+
+def prompt_set_for(kind: str, path: str | os.PathLike[str] | None = None) -> PromptSet:
+    """The judge prompt set of a task kind (``openqa``: :class:`OpenQAPromptSet`; otherwise
+    :class:`JudgePromptSet`), from ``path`` or built in."""
+    return (OpenQAPromptSet if kind == "openqa" else JudgePromptSet).load(path)

@@ -10,8 +10,10 @@
   item by item; a killed run resumes where it stopped. Under torchrun each rank takes every WORLD_SIZE-th item.
 * Multiple choice: the reply is parsed by :mod:`llavidal.eval.mcq` (``--mcq-mode generate``) or each option is
   scored by its log-likelihood (``--mcq-mode loglik``, no generation).
-* Description tasks: replies to the question and to the two consistency paraphrases are stored; scoring with a
-  judge and offline metrics is done by :mod:`llavidal.eval.describe` when available.
+* Description tasks: replies to the question and/or to the two consistency paraphrases (as the task's judge
+  criteria need) are stored; scoring with a judge and offline metrics is done by :mod:`llavidal.eval.describe`.
+* Zero-shot open-ended QA: one reply per question, judged yes/no + 0-5 by :mod:`llavidal.eval.openqa`.
+* ``scored.jsonl`` holds every item as scored, with the judge's outcome per criterion where there is a judge.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,13 +35,15 @@ from ..constants import MODALITIES
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..llm import LLMConfig, add_endpoint_args
 from ..llm.config import config_from_args
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 from ..video.io import VIDEO_SUFFIXES
+from .describe import description_questions
 from .judge import JudgeConfig
 from .paper import PaperJudgeConfig, SummarizerConfig
 from .mcq import parse_item_reply, score_mcq
 from .tasks import (  # noqa: F401  (find_feature and FEATURE_SUFFIXES are part of this module's API)
-    FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, list_clips, load_task, shared_basenames,
-    task_info,
+    FEATURE_SUFFIXES, PROMPT_SET_VERSION, TASKS, EvalItem, find_feature, find_video, list_clips, load_task,
+    shared_basenames, task_info,
 )
 
 
@@ -48,6 +53,8 @@ class RunConfig:
     qa_file: str
     base: str
     output: str
+    answer_file: str | None = None  # zero-shot QA: the answer file of a question file (default: found beside it)
+    video_map: str | None = None  # MSVD-QA: youtube_mapping.txt (default: found beside the qa file)
     video_dir: str | None = None
     feature_dir: str | None = None
     modality_dirs: dict = field(default_factory=dict)  # {"object": folder, "pose": folder, ...}: same names
@@ -58,7 +65,7 @@ class RunConfig:
     max_new_tokens: int | None = None  # None: 256 (clean protocol), 1024 (paper protocol, as the release)
     temperature: float = 0.0
     seed: int = 0
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
     limit: int | None = None
     device: str | None = None
@@ -68,6 +75,7 @@ class RunConfig:
     device_map: str | None = None  # "auto": offload what does not fit on the GPU to CPU memory
     max_memory: dict | None = None
     compile: bool | None = None  # torch.compile the decoding step (None: the device's default)
+    max_cache_len: int | None = None  # engine KV positions per sequence (None: the model's window, at most 8192)
     backend: str = "engine"  # engine | vllm
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
@@ -99,10 +107,13 @@ class RunConfig:
 # ==================================================================== features
 def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> dict[str, Path] | None:
     """Paths of the item's feature files; None when its video features are missing."""
-    video = video or item.video
-    by_name = Path(video).name not in cfg.shared_basenames
-    v = find_feature(cfg.feature_dir, video, by_name) or find_feature(cfg.video_dir, video, by_name)
-    if v is None:
+    for name in ([video] if video else item.videos):
+        by_name = Path(name).name not in cfg.shared_basenames
+        v = find_feature(cfg.feature_dir, name, by_name) or find_feature(cfg.video_dir, name, by_name)
+        if v is not None:
+            video = name  # the name the video was found under: the other modalities' files are named alike
+            break
+    else:
         return None
     feats = {"video": v}
     for m, folder in cfg.modality_dirs.items():
@@ -134,19 +145,22 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem], config=None) -> di
     cfg.feature_dir = str(cache)
     jobs: dict[Path, Path] = {}
     for it in items:
+        # each group is one video under the names it may have (a TSU clip is a video of its own)
         if it.task == "tsu-desc":
-            rels = [c.name for c in list_clips(root, it.video, suffixes=VIDEO_SUFFIXES)]
+            groups = [[c.name] for c in list_clips(root, it.video, suffixes=VIDEO_SUFFIXES)]
         else:
-            rels = [it.video]
-        for rel in rels:
-            by_name = Path(rel).name not in cfg.shared_basenames
-            if find_feature(cache, rel, by_name) or find_feature(root, rel, by_name):
+            groups = [list(it.videos)]
+        for names in groups:
+            if any(find_feature(d, rel, Path(rel).name not in cfg.shared_basenames)
+                   for rel in names for d in (cache, root)):
                 continue
-            src = root / rel
-            if not src.is_file() and by_name and (root / Path(rel).name).is_file():
-                src, rel = root / Path(rel).name, Path(rel).name
-            if src.is_file():
-                jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+            for rel in names:
+                src = find_video(root, [rel], VIDEO_SUFFIXES)
+                if src is None and Path(rel).name not in cfg.shared_basenames and (root / Path(rel).name).is_file():
+                    src, rel = root / Path(rel).name, Path(rel).name
+                if src is not None:
+                    jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+                    break
     if not jobs:  # every video has its features: CLIP is not even loaded
         return {"written": 0, "failed": 0, "videos": 0}
     rank, _ = _dist()
@@ -231,25 +245,22 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
                 write({**base, "status": "ok", "letter": best, "method": "loglik",
                        "scores": dict(zip(letters, scores))})
                 continue
-            questions = [it.prompt]
-            if it.kind == "description":
-                questions += [it.extra.get("cons_Q1") or it.question, it.extra.get("cons_Q2") or it.question]
-            waiting[it.id] = (it, {**base, "status": "ok"}, [None] * len(questions))
-            for k, q in enumerate(questions):  # sampling: a seed per question, whatever else is in the batch
+            questions = description_questions(it) if it.kind == "description" else {"reply": it.prompt}
+            waiting[it.id] = (it, {**base, "status": "ok"}, dict.fromkeys(questions))
+            for k, (key, q) in enumerate(questions.items()):  # sampling: a seed per question, whatever the batch
                 seeded = replace(opts, seed=zlib.crc32(f"{cfg.seed}:{it.id}:{k}".encode()))
-                yield (it.id, k), make_request(model, tokenizer, Query.of(q, feats), seeded)
+                yield (it.id, key), make_request(model, tokenizer, Query.of(q, feats), seeded)
 
     for (item_id, k), result in engine.imap(requests()):
         it, row, replies = waiting[item_id]
         replies[k] = reply_text(tokenizer, result)
-        if any(r is None for r in replies):
+        if any(r is None for r in replies.values()):
             continue
         del waiting[item_id]
+        row.update(replies)
         if it.kind == "mcq":
-            parsed = parse_item_reply(it, replies[0])
-            row.update(reply=replies[0], letter=parsed.letter, method=parsed.method)
-        else:
-            row.update(reply=replies[0], cons_reply1=replies[1], cons_reply2=replies[2])
+            parsed = parse_item_reply(it, replies["reply"])
+            row.update(letter=parsed.letter, method=parsed.method)
         write(row)
     bar.close()
 
@@ -287,9 +298,9 @@ def make_judge(cfg: RunConfig, out: Path):
     if cfg.judge is None:
         return None, None
     from .judge import Judge
-    from .prompts import load_prompt_set
+    from .prompts import prompt_set_for
 
-    prompts = load_prompt_set(cfg.prompt_set)
+    prompts = prompt_set_for(task_info(cfg.task).kind, cfg.prompt_set)
     return Judge(cfg.judge, cache=cfg.judge_cache or out / "judge_cache.sqlite"), prompts
 
 
@@ -308,6 +319,8 @@ def llm_parse(cfg: RunConfig, items: list[EvalItem], rows: list[dict], out: Path
     for r, res in zip(todo, results):
         r["rule_letter"], r["letter"] = r.get("letter"), (res.value if res.ok and res.value != "Z" else None)
         r["method"] = "llm" if res.ok else "llm-failed"
+        r["judge"] = {"mcq": {"letter": res.value, "reply": res.reply} if res.ok else
+                      {"letter": None, "error": res.error, "reply": res.reply}}
         failed += not res.ok
     return {"judge": judge.identity, "judge_prompt_set": f"{prompts.name}@{prompts.version}",
             "llm_parsed": len(todo), "llm_parse_failures": failed, "judge_stats": judge.stats.to_dict()}
@@ -318,7 +331,8 @@ def _score_descriptions(cfg: RunConfig, items: list[EvalItem], rows: list[dict],
 
     judge, prompts = make_judge(cfg, out)
     scores = score_descriptions(items, rows, judge, prompts, concurrency=cfg.judge_concurrency,
-                                embedding=cfg.embedding)
+                                embedding=cfg.embedding, criteria=task_info(cfg.task).criteria)
+    _attach(rows, scores.pop("per_item", {}))
     result = {"description_scores": scores}
     if judge is not None:
         result["judge"] = judge.identity
@@ -329,6 +343,32 @@ def _score_descriptions(cfg: RunConfig, items: list[EvalItem], rows: list[dict],
     else:
         result["score"] = (scores.get("offline") or {}).get("rouge_l")
         result["score_kind"] = "rouge_l (no judge configured)"
+    return result
+
+
+def _attach(rows: list[dict], per_item: dict[str, dict]) -> None:
+    """Each row gets its judge outcomes (``row["judge"]``), for scored.jsonl and the report."""
+    for r in rows:
+        if r["id"] in per_item:
+            r["judge"] = {**r.get("judge", {}), **per_item[r["id"]]}
+
+
+def _score_openqa(cfg: RunConfig, items: list[EvalItem], rows: list[dict], total: int, out: Path) -> dict:
+    from .openqa import score_openqa
+
+    judge, prompts = make_judge(cfg, out)
+    scores = score_openqa(items, rows, total, judge, prompts, concurrency=cfg.judge_concurrency)
+    per_item = scores.pop("per_item")
+    for r in rows:
+        if r["id"] in per_item:
+            r["match"] = per_item[r["id"]]["match"]
+            if judge is not None:
+                r["judge"] = {"openqa": per_item[r["id"]]}
+    result = {"openqa": scores, "score": scores["accuracy"]}
+    if judge is not None:
+        result.update(judge=judge.identity, judge_prompt_set=prompts.ident, judge_stats=judge.stats.to_dict())
+    else:
+        result["score_kind"] = "accuracy by answer-in-reply match (no judge configured)"
     return result
 
 
@@ -344,14 +384,17 @@ def summarise(cfg: RunConfig, items: list[EvalItem], problems: list, rows: list[
         summary["score"] = 100 * score.accuracy
     else:
         summary["answered"] = sum(r.get("status") == "ok" for r in rows)
-        summary["score"] = None  # filled by description scoring (judge / offline metrics)
+        summary["score"] = None  # filled by description / open-QA scoring (judge or offline metrics)
+    segments = sum(1 for it in items if "start" in it.extra or "end" in it.extra)
+    if info.family == "mvbench" and segments:  # features come from the whole video: say so, with the count
+        summary["segments_not_cut"] = segments
     return summary
 
 
 def markdown_table(summary: dict) -> str:
     lines = [f"### {summary['task']}", "", "| field | value |", "| --- | --- |"]
-    keys = ["score", "items_in_file", "missing_videos", "model", "projector_sha256", "judge", "prompt_set",
-            "mcq_mode", "seed", "commit"]
+    keys = ["score", "score_kind", "items_in_file", "missing_videos", "model", "projector_sha256", "judge",
+            "prompt_set", "mcq_mode", "seed", "commit"]
     for k in keys:
         if k in summary:
             v = summary[k]
@@ -361,6 +404,17 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| correct / total | {m['correct']} / {m['total']} |")
         lines.append(f"| wrong / unparsed / missing / unreadable | {m['wrong']} / {m['unparsed']} / "
                      f"{m['missing_video']} / {m['unreadable']} |")
+    if "openqa" in summary:
+        q = summary["openqa"]
+        judged = "n/a" if q["accuracy_judged"] is None else f"{q['accuracy_judged']:.2f}"
+        mean = "n/a" if q["mean_score"] is None else f"{q['mean_score']:.2f}"
+        lines.append(f"| correct / total | {q['correct']} / {q['total']} |")
+        lines.append(f"| accuracy among judged / mean score (0-5) | {judged} / {mean} |")
+        lines.append(f"| judge failures / missing videos | {q['judge_failures']} / {q['missing_videos']} |")
+    crit = (summary.get("description_scores") or {}).get("judge") or {}
+    for name, c in (crit.get("criteria") or {}).items():
+        value = "n/a" if c["score"] is None else f"{c['score']:.2f}"
+        lines.append(f"| {name} | {value} ({c['n_scored']} judged, {c['n_failed']} failed) |")
     return "\n".join(lines) + "\n"
 
 
@@ -371,6 +425,9 @@ def _paper_run(cfg: RunConfig, items: list[EvalItem]):
         raise ValueError(f"--protocol {cfg.protocol!r}: expected clean or paper")
     if cfg.protocol == "clean":
         return None
+    if task_info(cfg.task).family != "adlx":
+        raise ValueError(f"--protocol paper reproduces the LLAVIDAL release's evaluation of the six ADL-X tasks; "
+                         f"{cfg.task} runs under our protocol only (leave out --protocol paper)")
     from .original import OriginalRelease, find_original_repo
     from .paper import PaperRun
 
@@ -388,7 +445,7 @@ def run(cfg: RunConfig) -> dict | None:
         raise ValueError(f"--mcq-parser {cfg.mcq_parser!r}: expected rule, llm or fallback")
     info = task_info(cfg.task)
     cfg.task = info.name
-    items, problems = load_task(info.name, cfg.qa_file)
+    items, problems = load_task(info.name, cfg.qa_file, answer_file=cfg.answer_file, video_map=cfg.video_map)
     if not items:  # nothing to score: an error, never an accuracy of 0 with exit status 0
         first = f"; e.g. {problems[0]}" if problems else ""
         raise ValueError(f"{cfg.qa_file}: none of its {len(problems)} records can be read as {info.name} items{first}")
@@ -399,6 +456,7 @@ def run(cfg: RunConfig) -> dict | None:
     rank, world = _dist()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    t_load = time.perf_counter()
     if paper:  # the release's own model placement: plain fp16/fp32 generation, one item at a time
         model, tokenizer = load_pretrained(cfg.base, projector=cfg.projector, device=_device(cfg),
                                            dtype=paper.dtype(_device(cfg)), attn_implementation=cfg.attn)
@@ -415,16 +473,23 @@ def run(cfg: RunConfig) -> dict | None:
                                            allow_untrained_modality=cfg.allow_untrained_modality,
                                            quantization=cfg.quantization, device_map=cfg.device_map,
                                            max_memory=cfg.max_memory)
-        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile)
+        engine = get_engine(model, tokenizer, max_batch_size=cfg.batch_size, compile=cfg.compile,
+                            max_cache_len=cfg.max_cache_len)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
     extraction = prepare_raw_videos(cfg, mine, model.config)
+    t_gen, done_before = time.perf_counter(), len(read_jsonl(pred_file)) if pred_file.is_file() else 0
     if paper:
         paper.seed_process()
         paper.run_items(model, tokenizer, mine, pred_file)
     else:
         torch.manual_seed(cfg.seed)
         run_items(cfg, model, tokenizer, mine, pred_file, engine)
+    t_end = time.perf_counter()
+    generated = len(read_jsonl(pred_file)) - done_before
+    # this process: setup = model loading (+ raw-video features); a resumed run counts only what it generated
+    timing = {"setup_s": round(t_gen - t_load, 3), "generate_s": round(t_end - t_gen, 3), "items_generated": generated,
+              "items_per_s": round(generated / (t_end - t_gen), 3) if generated else None}
     if world > 1:  # wait for every rank (gloo: a barrier needs no GPU collective)
         import torch.distributed as dist
 
@@ -442,7 +507,7 @@ def run(cfg: RunConfig) -> dict | None:
             "seed": cfg.seed, "temperature": cfg.temperature, "commit": git_commit(), "judge": None,
             "video_features": ({"clip": cfg.clip, "extracted": extraction["written"], "failed": extraction["failed"]}
                                if extraction else None),
-            "config": cfg.record(), "protocol": "clean"}
+            "config": cfg.record(), "protocol": "clean", "timing": timing}
     if paper:
         meta.update(protocol="paper", paper=paper.protocol.record(paper.eos, paper.max_new_tokens, paper.deviations),
                     seed=paper.seed,
@@ -456,7 +521,16 @@ def run(cfg: RunConfig) -> dict | None:
         summary = summarise(cfg, items, problems, rows, meta)
         if info.kind == "description":
             summary.update(_score_descriptions(cfg, items, rows, out))
-    # per item, as scored (letters after any LLM parsing)
+        elif info.kind == "openqa":
+            summary.update(_score_openqa(cfg, items, rows, len(items) + len(problems), out))
+    # per item, as scored (letters after any LLM parsing), with what was asked and the truth (the report reads them)
+    by_id = {it.id: it for it in items}
+    for r in rows:
+        it = by_id.get(r["id"])
+        if it is not None:  # what a row already says (the paper protocol's own question) is kept
+            for k, v in (("question", it.question), ("options", it.options), ("answer", it.answer),
+                         ("video_alts", list(it.video_alts))):
+                r.setdefault(k, v)
     atomic_write_text(out / "scored.jsonl",
                       "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["index"])))
     atomic_write_json(out / "summary.json", summary, indent=2)
@@ -467,9 +541,13 @@ def run(cfg: RunConfig) -> dict | None:
 def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
     from ..cli import add_backend_args, add_placement_args
 
-    p = argparse.ArgumentParser(prog=prog, description="Run one ADL-X benchmark with one model.")
+    p = argparse.ArgumentParser(prog=prog, description="Run one benchmark (the ADL-X tasks, the Video-ChatGPT "
+                                "benchmark, zero-shot open-ended QA, MVBench) with one model.")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--qa-file", required=True)
+    p.add_argument("--answer-file", help="zero-shot QA given as a question file (test_q.json): its answer file "
+                                         "(default: the *_a.json beside it)")
+    p.add_argument("--video-map", help="msvd-qa: youtube_mapping.txt (default: the one beside --qa-file)")
     p.add_argument("--video-dir", help="folder of the benchmark's videos / their cached features")
     p.add_argument("--feature-dir", help="feature cache (default: --video-dir; with --clip: OUTPUT/video_features)")
     p.add_argument("--clip", help="CLIP folder or hub id: extract features of raw videos that have none cached "
@@ -491,7 +569,7 @@ def build_parser(prog: str = "llavidal eval run") -> argparse.ArgumentParser:
                         "recorded as a deviation)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--template", default="vicuna_v1_1")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system")
     p.add_argument("--limit", type=int, help="only the first N items (smoke tests)")
     p.add_argument("--device")
@@ -539,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     cfg = RunConfig(task=args.task, qa_file=args.qa_file, base=args.base, output=args.output,
+                    answer_file=args.answer_file, video_map=args.video_map,
                     video_dir=args.video_dir, feature_dir=args.feature_dir, clip=args.clip,
                     extract_workers=args.extract_workers,
                     modality_dirs={m: d for m in MODALITIES if m != "video" and (d := getattr(args, f"{m}_dir"))},

@@ -69,6 +69,9 @@ TSU_DESC_CONSISTENCY_QUESTIONS = (
 #: option letters the loaders and the parser support (six: LEMMA-TC has A-F)
 LETTERS = "ABCDEF"
 
+#: the five Video-ChatGPT judge criteria (llavidal.eval.prompts.CRITERIA; repeated to keep this module light)
+ALL_CRITERIA = ("correctness", "detail", "context", "temporal", "consistency")
+
 
 @dataclass(frozen=True)
 class TaskInfo:
@@ -82,6 +85,8 @@ class TaskInfo:
     container: type           # list or dict: the file's top-level JSON type
     video: str                # how an item's video file is named
     expected: str             # one-line description of the file format, for error messages
+    family: str = "adlx"      # adlx | videochatgpt | zeroshot-qa | mvbench (docs/design.md#general-benchmarks)
+    criteria: tuple[str, ...] = ()  # description tasks: the judge criteria that make up the score
 
 
 TASKS: dict[str, TaskInfo] = {
@@ -99,13 +104,45 @@ TASKS: dict[str, TaskInfo] = {
         'a JSON list of {video_path, question, options {"A".."D"}, correct_answer}'),
     "charades-desc": TaskInfo(
         "charades-desc", "Charades-Description", "description", None, False, list, "{video_name}.mp4",
-        "a JSON list of {video_name, Q, A, cons_Q1, cons_Q2, cons_A}"),
+        "a JSON list of {video_name, Q, A, cons_Q1, cons_Q2, cons_A}", criteria=ALL_CRITERIA),
     "tsu-desc": TaskInfo(
         "tsu-desc", "TSU-Description", "description", None, False, dict, "{video_name}_clip{i}.mp4 clips",
-        "a JSON object {video_name: description text}"),
+        "a JSON object {video_name: description text}", criteria=ALL_CRITERIA),
+    # the general video benchmarks (readers in llavidal/eval/general.py)
+    "vcgbench-generic": TaskInfo(
+        "vcgbench-generic", "Video-ChatGPT generic", "description", None, False, list, "{video_name}.mp4/.avi/.mov/.mkv",
+        "a JSON list of {video_name, Q, A} (Video-ChatGPT generic_qa.json)", family="videochatgpt",
+        criteria=("correctness", "detail", "context")),
+    "vcgbench-temporal": TaskInfo(
+        "vcgbench-temporal", "Video-ChatGPT temporal", "description", None, False, list,
+        "{video_name}.mp4/.avi/.mov/.mkv", "a JSON list of {video_name, Q, A} (Video-ChatGPT temporal_qa.json)",
+        family="videochatgpt", criteria=("temporal",)),
+    "vcgbench-consistency": TaskInfo(
+        "vcgbench-consistency", "Video-ChatGPT consistency", "description", None, False, list,
+        "{video_name}.mp4/.avi/.mov/.mkv", "a JSON list of {video_name, Q1, Q2, A} (Video-ChatGPT consistency_qa.json)",
+        family="videochatgpt", criteria=("consistency",)),
+    "msvd-qa": TaskInfo(
+        "msvd-qa", "MSVD-QA", "openqa", None, False, list, "{clip}.avi via youtube_mapping.txt (vid{video_id})",
+        "a JSON list of {question, answer, video_id, id} (test_qa.json), or the pair test_q.json / test_a.json",
+        family="zeroshot-qa"),
+    "msrvtt-qa": TaskInfo(
+        "msrvtt-qa", "MSRVTT-QA", "openqa", None, False, list, "video{video_id}.mp4",
+        "a JSON list of {question, answer, video_id, id} (test_qa.json), or the pair test_q.json / test_a.json",
+        family="zeroshot-qa"),
+    "activitynet-qa": TaskInfo(
+        "activitynet-qa", "ActivityNet-QA", "openqa", None, False, list, "{video_name}.mp4 (or v_{video_name}.mp4)",
+        "test_q.json, a JSON list of {video_name, question_id, question}, with test_a.json, a JSON list of "
+        "{question_id, answer, type}", family="zeroshot-qa"),
+    "mvbench": TaskInfo(
+        "mvbench", "MVBench", "mcq", None, False, list, "video (relative)",
+        "a JSON list of {video, question, candidates [...], answer} (one MVBench task file, e.g. "
+        "action_sequence.json)", family="mvbench"),
 }
 
 _ALIASES = {
+    "videochatgpt-generic": "vcgbench-generic", "videochatgpt-temporal": "vcgbench-temporal",
+    "videochatgpt-consistency": "vcgbench-consistency", "msvd": "msvd-qa", "msrvtt": "msrvtt-qa",
+    "anet-qa": "activitynet-qa", "activitynetqa": "activitynet-qa",
     "smarthome": "smarthome-ar", "sh-ar": "smarthome-ar", "charades": "charades-ar", "lemma": "lemma-tc",
     "tsu": "tsu-tc", "charades-description": "charades-desc", "charades-descriptions": "charades-desc",
     "tsu-description": "tsu-desc", "tsu-descriptions": "tsu-desc",
@@ -118,6 +155,13 @@ _SIGNATURES: dict[str, frozenset[str]] = {
     "lemma-tc": frozenset({"video_id", "choices", "answer", "start_frame", "end_frame"}),
     "tsu-tc": frozenset({"video_path", "options", "correct_answer"}),
     "charades-desc": frozenset({"video_name", "Q", "A"}),
+    "vcgbench-generic": frozenset({"video_name", "Q", "A"}),
+    "vcgbench-temporal": frozenset({"video_name", "Q", "A"}),
+    "vcgbench-consistency": frozenset({"video_name", "Q1", "Q2", "A"}),
+    "msvd-qa": frozenset({"question", "answer", "video_id"}),
+    "msrvtt-qa": frozenset({"question", "answer", "video_id"}),
+    "activitynet-qa": frozenset({"video_name", "question", "question_id"}),
+    "mvbench": frozenset({"video", "question", "candidates", "answer"}),
 }
 
 
@@ -152,6 +196,7 @@ class EvalItem:
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = "legacy"                  # the file's format: "combined" (current MCQ files) or "legacy"
     question_raw: str | None = None         # the question exactly as in the file, when it differs from ``question``
+    video_alts: tuple[str, ...] = ()        # other relative names the video may have (tried in order after ``video``)
 
     @property
     def kind(self) -> str:
@@ -168,7 +213,12 @@ class EvalItem:
         return {"task": self.task, "index": self.index, "id": self.id, "video": self.video, "prompt": self.prompt,
                 "question": self.question, "options": self.options, "answer": self.answer,
                 "numbered": self.numbered, "extra": self.extra, "format": self.format,
-                "question_raw": self.question_raw}
+                "question_raw": self.question_raw, "video_alts": list(self.video_alts)}
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        """Every relative name the item's video may have, in the order they are tried."""
+        return (self.video, *self.video_alts)
 
 
 @dataclass(frozen=True)
@@ -513,6 +563,10 @@ def _wrong_format(source: str, info: TaskInfo, found: str, data: Any) -> TaskFor
 def load_task_data(task: str, data: Any, source: str = "<data>") -> tuple[list[EvalItem], list[Problem]]:
     """Read an already parsed benchmark document. See :func:`load_task`."""
     info = task_info(task)
+    if info.family != "adlx":
+        from .general import load_general_data
+
+        return load_general_data(info, data, source)
     if info.kind == "mcq" and is_combined(data):
         return _read_records(info, [(None, v) for v in data], _read_combined(info.name), source)
     if not isinstance(data, info.container):
@@ -562,7 +616,8 @@ def _read_records(info: TaskInfo, entries: list[tuple[str | None, Any]], reader,
         except _Bad as e:
             problems.append(Problem(index, key if key is not None else _record_name(rec), str(e)))
             continue
-        check_relative(item.video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
+        for video in item.videos:
+            check_relative(video, f"{source}: record {index}" + (f" ({key!r})" if key is not None else ""))
         raw = rec.get("question", rec.get("Q")) if isinstance(rec, Mapping) else None
         if isinstance(raw, str) and raw != item.question:
             item.question_raw = raw
@@ -582,26 +637,40 @@ def _record_name(rec: Any) -> str | None:
     return None
 
 
-def load_task(task: str, qa_file: str | Path) -> tuple[list[EvalItem], list[Problem]]:
+def load_task(task: str, qa_file: str | Path, *, answer_file: str | Path | None = None,
+              video_map: str | Path | None = None) -> tuple[list[EvalItem], list[Problem]]:
     """Load a benchmark file: ``(items, problems)``.
 
     ``items`` are the readable records in file order; ``problems`` lists the unreadable ones (index, key, reason),
     which are skipped. Raises :class:`TaskFormatError` if the file is not JSON or not this task's format,
-    ``KeyError`` for an unknown task and ``FileNotFoundError`` for a missing file.
+    ``KeyError`` for an unknown task and ``FileNotFoundError`` for a missing file. ``answer_file`` (the ``*_a.json``
+    of a question/answer pair) and ``video_map`` (MSVD's ``youtube_mapping.txt``) serve the zero-shot QA tasks
+    (:mod:`llavidal.eval.general`; by default they are looked for beside ``qa_file``).
     """
     info = task_info(task)
     path = Path(qa_file)
+    data = read_json_file(path, info)
+    if info.family != "adlx":
+        from .general import load_general
+
+        return load_general(info, data, path, answer_file=answer_file, video_map=video_map)
+    if answer_file is not None or video_map is not None:
+        raise ValueError(f"{info.name}: --answer-file and --video-map belong to the zero-shot QA tasks")
+    return load_task_data(info.name, data, str(path))
+
+
+def read_json_file(path: Path, info: TaskInfo) -> Any:
+    """The parsed JSON of a benchmark file; :class:`TaskFormatError` naming the file and the task otherwise."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise TaskFormatError(f"{path}: not a {info.title} ({info.name}) benchmark file: "
                               f"not UTF-8 text ({e})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TaskFormatError(f"{path}: not a {info.title} ({info.name}) benchmark file: invalid JSON ({e}); "
                               f"expected {info.expected}") from None
-    return load_task_data(info.name, data, str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -610,6 +679,20 @@ def load_task(task: str, qa_file: str | Path) -> tuple[list[EvalItem], list[Prob
 def video_path(item: EvalItem, video_dir: str | Path) -> Path:
     """Where an item's video is expected (for ``tsu-desc`` use :func:`list_clips` instead)."""
     return Path(video_dir) / item.video
+
+
+def find_video(video_dir: str | Path | None, videos: Sequence[str], suffixes: Sequence[str]) -> Path | None:
+    """The raw video file of an item: the first of its relative names (``item.videos``) found under ``video_dir``,
+    each tried as written and then with the other video ``suffixes`` (Video-ChatGPT's videos come as .mp4, .avi,
+    .mov or .mkv); None when absent."""
+    if not video_dir:
+        return None
+    root = Path(video_dir)
+    for rel in videos:
+        for candidate in [root / rel] + [root / Path(rel).with_suffix(s) for s in suffixes]:
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 FEATURE_SUFFIXES = (".pkl", ".pickle", ".npy", ".safetensors", ".pt")
@@ -675,6 +758,8 @@ def build_prepare_parser(prog: str = "llavidal eval prepare") -> argparse.Argume
                                 "item (id, video, prompt, options, answer); a summary goes to stderr.")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--qa-file", required=True, help="the benchmark's JSON file")
+    p.add_argument("--answer-file", help="zero-shot QA question file: its answer file (default: *_a.json beside it)")
+    p.add_argument("--video-map", help="msvd-qa: youtube_mapping.txt (default: the one beside --qa-file)")
     p.add_argument("--video-dir", help="also report whether each item's video or its cached features (clips for "
                                        "tsu-desc) are there")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any record is unreadable")
@@ -687,8 +772,8 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     args = build_prepare_parser().parse_args(None if argv is None else list(argv))
     try:
         info = task_info(args.task)
-        items, problems = load_task(info.name, args.qa_file)
-    except (KeyError, TaskFormatError, FileNotFoundError) as e:
+        items, problems = load_task(info.name, args.qa_file, answer_file=args.answer_file, video_map=args.video_map)
+    except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     missing = 0
@@ -706,8 +791,11 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
                 line["clips"] = [str(c) for c in clips]
                 present = bool(clips)
             else:  # the raw video, or its cached features (what `eval run` reads first)
-                feature = find_feature(args.video_dir, item.video, Path(item.video).name not in shared)
-                present = feature is not None or video_path(item, args.video_dir).is_file()
+                from ..video.io import VIDEO_SUFFIXES
+
+                feature = next((f for v in item.videos if (f := find_feature(args.video_dir, v,
+                                                                              Path(v).name not in shared))), None)
+                present = feature is not None or find_video(args.video_dir, item.videos, VIDEO_SUFFIXES) is not None
                 if feature is not None:
                     line["features"] = str(feature)
             line["video_found"] = present
@@ -740,7 +828,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
                                 description="Write a legacy multiple-choice benchmark file in the combined MCQ format "
                                             "(a JSON list of {video_filename, question, answer_choices, "
                                             "ground_truth_letter}); unreadable records are listed and left out.")
-    p.add_argument("--task", required=True, choices=[n for n, t in TASKS.items() if t.kind == "mcq"])
+    p.add_argument("--task", required=True,
+                   choices=[n for n, t in TASKS.items() if t.kind == "mcq" and t.family == "adlx"])
     p.add_argument("--qa-file", required=True)
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(None if argv is None else list(argv))

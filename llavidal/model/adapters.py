@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..constants import MODALITIES, TOKEN_LAYOUTS, added_tokens, start_end_tokens
 from ..io_utils import atomic_path
+from ..prompting import model_template
 from .files import normalise_keys, read_tensor_file
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_finite
@@ -115,6 +116,8 @@ def load_projector(
     path = Path(path)
     state = normalise_keys(read_tensor_file(path))
     check_finite(state, path)
+    meta = adapter_metadata(path)
+    check_backbone(model, meta, path)
     H = model.config.hidden_size
     report = ProjectorLoadReport(path=str(path), layout="adapter")
     params = dict(model.named_parameters())
@@ -138,7 +141,9 @@ def load_projector(
 
         emb = _OverlayRows(model)
         head = model.get_output_embeddings().weight
-        adapter_rows = {k: v for k, v in state.items() if k.startswith((ADAPTER_EMBED_PREFIX, ADAPTER_LM_HEAD_PREFIX))}
+        tied = head.data_ptr() == emb.base.data_ptr()  # one matrix for input and output (Qwen2.5 small, LLaMA-3.2)
+        prefixes = (ADAPTER_EMBED_PREFIX,) if tied else (ADAPTER_EMBED_PREFIX, ADAPTER_LM_HEAD_PREFIX)
+        adapter_rows = {k: v for k, v in state.items() if k.startswith(prefixes)}
         if adapter_rows:
             for k, v in adapter_rows.items():
                 target, prefix = (emb, ADAPTER_EMBED_PREFIX) if k.startswith(ADAPTER_EMBED_PREFIX) else (head, ADAPTER_LM_HEAD_PREFIX)
@@ -178,7 +183,6 @@ def load_projector(
             f"{path}: holds no projector weights (expected keys such as model.mm_projector.weight); "
             f"found {sorted(state)[:5]}"
         )
-    meta = adapter_metadata(path)
     report.trained = ([m for m in meta.get("modalities", "").split(",") if m] if meta.get("modalities") is not None
                       else list(report.projectors))
     _apply_feature_kinds(model.config, meta, report.trained, path)
@@ -245,6 +249,17 @@ def _apply_feature_kinds(config, meta: dict[str, str], trained: list[str], path)
         set_frame_pooling(m, config, theirs)
 
 
+def check_backbone(model, meta: dict[str, str], path: str | os.PathLike) -> None:
+    """An adapter trained on one backbone does not fit another (files written before backbones were recorded are
+    LLaMA-Lightening's)."""
+    from .backbones import LIGHTENING
+
+    trained_on = meta.get("backbone", LIGHTENING) if meta else LIGHTENING
+    if trained_on != model.config.model_type:
+        raise CheckpointError(f"{path}: was trained on the {trained_on} backbone; this model is {model.config.model_type}"
+                              " (load it onto the base folder it was trained from)")
+
+
 def _base_rows(emb: _OverlayRows, file_rows: torch.Tensor, path: Path, use_file_rows: bool) -> int:
     """How many base-vocabulary rows of the file's matrix differ from the model's; copied over when asked."""
     base = emb.base[: file_rows.shape[0]]
@@ -288,7 +303,7 @@ def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = 
         if modalities is None or m.name in modalities:
             for w in ("weight", "bias"):
                 key = f"model.{m.projector}.{w}"
-                sd[key] = state[key] if state is not None else getattr(model.model.projector(m.name), w).detach()
+                sd[key] = state[key] if state is not None else getattr(model.projector(m.name), w).detach()
     return sd
 
 
@@ -319,6 +334,7 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "hidden_size": str(model.config.hidden_size),
+            "backbone": model.config.model_type, "template": model_template(model.config),
             "tokenization": str(model.config.tokenization),
             "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
@@ -337,6 +353,11 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     As the original wrote it, the file holds the projectors of the trained ``modalities`` only (default: all),
     so merges of such files can tell which modalities a run trained, and its embedding matrix comes first.
     """
+    from .backbones import LIGHTENING
+
+    if model.config.model_type != LIGHTENING:
+        raise CheckpointError(f"the original mm_projector.bin layout holds a LLaMA-Lightening vocabulary; this model's "
+                              f"backbone is {model.config.model_type}: write an adapter (--adapter) instead")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # model.embed_tokens.weight FIRST: the original trainer's --pretrain_mm_mlp_adapter maps keys by their last

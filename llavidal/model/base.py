@@ -17,6 +17,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaTokenizer, PreTrainedTokenizerBase
 
 from ..constants import MODALITIES, added_tokens
+from ..io_utils import atomic_write_bytes
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict, read_folder_state_dict
 from .modeling_llavidal import LlavidalForCausalLM
@@ -31,7 +32,8 @@ from .validate import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["config_from_base", "load_base", "load_tokenizer", "modality_token_ids"]
+__all__ = ["config_from_base", "init_projectors", "load_base", "load_tokenizer", "modality_token_ids",
+           "save_tokenizer", "use_end_of_turn_as_eos"]
 
 
 _LLAMA_FIELDS = (
@@ -45,7 +47,8 @@ _LLAVA_FIELDS = ("mm_hidden_size", "mm_vision_tower", "mm_vision_select_layer", 
 
 
 def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """The folder's tokenizer with every LLAVIDAL modality token, pad = ``<unk>`` when the folder has none."""
+    """The folder's tokenizer with every LLAVIDAL modality token (added as special tokens), pad = ``<unk>`` when the
+    folder has none (LLaMA), else eos."""
     cls = _tokenizer_class(Path(folder))
     check_tokenizer_files(Path(folder), sentencepiece=cls is LlamaTokenizer)
     try:
@@ -58,10 +61,37 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
         tok.add_tokens(missing, special_tokens=True)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    required = ("bos_token_id", "eos_token_id", "pad_token_id") if cls is LlamaTokenizer else ("eos_token_id",
+                                                                                                 "pad_token_id")
+    for name in required:
         if getattr(tok, name) is None:
             raise CheckpointError(f"{folder}: the tokenizer defines no {name[:-3]}")
     return tok
+
+
+def use_end_of_turn_as_eos(tok: PreTrainedTokenizerBase, folder: str | os.PathLike) -> None:
+    """eos := the token that closes an assistant turn in the tokenizer's chat template (``<|eot_id|>``,
+    ``<|im_end|>``), so that generation stops where a reply ends (other backbones; docs/design.md#backbones)."""
+    from ..prompting import chat_end_of_turn
+
+    end, _ = chat_end_of_turn(tok)
+    if end != tok.eos_token:
+        logger.info("%s: eos is %s, the end of an assistant turn in the chat template (was %s)", folder, end,
+                    tok.eos_token)
+        tok.eos_token = end
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> None:
+    """The tokenizer's files in ``out``, with its sentencepiece model (``tokenizer.model``) when it has one:
+    transformers writes only ``tokenizer.json``, and the original release's ids (``--tokenization original``) are cut
+    by the sentencepiece model itself."""
+    tokenizer.save_pretrained(str(out))
+    model_file = getattr(tokenizer, "vocab_file", None)
+    target = Path(out) / "tokenizer.model"
+    if model_file and Path(model_file).is_file() and Path(model_file).resolve() != target.resolve():
+        atomic_write_bytes(target, Path(model_file).read_bytes())
 
 
 def _tokenizer_class(folder: Path):
@@ -112,20 +142,39 @@ def _mean_init_rows(weight: torch.Tensor, n_old: int) -> None:
         weight[n_old:] = weight[:n_old].float().mean(dim=0, keepdim=True).to(weight.dtype)
 
 
+def init_projectors(sd: dict[str, torch.Tensor], loaded: set[str], seed: int = 0) -> None:
+    """Projectors of a model built from a base folder: normal(0, 0.02) weights and zero bias, drawn from a generator
+    seeded with ``seed`` (never the global RNG: the same seed gives the same model in every process), except the
+    video projector when the base weights held one (``loaded``: the keys read from the folder)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in MODALITIES.values():
+        if m.init_from_base and f"model.{m.projector}.weight" in loaded:
+            continue
+        w = sd[f"model.{m.projector}.weight"]
+        w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+        sd[f"model.{m.projector}.bias"].zero_()
+
+
 def load_base(
     folder: str | os.PathLike,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
-    seed: int | None = None,
+    seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
-    """Build a LLAVIDAL model from a LLaVA-Lightening (or plain LLaMA) base folder.
+    """Build a LLAVIDAL model from a LLaVA-Lightening (or plain LLaMA / Vicuna) base folder; a folder of another
+    backbone (LLaMA-3, Qwen2.5 ...) goes to :func:`llavidal.model.backbones.load_backbone_base`.
 
-    The base ``mm_projector`` initialises the video projector; the object and pose projectors start from
-    normal(0, 0.02) weights and zero bias (seeded by ``seed`` when given); the added modality rows of the input
-    and output embeddings start at the mean of the existing rows.
+    The base ``mm_projector`` initialises the video projector; the projectors the folder lacks (object, pose) start
+    from normal(0, 0.02) weights and zero bias, drawn from a generator seeded with ``seed`` (never from the global
+    RNG, so that a load gives the same model whatever ran before it); the added modality rows of the input and
+    output embeddings start at the mean of the existing rows.
     """
     folder = Path(folder)
     cfg = read_config_dict(folder)
+    from .backbones import is_lightening_base, load_backbone_base
+
+    if not is_lightening_base(cfg, folder):
+        return load_backbone_base(folder, dtype=dtype, attn_implementation=attn_implementation, seed=seed)
     check_base_config(cfg, folder / "config.json")
     tokenizer = load_tokenizer(folder)
     state = normalise_keys(read_folder_state_dict(folder))
@@ -166,13 +215,7 @@ def load_base(
             sd[key][:n_base_rows].copy_(state[key])
             _mean_init_rows(sd[key], n_base_rows)
         proj_from_base = "model.mm_projector.weight" in state
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        for m in MODALITIES.values():
-            if m.init_from_base and f"model.{m.projector}.weight" in state:
-                continue
-            w = sd[f"model.{m.projector}.weight"]
-            w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
-            sd[f"model.{m.projector}.bias"].zero_()
+        init_projectors(sd, set(state), seed)
     projectors = tuple(f"model.{m.projector}." for m in MODALITIES.values())
     missing = [k for k in sd if k not in state and not k.startswith(projectors)]
     if missing:

@@ -20,12 +20,15 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from ..console import library_quiet
 from ..constants import MODALITIES
 from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
-from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
+from .backbones import is_llavidal_model_type, model_class
+from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids, save_tokenizer
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict
+from .hub import hub_id, resolve_model_path
 from .modeling_llavidal import LlavidalForCausalLM
 from .validate import CheckpointError, check_model_finite, check_model_vocab
 
@@ -64,13 +67,13 @@ def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBa
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
     model.save_pretrained(out, safe_serialization=True, state_dict=state)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return out
 
 
 def is_llavidal_folder(folder: str | os.PathLike) -> bool:
     try:
-        return read_config_dict(folder).get("model_type") == "llavidal"
+        return is_llavidal_model_type(read_config_dict(folder).get("model_type"))
     except CheckpointError:
         return False
 
@@ -87,10 +90,13 @@ def load_pretrained(
     quantization: str | None = None,
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
+    init_seed: int = 0,
 ) -> tuple[LlavidalForCausalLM, PreTrainedTokenizerBase]:
     """Load a LLAVIDAL model and its tokenizer.
 
-    ``base`` is our own folder (from :func:`save_pretrained` or training) or a LLaVA-Lightening base folder.
+    ``base`` is our own folder (from :func:`save_pretrained` or training), a LLaVA-Lightening base folder, the
+    folder of another backbone that ``AutoModelForCausalLM`` loads (LLaMA-3, Qwen2.5 ...: docs/design.md#backbones),
+    or a Hugging Face Hub id of one (``org/name[@revision]``: downloaded once into the cache; :mod:`.hub`).
     ``projector`` is an optional projector/adapter file in any supported layout. ``dtype`` defaults to float32 on
     CPU and bfloat16 on CUDA (float16 where bf16 is unsupported); ``device`` defaults to CUDA when available.
     ``allow_untrained_modality``: let questions feed a modality whose projector the loaded weights never trained
@@ -98,8 +104,10 @@ def load_pretrained(
     ``.bin`` projector file's base embedding rows too, as the original code did.
     ``quantization`` ("8bit"/"4bit", bitsandbytes) and ``device_map`` ("auto": GPUs first, the rest offloaded to CPU
     RAM within ``max_memory``) place the loaded model for small GPUs (:mod:`llavidal.model.placement`).
+    ``init_seed`` seeds the projectors that a base folder does not hold (object/pose start random): the same seed
+    gives the same model in every process.
     """
-    base = Path(base)
+    base = resolve_model_path(base)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: model folder not found")
     device = torch.device(device) if device is not None else default_device()
@@ -113,21 +121,23 @@ def load_pretrained(
         model, tokenizer = load_pretrained(base, projector=projector, device="cpu", dtype=dtype,
                                            attn_implementation=attn, layout=layout,
                                            allow_untrained_modality=allow_untrained_modality,
-                                           use_file_embeddings=use_file_embeddings)
+                                           use_file_embeddings=use_file_embeddings, init_seed=init_seed)
         return place_model(model, quantization=quantization, device_map=device_map, max_memory=max_memory,
                            device=device, dtype=dtype), tokenizer
     if (base / ADAPTER_FOLDER_FILE).is_file() and not _has_weights(base):
         # a projector-only training output: our config + tokenizer + adapter, on top of its base folder
         cfg = read_config_dict(base)
         origin = cfg.get("llavidal_base_model")
+        origin = resolve_model_path(origin) if origin else None
         if not origin or not Path(origin).is_dir():
             raise CheckpointError(f"{base}: adapter-only folder whose base model {origin!r} is not available; "
                                   "pass the base folder and this folder's adapter.safetensors as --projector")
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
-                                           attn_implementation=attn, allow_untrained_modality=allow_untrained_modality)
+                                           attn_implementation=attn, allow_untrained_modality=allow_untrained_modality,
+                                           init_seed=init_seed)
         pool_keys = [k for m in MODALITIES.values() if m.pool_attr for k in (m.pool_attr, f"{m.pool_attr}_frames")]
         for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities",
-                    *pool_keys):
+                    "template", *pool_keys):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
         if projector is not None:
@@ -135,13 +145,15 @@ def load_pretrained(
         return model, tokenizer
     if is_llavidal_folder(base):
         tokenizer = load_tokenizer(base)
-        model = LlavidalForCausalLM.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
+        cls = model_class(read_config_dict(base)["model_type"])
+        with library_quiet():
+            model = cls.from_pretrained(str(base), dtype=dtype, attn_implementation=attn)
         check_model_vocab(len(tokenizer), model.config.vocab_size, base)
         check_model_finite(model, base)
         if model.config.modality_token_ids != modality_token_ids(tokenizer):
             raise CheckpointError(f"{base}: config.modality_token_ids disagree with the tokenizer's ids")
     else:
-        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn)
+        model, tokenizer = load_base(base, dtype=dtype, attn_implementation=attn, seed=init_seed)
     if projector is not None:
         load_projector(model, tokenizer, projector, layout=layout, use_file_embeddings=use_file_embeddings)
     model.allow_untrained_modality = bool(allow_untrained_modality)
@@ -166,11 +178,11 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
     cfg = model.config.to_dict()
-    cfg["llavidal_base_model"] = str(Path(base).resolve())
+    cfg["llavidal_base_model"] = str(base) if hub_id(base) else str(Path(base).resolve())  # a hub id stays one
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
     cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities, state)
     return out
 

@@ -1,5 +1,12 @@
-"""Configuration of the LLAVIDAL causal LM: a LLaMA config plus the multimodal fields."""
+"""Configuration of the LLAVIDAL causal LM: a LLaMA config plus the multimodal fields.
+
+The multimodal fields are declared once, here; the configs of other backbones (:mod:`llavidal.model.backbones`)
+take the same fields (:func:`multimodal_fields`) on top of their own backbone's config.
+"""
 from __future__ import annotations
+
+import dataclasses
+import inspect
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
@@ -7,8 +14,25 @@ from transformers import LlamaConfig
 from ..constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_FRAMES, added_tokens
 
 
+class ModalityTokens:
+    """Lookups of the added modality tokens, shared by every LLAVIDAL config (``modality_token_ids`` field)."""
+
+    def token_id(self, name: str) -> int:
+        """Id of an added modality token, e.g. ``config.token_id("<vid_start>")``."""
+        ids = self.modality_token_ids or {}
+        if name not in ids:
+            raise KeyError(
+                f"token {name!r} has no id in config.modality_token_ids (known: {sorted(ids)}); "
+                f"the model folder was not built by llavidal or its config is incomplete"
+            )
+        return int(ids[name])
+
+    def has_modality_tokens(self) -> bool:
+        return bool(self.modality_token_ids) and all(t in self.modality_token_ids for t in added_tokens())
+
+
 @strict
-class LlavidalConfig(LlamaConfig):
+class LlavidalConfig(ModalityTokens, LlamaConfig):
     """LLaMA config + one projector per modality.
 
     Field names of the LLaVA base folder are kept (``mm_hidden_size``, ``mm_vision_tower``,
@@ -42,15 +66,9 @@ class LlavidalConfig(LlamaConfig):
     # modalities whose projector was trained (None: not recorded, e.g. a bare base folder)
     trained_modalities: list | None = None
 
-    def token_id(self, name: str) -> int:
-        """Id of an added modality token, e.g. ``config.token_id("<vid_start>")``."""
-        ids = self.modality_token_ids or {}
-        if name not in ids:
-            raise KeyError(
-                f"token {name!r} has no id in config.modality_token_ids (known: {sorted(ids)}); "
-                f"the model folder was not built by llavidal or its config is incomplete"
-            )
-        return int(ids[name])
 
-    def has_modality_tokens(self) -> bool:
-        return bool(self.modality_token_ids) and all(t in self.modality_token_ids for t in added_tokens())
+def multimodal_fields() -> dict[str, tuple[str, object]]:
+    """``{name: (annotation, default)}`` of the multimodal fields :class:`LlavidalConfig` adds to its LLaMA config."""
+    own = inspect.get_annotations(LlavidalConfig)
+    fields = {f.name: f for f in dataclasses.fields(LlavidalConfig)}
+    return {n: (own[n], fields[n].default) for n in own}

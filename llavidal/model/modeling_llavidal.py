@@ -110,48 +110,27 @@ class LlavidalModel(LlamaModel):
 
     def __init__(self, config: LlavidalConfig):
         super().__init__(config)
-        for m in MODALITIES.values():
-            setattr(self, m.projector, nn.Linear(m.dim(config), config.hidden_size, bias=True))
+        add_projectors(self, config)
         self.post_init()
 
     def projector(self, modality: str) -> nn.Linear:
         return getattr(self, MODALITIES[modality].projector)
 
 
-class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
-    """A LLaMA causal LM that reads video, object and pose features.
+class MultimodalMixin:
+    """The splice and what goes with it, shared by every LLAVIDAL causal LM: :class:`LlavidalForCausalLM` (LLaMA, the
+    published model) and the classes of other backbones (:mod:`llavidal.model.backbones`).
 
-    The KV cache argument is ``cache`` (transformers' name since 5.2x; ``past_key_values`` is deprecated there and
-    removed in 5.40). ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
-    :func:`pack_features` for the accepted layouts), and ``{name}_features`` for a registered modality; the original
-    keyword ``video_spatio_temporal_features`` is accepted for video.
+    The host class is a transformers causal LM whose decoder is ``self.model`` and whose ``config`` carries the
+    multimodal fields (``modality_token_ids``, feature widths); the projectors live on ``self.model`` under the
+    registry's attribute names, so state-dict keys are ``model.mm_projector*`` whatever the backbone.
     """
 
-    config_class = LlavidalConfig
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-
-    def __init__(self, config: LlavidalConfig):
-        super().__init__(config)
-        self.model = LlavidalModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    # ---------------------------------------------------------------- transformers plumbing
-    def get_model(self) -> LlavidalModel:  # name used by the original code
+    def get_model(self):  # name used by the original code
         return self.model
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
+    def projector(self, modality: str) -> nn.Linear:
+        return getattr(self.model, MODALITIES[modality].projector)
 
     # ---------------------------------------------------------------- the splice
     def patch_token_id(self, modality: str) -> int:
@@ -170,7 +149,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         One ``index_copy`` into the flattened embeddings for all modalities; positions come from
         ``nonzero_static`` with the known row count, so nothing waits on the device.
         """
-        embeds = self.model.embed_tokens(input_ids)  # [B, L, H]
+        embeds = self.get_input_embeddings()(input_ids)  # [B, L, H]
         B, L, H = embeds.shape
         given = features_by_modality(video_features, object_features, pose_features, more_features)
         if more_features:
@@ -184,7 +163,7 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             self._check_rows(m, mask, n_rows)
             if n_rows == 0:
                 continue
-            proj = self.model.projector(name)
+            proj = self.projector(name)
             projected.append(proj(rows.to(device=proj.weight.device, dtype=proj.weight.dtype)))  # [R, H]
             positions.append(torch.nonzero_static(mask.reshape(-1), size=n_rows).squeeze(-1))  # [R]
         if not projected:
@@ -210,55 +189,17 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         else:
             torch._assert_async(mask.sum() == n_rows, f"{m.name}: patch tokens and feature rows differ in number")
 
-    # ---------------------------------------------------------------- forward / generate
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache=None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        video_features: FeatureInput = None,
-        object_features: FeatureInput = None,
-        pose_features: FeatureInput = None,
-        video_spatio_temporal_features: FeatureInput = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        if video_features is None:
-            video_features = video_spatio_temporal_features
-        given = features_by_modality(video_features, object_features, pose_features, kwargs)
+    def splice_inputs(self, input_ids, inputs_embeds, given: dict[str, FeatureInput]):
+        """``(input_ids, inputs_embeds)`` for the decoder: at prefill / in training the features are spliced into
+        the embeddings (which also verifies that no patch token is left without a row); single-token decoding steps
+        (KV cache) hold no span and keep their ids."""
         has_features = any(f is not None for f in given.values())
         if inputs_embeds is None and input_ids is not None and (has_features or input_ids.shape[1] > 1):
-            # prefill / training: splice the features; this also verifies that no patch token is left without
-            # a row. Single-token decoding steps (KV cache) hold no span and skip it.
             inputs_embeds = self.embed_multimodal(input_ids, **{f"{k}_features": v for k, v in given.items()})
             input_ids = None
+        return input_ids, inputs_embeds
 
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)  # [B, L', V]
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
+    # ---------------------------------------------------------------- generate
     @torch.no_grad()
     def generate(
         self,
@@ -305,4 +246,88 @@ class LlavidalForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             self.set_input_embeddings(emb.merged())
 
 
-__all__ = ["EmbeddingWithTrainableRows", "LlavidalForCausalLM", "LlavidalModel", "features_by_modality", "pack_features"]
+def add_projectors(decoder: nn.Module, config) -> None:
+    """One ``Linear(feature width -> hidden)`` per registered modality on ``decoder``, under the registry's names."""
+    for m in MODALITIES.values():
+        setattr(decoder, m.projector, nn.Linear(m.dim(config), config.hidden_size, bias=True))
+
+
+class LlavidalForCausalLM(MultimodalMixin, LlamaPreTrainedModel, GenerationMixin):
+    """A LLaMA causal LM that reads video, object and pose features.
+
+    The KV cache argument is ``cache`` (transformers' name since 5.2x; ``past_key_values`` is deprecated there and
+    removed in 5.40). ``forward`` and ``generate`` take ``video_features``, ``object_features`` and ``pose_features`` (see
+    :func:`pack_features` for the accepted layouts), and ``{name}_features`` for a registered modality; the original
+    keyword ``video_spatio_temporal_features`` is accepted for video.
+    """
+
+    config_class = LlavidalConfig
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LlavidalConfig):
+        super().__init__(config)
+        self.model = LlavidalModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    # ---------------------------------------------------------------- transformers plumbing
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        video_features: FeatureInput = None,
+        object_features: FeatureInput = None,
+        pose_features: FeatureInput = None,
+        video_spatio_temporal_features: FeatureInput = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if video_features is None:
+            video_features = video_spatio_temporal_features
+        given = features_by_modality(video_features, object_features, pose_features, kwargs)
+        input_ids, inputs_embeds = self.splice_inputs(input_ids, inputs_embeds, given)
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)  # [B, L', V]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = ["EmbeddingWithTrainableRows", "LlavidalForCausalLM", "LlavidalModel", "MultimodalMixin", "add_projectors",
+           "features_by_modality", "pack_features"]

@@ -12,6 +12,7 @@ import re
 
 import torch
 
+from ..console import library_quiet
 from ..constants import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ def place_model(model, quantization: str | None = None, device_map: str | dict |
     RAM, bounded by ``max_memory``), a dict of module -> device, or None (everything on ``device``)."""
     from transformers import BitsAndBytesConfig
 
-    from .modeling_llavidal import LlavidalForCausalLM
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or next(model.parameters()).dtype
     kwargs = {}
@@ -95,9 +94,10 @@ def place_model(model, quantization: str | None = None, device_map: str | dict |
         device_map = {"": str(device)}
     config = model.config
     try:
-        placed = LlavidalForCausalLM.from_pretrained(
-            None, config=config, state_dict=model.state_dict(), dtype=dtype, device_map=device_map,
-            max_memory=max_memory, attn_implementation=config._attn_implementation, **kwargs)
+        with library_quiet():
+            placed = type(model).from_pretrained(
+                None, config=config, state_dict=model.state_dict(), dtype=dtype, device_map=device_map,
+                max_memory=max_memory, attn_implementation=config._attn_implementation, **kwargs)
     except (ImportError, RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PlacementError(f"could not place the model (quantization {quantization or 'none'}, device map "

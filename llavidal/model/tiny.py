@@ -89,10 +89,15 @@ def write_tokenizer(out: Path, vocab_size: int, seed: int = 0) -> int:
 
 
 def make_tiny(out: str | Path, seed: int = 0, spec: TinySpec = TinySpec(), shards: int = 2,
-              safetensors: bool = False) -> Path:
-    """Write a tiny random base folder in the LLaVA-Lightening layout to ``out``."""
+              safetensors: bool = False, family: str = "llama") -> Path:
+    """Write a tiny random base folder in the LLaVA-Lightening layout to ``out``; another ``family`` (llama3, qwen2)
+    writes that backbone's layout instead (:func:`llavidal.model.tiny_backbones.make_tiny_family`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if family != "llama":
+        from .tiny_backbones import make_tiny_family
+
+        return make_tiny_family(out, family, seed=seed, spec=spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(out, spec.sp_vocab_size, seed)

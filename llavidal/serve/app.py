@@ -43,7 +43,7 @@ class ServeConfig:
     max_request_mb: float = 64.0  # request bodies (base64 videos included)
     max_new_tokens: int = 512  # default and upper bound of max_tokens
     temperature: float = 0.0  # when the request gives none (0: greedy)
-    template: str = "vicuna_v1_1"
+    template: str | None = None  # None: the model's own (prompting.model_template)
     system: str | None = None
 
 
@@ -263,7 +263,6 @@ def build_app(state: ServerState):
         loop = asyncio.get_running_loop()
         name = state.name
         text = _TextPieces(state.tokenizer)
-        first = True
         try:
             yield _chunk(cid, created, name, {"role": "assistant", "content": ""})
             while True:
@@ -278,10 +277,7 @@ def build_app(state: ServerState):
                     yield f"data: {json.dumps(err.body())}\n\n"
                     return
                 for piece in text.put(ids) if ids is not None else text.end():
-                    if first:
-                        piece, first = piece.lstrip(), not piece.strip()
-                    if piece:
-                        yield _chunk(cid, created, name, {"content": piece})
+                    yield _chunk(cid, created, name, {"content": piece})
                 if ids is None:
                     break
             try:

@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from ..prompting import TEMPLATE_HELP, TEMPLATE_NAMES
+
 log = logging.getLogger("llavidal.serve")
 
 API_KEY_ENV = "LLAVIDAL_API_KEY"
@@ -37,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512, help="default and largest max_tokens (default 512)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="temperature of requests that give none (default 0: greedy)")
-    p.add_argument("--template", default="vicuna_v1_1", help="conversation template (vicuna_v1_1, llavidal_v1)")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help=TEMPLATE_HELP)
     p.add_argument("--system", help="system prompt (requests may send their own system message)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

@@ -13,14 +13,18 @@ from ..constants import MODALITIES
 
 logger = logging.getLogger(__name__)
 
-# --version of the original: the conversation template used for training
-VERSION_TEMPLATES = {"v1": "vicuna_v1_1", "vicuna_v1_1": "vicuna_v1_1", "llavidal_v1": "llavidal_v1"}
+# --version of the original: the conversation template used for training ("chat": the tokenizer's own, for other
+# backbones; no --version: the template the model was built for, docs/design.md#backbones)
+VERSION_TEMPLATES = {"v1": "vicuna_v1_1", "vicuna_v1_1": "vicuna_v1_1", "llavidal_v1": "llavidal_v1", "chat": "chat"}
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(default=None, metadata={"help": "base folder (LLaVA-Lightening layout) or ours"})
-    version: str = field(default="v1", metadata={"help": "conversation template: v1 (= vicuna_v1_1) or llavidal_v1"})
+    model_name_or_path: str = field(default=None, metadata={
+        "help": "base folder (LLaVA-Lightening layout, or another backbone's: LLaMA-3, Qwen2.5 ...) or ours"})
+    version: str | None = field(default=None, metadata={
+        "help": "conversation template: v1 (= vicuna_v1_1), llavidal_v1 or chat (the tokenizer's chat template); "
+                "default: the model's own (vicuna_v1_1 for LLaMA-Lightening, chat for other backbones)"})
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "projector-only training (the published mode)"})
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "projector/adapter file to start from"})
     mm_use_vid_start_end: bool = field(default=False, metadata={"help": "wrap each span in <x_start> ... <x_end>"})
@@ -31,7 +35,8 @@ class ModelArguments:
     lora_r: int = field(default=16)
     lora_alpha: int = field(default=32)
     lora_dropout: float = field(default=0.05)
-    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={
+        "help": "linear layers that get LoRA adapters (names the backbone lacks are left out, and reported)"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     system_prompt: str | None = field(default=None, metadata={"help": "override the template's system prompt"})
     tokenization: str | None = field(default=None, metadata={
@@ -49,7 +54,10 @@ class ModelArguments:
             raise ValueError(f"--tune_mm_mlp_adapter True asks for projector-only training, but --training_mode {mode}")
         return mode
 
-    def template(self) -> str:
+    def template(self) -> str | None:
+        """The template of ``--version``; None when not given (the model's own: prompting.model_template)."""
+        if self.version is None:
+            return None
         if self.version not in VERSION_TEMPLATES:
             raise ValueError(f"--version {self.version!r} is not supported; use one of {sorted(VERSION_TEMPLATES)}")
         return VERSION_TEMPLATES[self.version]
@@ -130,6 +138,9 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "resume from the newest checkpoint in output_dir when there is one"})
     remove_unused_columns: bool = field(default=False)
     optim: str = field(default="adamw_torch")
+    # a bar per run unless asked otherwise (transformers would derive it from its own log level, which the llavidal
+    # command keeps at "error" to hide library chatter)
+    disable_tqdm: bool | None = field(default=False, metadata={"help": "no progress bar (the log lines instead)"})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from ..constants import MODALITIES, TOKEN_LAYOUTS
 from ..io_utils import atomic_path
 from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSION, adapter_metadata
+from ..model.backbones import LIGHTENING
 from ..model.checkpoint import ADAPTER_FOLDER_FILE
 from ..model.files import normalise_keys, read_tensor_file
 from ..model.validate import CheckpointError
@@ -71,6 +72,8 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
     return {"path": str(path), "modalities": trained, "projectors": projectors,
             "rows": {k: v for k, v in rows.items() if k in keep},
             "tokenization": meta.get("tokenization"),  # a .bin does not say (ours and the release's look alike)
+            "backbone": meta.get("backbone", LIGHTENING) if meta else LIGHTENING,
+            "template": meta.get("template"),
             # the feature kind each trained modality read (a .bin: rows, as the release's files)
             "pooling": {m: pooling_metadata_of(meta, m) for m in trained}}
 
@@ -113,8 +116,12 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     modalities: list[str] = []
     tokenization: dict[str, str] = {}
     pooling: dict[str, dict[str, str]] = {}  # per modality, from the file that trained it (as its weights)
+    backbones: dict[str, str] = {}
+    template = None
     for p in paths:
         parts = read_trained_parts(p, base_vocab)
+        backbones[parts["path"]] = parts["backbone"]
+        template = parts["template"] or template
         if parts["tokenization"]:
             tokenization[parts["path"]] = parts["tokenization"]
         for m in parts["modalities"]:
@@ -129,6 +136,9 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     if len(set(tokenization.values())) > 1:
         raise CheckpointError("files trained on different tokenizations of span boundaries cannot be merged: "
                               + ", ".join(f"{p}: {t}" for p, t in tokenization.items()))
+    if len(set(backbones.values())) > 1:
+        raise CheckpointError("files trained on different backbones cannot be merged: "
+                              + ", ".join(f"{p}: {b}" for p, b in backbones.items()))
     hidden = {v.shape[0] for k, v in merged_proj.items() if k.endswith(".bias")}
     if len(hidden) > 1:
         raise CheckpointError(f"files disagree on the hidden size: {sorted(hidden)}")
@@ -138,7 +148,10 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     output.parent.mkdir(parents=True, exist_ok=True)
     order = [m for m in MODALITIES if m in modalities]
     meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "modalities": ",".join(order),
-            "merged_from": ";".join(f"{m}={source[m]}" for m in order), "mm_use_vid_start_end": str(bool(merged_rows))}
+            "merged_from": ";".join(f"{m}={source[m]}" for m in order), "mm_use_vid_start_end": str(bool(merged_rows)),
+            "backbone": next(iter(backbones.values()))}
+    if template:
+        meta["template"] = template
     if tokenization:
         meta["tokenization"] = next(iter(tokenization.values()))
     for m in order:

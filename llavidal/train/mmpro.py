@@ -38,8 +38,9 @@ STAGES = (
 )
 
 # The published hyper-parameters of every stage (docs/design.md#recipe); user flags given after them take precedence.
+# No --version: each model trains on its own template (the published vicuna_v1_1 for LLaMA-Lightening).
 RECIPE_FLAGS = [
-    "--version", "v1", "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "True",
+    "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "True",
     "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
     "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "3000", "--save_total_limit", "3",
     "--learning_rate", "2e-5", "--weight_decay", "0.", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",

@@ -8,6 +8,7 @@ Trainable parameters are kept in fp32 (optimizer state and updates); frozen ones
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ import torch
 
 from ..constants import MODALITIES
 
-__all__ = ["MODES", "LoraSettings", "set_trainable", "start_end_ids"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODES", "LoraSettings", "lora_targets", "set_trainable", "start_end_ids"]
 
 MODES = ("projector", "lora", "full")
 
@@ -31,6 +34,21 @@ class LoraSettings:
 def start_end_ids(model, modalities: Sequence[str]) -> list[int]:
     """Ids of the start and end tokens of ``modalities``' spans."""
     return [model.config.token_id(t) for m in modalities for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)]
+
+
+def lora_targets(model, wanted: Sequence[str]) -> list[str]:
+    """The names of ``wanted`` that the backbone's decoder layers have (LLaMA, Qwen2, Mistral and Gemma share the
+    default names; others name their projections differently). An error names the layers found when none fits."""
+    layers = {name.rsplit(".", 1)[-1] for name, mod in model.model.layers.named_modules()
+              if isinstance(mod, torch.nn.Linear)}
+    found = [t for t in wanted if t in layers]
+    if not found:
+        raise ValueError(f"--lora_target_modules {','.join(wanted)}: none of these linear layers exists in this "
+                         f"backbone's decoder layers; it has {','.join(sorted(layers))}")
+    absent = [t for t in wanted if t not in layers]
+    if absent:
+        logger.warning("LoRA: this backbone has no %s layers; adapting %s", ",".join(absent), ",".join(found))
+    return found
 
 
 def set_trainable(model, mode: str, modalities: Sequence[str], *, start_end: bool = True,
@@ -51,10 +69,11 @@ def set_trainable(model, mode: str, modalities: Sequence[str], *, start_end: boo
 
             lora = lora or LoraSettings()
             model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+                                                     target_modules=lora_targets(model, lora.target_modules),
+                                                     task_type="CAUSAL_LM"))
         inner = model.get_base_model() if mode == "lora" else model
         for m in modalities:
-            inner.model.projector(m).requires_grad_(True)
+            inner.projector(m).requires_grad_(True)
         if rows:
             inner.get_input_embeddings().rows.requires_grad_(True)
     for p in model.parameters():

@@ -6,7 +6,8 @@ their start/end rows), ``lora`` (peft LoRA on the LLM + the same), ``full``.
 
 Outputs in ``--output_dir``: ``checkpoint-N/`` folders with everything needed to resume (trainable weights,
 optimizer, scheduler, RNG, data position), and at the end a loadable model folder, ``adapter.safetensors``
-(projectors + token rows by name) and ``mm_projector.bin`` in the original key layout. Only rank 0 writes.
+(projectors + token rows by name) and, for the published LLaMA-Lightening backbone, ``mm_projector.bin`` in the
+original key layout. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import TrainerState
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..constants import MODALITIES
@@ -28,8 +30,10 @@ from ..data import ADLXDataset, DataCollator, DataIssueLog, read_records
 from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
+from ..model.backbones import LIGHTENING
+from ..model.base import save_tokenizer
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
-from ..prompting import check_tokenization
+from ..prompting import check_template, check_tokenization
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
 
@@ -46,19 +50,23 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     else:  # frozen LLM weights in the compute dtype, trainable parts in fp32
         dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model, tokenizer = load_pretrained(model_args.model_name_or_path, device="cpu", dtype=dtype,
-                                       attn_implementation=model_args.attn_implementation)
+                                       attn_implementation=model_args.attn_implementation,
+                                       init_seed=training_args.seed)
     tokenizer.model_max_length = training_args.model_max_length
     if model_args.pretrain_mm_mlp_adapter:
-        report = load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)
-        logger.info("initialised from %s", report.summary())
+        load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)  # logs what it loaded
     apply_poolings(model.config, data_args.poolings(), active, model_args.pretrain_mm_mlp_adapter)
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
+    if model_args.template() is not None:
+        check_template(model_args.template())
     model.config.tokenization = model_args.tokenization or model.config.tokenization
     model.config.trained_modalities = [m for m in MODALITIES
                                        if m in active or m in (model.config.trained_modalities or [])]
     model.config.use_cache = False
+    if model_args.template() is not None and hasattr(model.config, "template"):  # other backbones record theirs
+        model.config.template = model_args.template()
 
     lora = LoraSettings(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                         tuple(t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()))
@@ -118,6 +126,43 @@ class EpochCallback(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+class StageProgress(ProgressCallback):
+    """One bar per training run, named after its output folder, with the latest loss on the bar instead of a
+    printed line per logging step; one summary line at the end. (``--verbose`` keeps the Trainer's own printing.)"""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # resumed runs start where they stopped
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.name,
+                                     dynamic_ncols=True, delay=1.0)  # delay: nothing drawn for a run that fails
+        self.current_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs and self.training_bar is not None:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4g}", refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        losses = [float(h["loss"]) for h in state.log_history if "loss" in h]
+        if state.is_world_process_zero and losses:
+            logger.info("%s: %d steps, loss %.4g -> %.4g", self.name, state.global_step, losses[0], losses[-1])
+
+
+def use_stage_progress(trainer: transformers.Trainer, name: str) -> None:
+    """Replace the Trainer's per-step printing with :class:`StageProgress` (unless ``--verbose`` or
+    ``--disable_tqdm True``, which keep the Trainer's own)."""
+    if os.environ.get("LLAVIDAL_VERBOSITY") == "verbose" or trainer.args.disable_tqdm:
+        return
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StageProgress(name))
+
+
 class LlavidalTrainer(transformers.Trainer):
     """Trainer that saves what each mode needs (adapter-only checkpoints in projector mode) and reloads it."""
 
@@ -145,6 +190,8 @@ class LlavidalTrainer(transformers.Trainer):
             else:
                 super()._save(output_dir, state_dict=state_dict)
             save_adapter(model, self.processing_class, Path(output_dir) / ADAPTER_FOLDER_FILE, self.modalities, plain)
+        if self.mode != "projector":  # the Trainer wrote the tokenizer: add its sentencepiece model
+            save_tokenizer(self.processing_class, output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -189,6 +236,7 @@ def train(argv: list[str] | None = None) -> dict:
                               data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                               callbacks=[EpochCallback(dataset)], mode=mode, modalities=active,
                               base_path=model_args.model_name_or_path)
+    use_stage_progress(trainer, out.name)
 
     if training_args.fsdp and not trainer.is_fsdp_enabled:  # accelerate drops FSDP without a word on CPUs
         logger.warning("--fsdp %s was given but accelerate did not enable FSDP (it does so only on GPUs and other "
@@ -228,14 +276,18 @@ def train(argv: list[str] | None = None) -> dict:
                 logger.warning("LoRA under FSDP/DeepSpeed: %s holds the peft adapter and adapter.safetensors; merge "
                                "the LoRA weights into a full model on one process (peft merge_and_unload)", out)
             elif mode == "lora":
+                tied = final.config.tie_word_embeddings  # peft unties the config when it meets the row overlay
                 merged = getattr(trainer.model, "module", trainer.model).merge_and_unload()
                 merged.merge_trainable_token_rows()
+                if tied and merged.get_input_embeddings().weight is merged.get_output_embeddings().weight:
+                    merged.config.tie_word_embeddings = True  # still one matrix (Qwen2.5 small, LLaMA-3.2)
                 save_pretrained(merged, tokenizer, out)
             else:
                 if plain is None:
                     final.merge_trainable_token_rows()
                 save_pretrained(final, tokenizer, out, plain)
-        export_legacy_projector(final, out / "mm_projector.bin", active, plain)
+        if final.config.model_type == LIGHTENING:  # the original trainer's layout: LLaMA-Lightening only
+            export_legacy_projector(final, out / "mm_projector.bin", active, plain)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:

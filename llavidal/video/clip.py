@@ -17,8 +17,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_VIDEO_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_OBJECT_CLIP = "openai/clip-vit-base-patch32"
@@ -160,19 +164,13 @@ def _resolve(clip: str | os.PathLike) -> str:
 def quiet_from_pretrained(cls, src: str, **kwargs):
     """``cls.from_pretrained`` without the load report of the unused half of a full CLIP checkpoint (a vision
     tower loaded from a ``CLIPModel`` folder leaves the text weights unused, which is expected)."""
-    from transformers.utils import logging as hf_logging
+    from ..console import library_quiet
 
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(src, **kwargs)
+        with library_quiet():
+            return cls.from_pretrained(src, **kwargs)
     except OSError as e:
         raise ClipLoadError(f"--clip {src}: cannot load {cls.__name__}: {e}") from None
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def load_clip_vision(clip: str | os.PathLike = DEFAULT_VIDEO_CLIP, select_layer: int = -2, device=None,
@@ -216,7 +214,7 @@ def normalise_frames(frames, stats: ImageStats, dtype=None):
     return x.to(dtype) if dtype is not None else x
 
 
-def pool_spatio_temporal(patches: np.ndarray | "torch.Tensor", temporal_rows: int = 100):
+def pool_spatio_temporal(patches: np.ndarray | torch.Tensor, temporal_rows: int = 100):
     """Video-ChatGPT pooling: ``[N, P, D]`` patch tokens → ``[temporal_rows + P, D]``.
 
     Temporal tokens = mean over patches per frame (zero-padded to ``temporal_rows``), spatial tokens = mean over

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..features import check_feature_file, save_feature
-from ..io_utils import append_jsonl, atomic_write_json
+from ..io_utils import append_jsonl, atomic_write_json, remove_stale_temporaries
 from .clip import DEFAULT_VIDEO_CLIP, image_stats, load_clip_vision, normalise_frames, pool_spatio_temporal
 from .io import VideoReadError, find_videos, frame_indices, sample_video, video_id
 from .pool import DEFAULT_KEPT_FRAMES
@@ -237,6 +237,8 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
         raise ValueError(f"--keep-frames-count must be >= 1, got {cfg.kept_frames}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    for folder in {output, *(Path(t).parent for _, t in jobs)}:  # half-written files of a killed run
+        remove_stale_temporaries(folder)
     t_start = time.perf_counter()
     failures = list(failures or [])
     model = model or ClipFeatureModel(cfg.clip, cfg.device, cfg.dtype, cfg.select_layer, cfg.max_frames)

@@ -4,7 +4,6 @@ outputs intact. A few kill points per job keep the suite fast."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,22 +64,23 @@ def test_pack_features_on_a_full_disk(feature_folder, tmp_path):
 
 # ==================================================================== train
 def test_train_resumes_after_kill(tiny_base, synth, tmp_path):
-    flags = dict(per_device_train_batch_size=2, max_steps=8, save_strategy="steps", save_steps=2,
+    # 16 steps: after the later kill point, 8 steps and 4 checkpoints are left, far more than the kill delay
+    flags = dict(per_device_train_batch_size=2, max_steps=16, save_strategy="steps", save_steps=2,
                  video_mask_prob=0.5)
     ref = tmp_path / "ref"
     assert run(llavidal("train", *train_flags(tiny_base, synth, ref, **flags)), tmp_path).returncode == 0
     expected = load_file(str(ref / "adapter.safetensors"))
-    for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-6")):
+    for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-8")):
         out = tmp_path / f"killed{seed}"
         cmd = llavidal("train", *train_flags(tiny_base, synth, out, **flags))
-        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=1.0)
+        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=0.1)
         assert not (out / "train_summary.json").exists()
         proc = run(cmd, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = load_file(str(out / "adapter.safetensors"))
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
         summary = json.loads((out / "train_summary.json").read_text())
-        assert summary["global_step"] == 8 and summary["resumed_from"]
+        assert summary["global_step"] == 16 and summary["resumed_from"]
 
 
 # ==================================================================== eval run
@@ -91,8 +91,9 @@ def test_eval_run_resumes_after_kill(tiny_base, tmp_path):
 
     def cmd(out):
         return llavidal("eval", "run", "--task", "smarthome-ar", "--qa-file", data["test"], "--video-dir",
-                        data["video_folder"], "--base", tiny_base, "--output", out, "--max-new-tokens", "6",
-                        "--batch-size", "2", "--device", "cpu")
+                        data["video_folder"], "--base", tiny_base, "--output", out, "--max-new-tokens", "48",
+                        "--batch-size", "2", "--device", "cpu")  # 48 tokens (the random tiny never stops): seconds of
+    # generation left after the kill point, however fast the engine
 
     ref = tmp_path / "ref"
     assert run(cmd(ref), tmp_path).returncode == 0
@@ -163,3 +164,127 @@ def test_extract_video_on_a_full_disk_keeps_earlier_outputs(videos, tmp_path):
     assert tree(out, skip=("extract_summary", "failures")) == before  # nothing truncated, nothing lost
     assert run(_extract(src, clip, out), tmp_path).returncode == 0  # space again: the rest is done
     assert len(list(out.glob("*.pkl"))) == 10
+
+
+# ==================================================================== pose train and extract-pose
+@pytest.fixture(scope="module")
+def skeletons(tmp_path_factory):
+    from ntu_fixture import make_skeleton
+
+    from llavidal.curation.ntu import NTUName, write_skeleton_npy
+    from llavidal.video.clip import make_tiny_clip
+
+    root = tmp_path_factory.mktemp("ntu")
+    for s in (1, 2):
+        for p in (1, 3):
+            for a in (1, 2, 3, 8, 9):
+                name = NTUName(s, 1, p, 1, a)
+                write_skeleton_npy(make_skeleton(name, frames=24), root / "sk" / f"{name.stem}.skeleton.npy")
+    return root / "sk", make_tiny_clip(root / "clip", seed=0)
+
+
+def _pose_train(data, clip, out):
+    return llavidal("pose", "train", "--data", data, "--out", out, "--clip", clip, "--epochs", "4", "--batch", "8",
+                    "--lr", "3e-3", "--warmup-epochs", "0.5", "--frames", "16", "--workers", "0", "--eval-every", "2",
+                    "--device", "cpu", "--no-progress", "--layers", "1", "--dropout", "0")
+
+
+def test_pose_train_and_extract_pose_resume_after_kill(skeletons, tmp_path):
+    data, clip = skeletons
+    ref = tmp_path / "ref"
+    assert run(_pose_train(data, clip, ref), tmp_path).returncode == 0
+    expected = load_file(str(ref / "model.safetensors"))
+    out = tmp_path / "killed"
+    assert kill_when(_pose_train(data, clip, out), tmp_path, lambda: (out / "checkpoint-0002").is_dir(), SEEDS[0])
+    assert count_lines(out / "metrics.jsonl") < 4  # killed before the last epoch
+    proc = run(_pose_train(data, clip, out), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = load_file(str(out / "model.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    def extract(o):
+        return llavidal("extract-pose", "--skeletons", data, "--model", ref, "--output", o, "--tokens", "8",
+                        "--batch", "1", "--workers", "0", "--device", "cpu", "--no-progress")
+
+    assert run(extract(tmp_path / "fref"), tmp_path).returncode == 0
+    want = tree(tmp_path / "fref", skip=("summary", "failures"))
+    assert len(want) == 20
+    for seed in SEEDS[:1]:
+        o = tmp_path / f"f{seed}"
+        assert kill_when(extract(o), tmp_path, lambda: len(list(o.glob("*_pose.pkl"))) >= seed - 5, seed, 0.1)
+        assert run(extract(o), tmp_path).returncode == 0
+        assert tree(o, skip=("summary", "failures")) == want
+
+
+# ==================================================================== mmpro
+def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
+    def cmd(out):
+        return llavidal("mmpro", "--model_name_or_path", tiny_base, "--data_path", synth["train"], "--video_folder",
+                        synth["video_folder"], "--object_folder", synth["object_folder"], "--pose_folder",
+                        synth["pose_folder"], "--output_dir", out, "--", "--max_steps", "8", "--save_steps", "2",
+                        "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--report_to", "none",
+                        "--use_cpu", "True", "--disable_tqdm", "True", "--dataloader_num_workers", "0")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path, timeout=600).returncode == 0
+    final = "stage3-video-object-pose"
+    expected = load_file(str(ref / final / "adapter.safetensors"))
+    out = tmp_path / "killed"
+    # killed in stage 2 with 6 of its 8 steps left (more than the kill delay on any machine)
+    assert kill_when(cmd(out), tmp_path, lambda: (out / "stage2-video-pose" / "checkpoint-2" / "trainer_state.json")
+                     .is_file(), SEEDS[0], max_delay=0.1, timeout=600)
+    assert not (out / "mmpro.json").exists()
+    proc = run(cmd(out), tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("already complete, skipped") == 3  # the stage-1 runs are not redone
+    got = load_file(str(out / final / "adapter.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+# ==================================================================== curation: person-augmented crops
+def test_curation_crop_resumes_after_kill(tmp_path):
+    from ntu_fixture import make_ntu_root
+
+    root = make_ntu_root(tmp_path / "ntu", performers=(1, 2), actions=(1, 2, 3, 8, 9), with_txt=False)
+
+    def cmd(out):
+        return llavidal("curate", "crop", "--ntu-root", root, "--out", out, "--slack", "4", "--size", "32",
+                        "--format", "avi", "--no-progress")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    want = tree(ref, skip=("manifest", "records", "failures"))
+    assert len([k for k in want if k.endswith(".avi")]) == 10
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_rgb.avi"))) >= 3, SEEDS[0], 0.1)
+    assert run(cmd(out), tmp_path).returncode == 0
+    assert tree(out, skip=("manifest", "records", "failures")) == want
+
+
+# ==================================================================== extract-objects
+def test_extract_objects_resumes_after_kill(tmp_path):
+    from test_objects import render, scene_detections
+
+    from llavidal.video.clip import TinyClipSpec, make_tiny_clip
+
+    clip = make_tiny_clip(tmp_path / "clip", seed=0, spec=TinyClipSpec(vision_hidden_size=64,
+                          vision_intermediate_size=128, vision_heads=4, projection_dim=512))
+    videos, dets = tmp_path / "videos", tmp_path / "dets"
+    dets.mkdir()
+    for i in range(5):
+        render(videos / f"scene{i}.mp4")
+        (dets / f"scene{i}.json").write_text(json.dumps(scene_detections(f"scene{i}.mp4")))
+
+    def cmd(out):
+        return llavidal("extract-objects", "--videos", videos, "--detections", dets, "--output", out, "--clip", clip,
+                        "--device", "cpu", "--batch", "8", "--workers", "0")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    want = tree(ref, skip=("summary", "manifest", "failures"))
+    assert len([k for k in want if k.endswith("_object.pkl")]) == 5
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_object.pkl"))) >= 2, SEEDS[0], 0.1)
+    assert run(cmd(out), tmp_path).returncode == 0
+    assert tree(out, skip=("summary", "manifest", "failures")) == want
