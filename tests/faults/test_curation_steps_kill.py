@@ -1,7 +1,8 @@
 """kill -9 in the middle of the curation steps that call models (frame captions, descriptions, QA), then the same
 command again: each step's final output equals that of an uninterrupted run. The inputs (crops, stitched videos) come
 from one run of the real driver against a loopback OpenAI-compatible server; the killed steps are then run one by one
-on copies of that run's folder, with the server slowed down so that a kill lands between two requests."""
+on copies of that run's folder, with the server slowed down so that a kill lands between two requests. Stitching is
+killed on a map of many videos."""
 from __future__ import annotations
 
 import os
@@ -63,3 +64,36 @@ def test_curation_model_steps_resume_after_kill(tmp_path):
             assert proc.returncode == 0, proc.stderr[-3000:]
             assert (work / final).read_bytes() == (ref / final).read_bytes(), name
             assert stub.count - before < progress(work), f"{name}: the rerun redid finished requests"
+
+
+def test_curation_stitch_resumes_after_kill(tmp_path):
+    """kill -9 while stitching (a map of many videos over a few crops, so that the kill lands mid-run), rerun: every
+    stitched video and actions.json equal an uninterrupted run's, and no temporary is left behind."""
+    import json
+
+    ntu = make_ntu_root(tmp_path / "NTU120", performers=(1,), actions=(1, 2, 3), frames=8, size=(64, 48),
+                        with_txt=False)
+    crops = tmp_path / "crops"
+    assert run(llavidal("curate", "crop", "--ntu-root", ntu, "--out", crops, "--slack", "4", "--size", "32",
+                        "--no-progress"), tmp_path).returncode == 0
+    clips = sorted(p.name for p in crops.glob("*_rgb.*"))
+    assert len(clips) == 3
+    smap = tmp_path / "map.json"  # 60 videos, each 2-3 of the crops in a different order
+    smap.write_text(json.dumps({f"001_video_{i:03d}": [clips[(i + k) % 3] for k in range(2 + i % 2)]
+                                for i in range(60)}))
+
+    def cmd(out):
+        return llavidal("curate", "stitch", "--crops", crops, "--map", smap, "--out", out, "--no-progress")
+
+    ref = tmp_path / "ref"
+    assert run(cmd(ref), tmp_path).returncode == 0
+    want = {p.name: p.read_bytes() for p in sorted(ref.glob("*.mp4"))}
+    assert len(want) == 60
+    out = tmp_path / "killed"
+    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*.mp4"))) >= 5, SEEDS[0], max_delay=0.1)
+    assert not (out / "actions.json").exists(), "killed after it finished"
+    proc = run(cmd(out), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in sorted(out.glob("*.mp4"))} == want
+    assert (out / "actions.json").read_bytes() == (ref / "actions.json").read_bytes()
+    assert not list(out.glob(".*"))  # the killed run's temporary is gone
