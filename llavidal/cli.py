@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import importlib
 import json
 import logging
@@ -175,7 +176,7 @@ def cmd_infer(args) -> int:
     for flag in MODALITIES:  # before minutes of model loading
         value = given[flag]
         cached = (flag == "video" and value is not None and args.feature_cache
-                  and (Path(args.feature_cache) / f"{video_id(value)}.pkl").is_file())
+                  and any(Path(args.feature_cache).glob(f"{glob.escape(video_id(value))}.*pkl")))
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if all(v is None for v in given.values()):
@@ -183,10 +184,10 @@ def cmd_infer(args) -> int:
     model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
-        from .video.extract import VideoFeaturizer
+        from .demo.chat import featurizer_for
 
         clip = args.clip or getattr(model.config, "mm_vision_tower", None) or "openai/clip-vit-large-patch14"
-        featurizer = VideoFeaturizer(clip, device=str(model.device), max_frames=args.max_frames)
+        featurizer = featurizer_for(clip, model.config, device=str(model.device), max_frames=args.max_frames)
         video = featurizer.cached(video, args.feature_cache) if args.feature_cache else featurizer(video)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed, template=args.template, system=args.system,
@@ -276,6 +277,14 @@ def cmd_mmpro(args) -> int:
 def cmd_quickstart(args) -> int:
     from .quickstart import QuickstartConfig, run_quickstart
 
+    if args.study != "mmpro":  # the peers' methods on the synthetic worlds (docs/peers.md)
+        from .peers import run_study
+
+        if args.full_size:
+            raise ValueError(f"quickstart --study {args.study}: --full-size applies to the default study (mmpro) only")
+
+        run_study(args.study, out=args.out, seed=args.seed, fast=args.fast)
+        return 0
     cfg = QuickstartConfig(out=args.out, seed=args.seed)
     if args.fast:
         cfg.n_train, cfg.n_test, cfg.lm_epochs, cfg.stage_epochs = 96, 16, 1, 1
@@ -392,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
+    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2"],
+                   help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
+                        "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")

@@ -23,7 +23,10 @@ class Modality:
     attribute ``dim_attr`` that holds the feature width (``default_dim`` when a config lacks it). Features:
     ``default_rows`` rows per sample in published files (``rows_attr`` names the config attribute), and ``group``
     rows per item for grouped features (objects: ``[n, 8, D]``; None: ``[N, D]``). ``init_from_base``: the
-    projector starts from the base folder's ``mm_projector`` (video) instead of normal(0, 0.02).
+    projector starts from the base folder's ``mm_projector`` (video) instead of normal(0, 0.02). ``pool_attr``: the
+    config attribute that, when set, holds a grid ``[t, h, w]`` to which per-frame patch-token features ``[T, P, D]``
+    are pooled (PLLaVA-style, :mod:`llavidal.video.pool`; ``{pool_attr}_frames`` holds the frames a video keeps);
+    None: the modality always reads ``[N, D]`` rows.
 
     Flags follow from the name: ``--{name}_folder`` and ``--{name}_mask_prob`` for training, ``--{name}`` for a
     question, ``--{name}-dir`` for a benchmark's feature folder; a training record's ``{name}`` key names its file.
@@ -42,8 +45,14 @@ class Modality:
     rows_attr: str | None = None  # config attribute holding the default rows per sample
     group: int | None = None  # rows per item of grouped features ([n, group, D]), e.g. 8 frames per object
     init_from_base: bool = False
+    pool_attr: str | None = None  # config attribute of a pooling grid for per-frame features (video: video_pool)
 
     def rows_per_sample(self, config) -> int:
+        from .video.pool import frame_pooling
+
+        pooling = frame_pooling(self, config)
+        if pooling is not None:
+            return pooling.grid.tokens
         return int(getattr(config, self.rows_attr, self.default_rows)) if self.rows_attr else self.default_rows
 
     def dim(self, config) -> int:
@@ -60,7 +69,7 @@ class Modality:
 
 VIDEO = Modality("video", "<video>", "<vid_patch>", "<vid_start>", "<vid_end>", " video: ",
                  "mm_projector", "mm_hidden_size", default_dim=1024, default_rows=356, rows_attr="video_token_len",
-                 init_from_base=True)
+                 init_from_base=True, pool_attr="video_pool")
 OBJECT = Modality("object", "<object>", "<object_patch>", "<object_start>", "<object_end>", " object: ",
                   "mm_projector_forobject", "object_hidden_size", default_dim=512, default_rows=8, group=8)
 POSE = Modality("pose", "<human_pose>", "<pose_patch>", "<pose_start>", "<pose_end>", " pose: ",

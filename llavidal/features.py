@@ -44,6 +44,11 @@ class FeatureError(ValueError):
     """A feature file that cannot be used; the message names the file, the field and what was expected."""
 
 
+class FeatureKindError(FeatureError):
+    """Features of another kind than the model reads (spatio-temporal rows vs pooled per-frame tokens): one model
+    reads one kind, so this is never skipped or zeroed like a missing file."""
+
+
 class _Refused(pickle.UnpicklingError):
     pass
 
@@ -168,24 +173,43 @@ def expected_widths(config) -> dict[str, int]:
     return {name: m.dim(config) for name, m in MODALITIES.items()}
 
 
-def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>") -> np.ndarray:
-    """Check a feature array against the model config; returns it unchanged when valid.
+def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<array>", pool: bool = True) -> np.ndarray:
+    """Check a feature array against the model config; returns it unchanged when valid (objects given as
+    ``[n*frames, width]`` are reshaped; per-frame video tokens are pooled, unless ``pool`` is False: callers that keep
+    features to hand them to inference later keep the per-frame tokens, which inference checks and pools again).
 
     Video and pose (any ungrouped modality): ``[N, width]`` with N >= 1; object (grouped): ``[n, frames, width]``
-    with n >= 1 (``[n*frames, width]`` is accepted too and reshaped). Floating point only, and finite.
+    with n >= 1 (``[n*frames, width]`` is accepted too and reshaped). A model whose config records a pooling grid for
+    the modality (``video_pool``; docs/design.md#pooled-video) reads per-frame patch tokens ``[T, P, width]`` instead,
+    with ``T <= video_pool_frames``, and gets them pooled to ``[t*h*w, width]``; the other kind is a
+    :class:`FeatureKindError`. Floating point only, and finite.
     """
     from .constants import MODALITIES
+    from .video.pool import frame_pooling, pool_frames, square_side
 
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(MODALITIES)}")
     m = MODALITIES[modality]
     width, frames = m.dim(config), m.group_size(config)
+    pooling = frame_pooling(m, config)
     if frames is not None:
         want = f"[n, {frames}, {width}] (n objects x {frames} frames x {width})"
         if arr.ndim == 2 and arr.shape[1] == width and arr.shape[0] % frames == 0 and arr.shape[0] > 0:
             arr = arr.reshape(-1, frames, width)
         ok = arr.ndim == 3 and arr.shape[0] >= 1 and arr.shape[1] == frames and arr.shape[2] == width
+    elif pooling is not None:
+        _check_kind(arr, m, pooling, width, source)
+        want = f"[T, P, {width}] per-frame patch tokens with 1 <= T <= {pooling.frames} and P a square number"
+        ok = (arr.ndim == 3 and 1 <= arr.shape[0] <= pooling.frames and arr.shape[2] == width
+              and arr.shape[1] >= 1 and square_side(arr.shape[1]) is not None)
     else:
+        if arr.ndim == 3 and m.pool_attr and arr.shape[-1] == width:
+            raise FeatureKindError(
+                f"{source}: {modality} features have shape {list(arr.shape)}: per-frame patch tokens, but this model "
+                f"reads {modality} rows [N, {width}] (the spatio-temporal features, published: "
+                f"[{m.rows_per_sample(config)}, {width}]); one model reads one kind of {modality} features. Use "
+                f"per-frame features with a model trained on them (--{m.pool_attr} T,H,W), or extract rows with "
+                "`llavidal extract-video` (without --keep-frames)")
         want = f"[N, {width}] (published files: [{m.rows_per_sample(config)}, {width}])"
         ok = arr.ndim == 2 and arr.shape[0] >= 1 and arr.shape[1] == width
     if not ok:
@@ -196,18 +220,36 @@ def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<arr
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise FeatureError(f"{source}: {modality} features hold {bad} NaN/inf values")
-    return arr
+    return pool_frames(arr, pooling.grid) if pooling is not None and pool else arr
 
 
-def load_validated(path: str | os.PathLike, modality: str, config) -> np.ndarray:
+def _check_kind(arr: np.ndarray, m, pooling, width: int, source: str) -> None:
+    """A model that reads pooled per-frame tokens refuses rows and tokens kept from more frames than it was
+    trained with (pooling those would average other spans of time)."""
+    if arr.ndim == 2 and arr.shape[-1] == width:
+        raise FeatureKindError(
+            f"{source}: {m.name} features have shape {list(arr.shape)}: rows (e.g. the spatio-temporal [356, {width}]), "
+            f"but this model reads {m.name} {pooling.describe()} ({m.pool_attr} in its config); one model reads one "
+            f"kind of {m.name} features. Extract per-frame tokens with `llavidal extract-video --keep-frames DIR "
+            f"--keep-frames-count {pooling.frames}`")
+    if arr.ndim == 3 and arr.shape[0] > pooling.frames and arr.shape[-1] == width:
+        raise FeatureKindError(
+            f"{source}: {m.name} features hold per-frame tokens of {arr.shape[0]} frames, but this model was trained "
+            f"on {pooling.describe()} ({m.pool_attr}_frames={pooling.frames}); extract them again with "
+            f"--keep-frames-count {pooling.frames}")
+
+
+def load_validated(path: str | os.PathLike, modality: str, config, pool: bool = True) -> np.ndarray:
     """:func:`load_feature` + :func:`validate_feature`."""
-    return validate_feature(load_feature(path, modality), modality, config, str(path))
+    return validate_feature(load_feature(path, modality), modality, config, str(path), pool=pool)
 
 
-def check_feature_file(path: str | os.PathLike, width: int | None = None, rows: int | None = None) -> str | None:
+def check_feature_file(path: str | os.PathLike, width: int | None = None, rows: int | None = None,
+                       patches: int | None = None, max_rows: int | None = None) -> str | None:
     """Why an existing output of an extraction cannot count as finished, or None when it can: the file must load,
-    hold a finite floating-point array, and match ``width`` (last dimension) and ``rows`` (first dimension) when
-    given. A 0-byte or truncated file left by a crash or a full disk is caught here, so a rerun redoes it."""
+    hold a finite floating-point array, and match ``width`` (last dimension), ``rows`` (first dimension; at most
+    ``max_rows``) and ``patches`` (per-frame tokens ``[T, patches, width]``) when given. A 0-byte or truncated file
+    left by a crash or a full disk is caught here, so a rerun redoes it."""
     try:
         arr = load_feature(path)
     except (OSError, FeatureError) as e:
@@ -220,6 +262,12 @@ def check_feature_file(path: str | os.PathLike, width: int | None = None, rows: 
         return f"{path}: shape {list(arr.shape)}, expected width {width}"
     if rows is not None and arr.shape[0] != rows:
         return f"{path}: shape {list(arr.shape)}, expected {rows} rows"
+    if max_rows is not None and arr.shape[0] > max_rows:
+        return f"{path}: shape {list(arr.shape)}, expected at most {max_rows} frames"
+    if patches is not None and (arr.ndim != 3 or arr.shape[1] != patches):
+        return f"{path}: shape {list(arr.shape)}, expected per-frame tokens [frames, {patches}, width]"
+    if patches is None and width is not None and arr.ndim != 2:
+        return f"{path}: shape {list(arr.shape)}, expected rows [N, {width}]"
     if not np.isfinite(arr.astype(np.float32, copy=False)).all():
         return f"{path}: holds NaN/inf values"
     return None
@@ -252,5 +300,5 @@ def save_feature(arr: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["FeatureError", "check_feature_file", "load_feature", "load_validated", "patch_rows", "read_npy", "safe_unpickle",
+__all__ = ["FeatureError", "FeatureKindError", "check_feature_file", "load_feature", "load_validated", "patch_rows", "read_npy", "safe_unpickle",
            "save_feature", "validate_feature"]

@@ -48,19 +48,20 @@ def _train(argv: list[str]) -> None:
 
 
 def evaluate_mcq(model_dir: Path, test_file: Path, data: dict, modalities: list[str],
-                 tokenization: str | None = None) -> dict:
+                 tokenization: str | None = None, attributes: tuple | None = None) -> dict:
     """Accuracy on Smarthome-AR-format items, each option scored by its log-likelihood given the features; also
     how often the chosen option has the right value of each attribute (room / motion / object). ``tokenization``:
-    the ids at span boundaries (default: what the model was trained with)."""
+    the ids at span boundaries (default: what the model was trained with). ``attributes``: (names, {option text:
+    attribute values}) of another synthetic world."""
     from .features import load_feature
     from .inference import GenerationOptions, Query, option_logprobs
     from .model import load_pretrained
     from .synthetic import ACTIONS, ATTRIBUTES, action_name
 
-    attributes_of = {action_name(*a): a for a in ACTIONS}
+    names, attributes_of = attributes or (ATTRIBUTES, {action_name(*a): a for a in ACTIONS})
     model, tok = load_pretrained(model_dir, device="cpu", dtype=torch.float32)
     items = json.loads(Path(test_file).read_text())
-    correct, right_attr = 0, np.zeros(len(ATTRIBUTES))
+    correct, right_attr = 0, np.zeros(len(names))
     for key in sorted(items, key=int):
         it = items[key]
         feats = {m: load_feature(Path(data[f"{m}_folder"]) / it[f"{m}_file"], m) for m in modalities}
@@ -72,7 +73,7 @@ def evaluate_mcq(model_dir: Path, test_file: Path, data: dict, modalities: list[
         right_attr += np.equal(attributes_of[chosen], attributes_of[it["ground_truth"]])
     n = len(items)
     return {"correct": int(correct), "items": n, "accuracy": correct / n,
-            "attribute_accuracy": {a: float(v / n) for a, v in zip(ATTRIBUTES, right_attr)}}
+            "attribute_accuracy": {a: float(v / n) for a, v in zip(names, right_attr)}}
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:

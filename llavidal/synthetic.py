@@ -167,4 +167,184 @@ def pretraining_text(n: int = 2000, seed: int = 0) -> list[dict]:
     return records
 
 
-__all__ = ["ACTIONS", "ATTRIBUTES", "World", "WorldSpec", "action_name", "make_dataset", "pretraining_text"]
+# ==================================================================== a world for pooled video features
+# The room is the appearance of every patch of every frame. What the person handles (a cup or a book) shows on one
+# patch, at a place and a time that differ between videos, for a few frames only: a detail small in space and in
+# time. Pooling averages each bin: a bin about the detail's size keeps it while averaging the noise down, a larger
+# bin dilutes it into its other patches, so grids coarser than the detail lose it first. The spatio-temporal rows
+# keep it in their spatial rows (a mean over time) at the cost of the dilution over the frames it is not seen in.
+def scene_action_name(room: int, obj: int) -> str:
+    return f"The person {_VERB[OBJECTS[obj]]} in the {ROOMS[room]}."
+
+
+SCENE_ACTIONS = [(r, o) for r in range(2) for o in range(2)]
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    frames: int = 16  # frames kept per video
+    side: int = 8  # patches per frame = side x side (CLIP ViT-L/14 at 224 px: 16 x 16)
+    dim: int = 64  # feature width (= the tiny base's mm_hidden_size)
+    seen: int = 4  # frames the object is seen in (consecutive)
+    room: float = 0.5  # strength of the room, on every patch
+    object: float = 8.0  # strength of the object, on its patch in the frames it is seen in
+    noise: float = 1.0  # per-element noise (std)
+
+
+class SceneWorld:
+    """Per-frame patch tokens ``[frames, side², dim]`` (see above); the attribute directions are drawn once from the
+    seed."""
+
+    def __init__(self, seed: int = 0, spec: SceneSpec = SceneSpec()):
+        self.spec = spec
+        dirs = np.random.default_rng(seed).standard_normal((4, spec.dim))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        self.room, self.object = dirs[:2], dirs[2:]
+
+    def tokens(self, action: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        s = self.spec
+        room, obj = action
+        x = rng.standard_normal((s.frames, s.side, s.side, s.dim)) * s.noise + s.room * self.room[room]
+        start = int(rng.integers(0, s.frames - s.seen + 1))
+        row, col = (int(v) for v in rng.integers(0, s.side, size=2))
+        x[start:start + s.seen, row, col] += s.object * self.object[obj]
+        return (x / np.sqrt(s.dim)).reshape(s.frames, s.side * s.side, s.dim).astype(np.float16)
+
+
+def make_scene_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, seed: int = 0,
+                       spec: SceneSpec = SceneSpec()) -> dict:
+    """Write ``out/frames/`` (per-frame tokens, what ``extract-video --keep-frames`` keeps), ``out/rows/`` (the
+    spatio-temporal rows of the same tokens, ``[frames + side², dim]``, what ``extract-video`` writes),
+    ``out/train.json`` and ``out/test_mcq.json`` (Smarthome-AR format; the four options are rooms x objects)."""
+    from .video.clip import pool_spatio_temporal
+
+    out = Path(out)
+    world = SceneWorld(seed, spec)
+    rng = np.random.default_rng(seed + 1)
+    records, tests = [], {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            action = SCENE_ACTIONS[i % len(SCENE_ACTIONS)]
+            vid = f"scene_{split}_{i:05d}"
+            frames = world.tokens(action, rng)
+            save_feature(frames, out / "frames" / f"{vid}.pkl")
+            rows = pool_spatio_temporal(frames, spec.frames).numpy().astype(np.float16)
+            save_feature(rows, out / "rows" / f"{vid}.pkl")
+            truth = scene_action_name(*action)
+            if split == "train":
+                q = QUESTIONS[i % len(QUESTIONS)]
+                human = f"{q}\n<video>" if i % 2 == 0 else f"<video>\n{q}"
+                records.append({"id": vid, "video": f"{vid}.pkl", "conversations": [
+                    {"from": "human", "value": human}, {"from": "gpt", "value": truth}]})
+            else:
+                order = rng.permutation(len(SCENE_ACTIONS))
+                tests[str(len(tests))] = {
+                    "video_id": f"/data/scenes/{vid}.mp4", "question": "What is the person doing in this video?",
+                    "choices": {str(k + 1): scene_action_name(*SCENE_ACTIONS[j]) for k, j in enumerate(order)},
+                    "ground_truth": truth, "video_file": f"{vid}.pkl"}
+    (out / "train.json").write_text(json.dumps(records, indent=1))
+    (out / "test_mcq.json").write_text(json.dumps(tests, indent=1))
+    return {"train": out / "train.json", "test": out / "test_mcq.json", "frames": out / "frames", "rows": out / "rows"}
+
+
+def scene_pretraining_text(n: int = 1200, seed: int = 0) -> list[dict]:
+    """Text-only conversations that teach a tiny LLM this world's language: the room and the object words, each
+    named with probability 3/4, in either order."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        room, obj = SCENE_ACTIONS[int(rng.integers(len(SCENE_ACTIONS)))]
+        q = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
+        words = [w for w, keep in ((ROOMS[room], rng.random() < 0.75), (OBJECTS[obj], rng.random() < 0.75)) if keep]
+        if len(words) == 2 and rng.random() < 0.5:
+            words.reverse()
+        text = " ".join(words)
+        records.append({"id": f"text_{i:05d}", "conversations": [
+            {"from": "human", "value": (f"{q}\n{text}" if i % 2 == 0 else f"{text}\n{q}").strip()},
+            {"from": "gpt", "value": scene_action_name(room, obj)}]})
+    return records
+
+
+# ==================================================================== NTU-style clips for the pose encoder
+# Classes come in pairs that share their big movement; the two classes of a pair differ by a small extra movement of
+# the other arm (hard to see in noisy skeletons) and by the object handled, which the RGB video shows plainly.
+# Optionally (``label_noise``, 0 by default) a fraction of the training clips is filed under a wrong action
+# (annotation errors, as weakly labelled ADL data has); test clips are always filed right.
+# Rest pose (metres; x right, y up), NTU's joint order.
+_REST = np.array([
+    (0.0, 0.0), (0.0, 0.3), (0.0, 0.58), (0.0, 0.72), (-0.18, 0.48), (-0.25, 0.22), (-0.28, 0.0), (-0.29, -0.06),
+    (0.18, 0.48), (0.25, 0.22), (0.28, 0.0), (0.29, -0.06), (-0.1, -0.05), (-0.12, -0.45), (-0.12, -0.85),
+    (-0.12, -0.9), (0.1, -0.05), (0.12, -0.45), (0.12, -0.85), (0.12, -0.9), (0.0, 0.5), (-0.3, -0.12),
+    (-0.26, -0.08), (0.3, -0.12), (0.26, -0.08)])
+_LIMBS = {"left arm": (5, 6, 7, 21, 22), "right arm": (9, 10, 11, 23, 24), "legs": (13, 14, 15, 17, 18, 19),
+          "torso": (1, 2, 3, 20)}
+
+
+@dataclass(frozen=True)
+class SkeletonWorldSpec:
+    actions: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # NTU action ids; (1, 2), (3, 4) ... share a movement
+    train_performers: tuple[int, ...] = (1, 2, 4, 5)  # official cross-subject training subjects
+    test_performers: tuple[int, ...] = (3, 6, 7, 10)
+    replications: int = 2
+    frames: int = 32
+    subtle: float = 0.15  # amplitude (m) of the extra movement that tells the two classes of a pair apart
+    jitter: float = 0.04  # per-joint noise (m) of the skeleton tracking
+    size: int = 32  # video frames are size x size
+    label_noise: float = 0.0  # fraction of training clips filed under another action of the world
+
+
+def _movement(action_index: int, spec: SkeletonWorldSpec, rng: np.random.Generator) -> np.ndarray:
+    """Displacement ``[frames, 25, 3]`` of one clip of the class at ``action_index`` (its pair's big movement, the
+    class's small one, a random phase and speed per clip)."""
+    t = np.linspace(0.0, 1.0, spec.frames)[:, None] * rng.uniform(0.8, 1.2) + rng.uniform(0, 1)
+    out = np.zeros((spec.frames, 25, 3))
+    pair = np.random.default_rng(7000 + action_index // 2)  # the shared movement of the pair
+    for limb in pair.choice(list(_LIMBS), size=2, replace=False):
+        amp, freq = pair.uniform(-0.3, 0.3, size=3), pair.uniform(0.5, 2.5)
+        out[:, list(_LIMBS[limb])] += np.sin(2 * np.pi * freq * t)[:, :, None] * amp
+    own = np.random.default_rng(9000 + action_index)  # the small movement of the class itself
+    direction = own.standard_normal(3)
+    limb = "left arm" if action_index % 2 else "right arm"
+    out[:, list(_LIMBS[limb])] += (spec.subtle * np.sin(2 * np.pi * own.uniform(3, 5) * t))[:, :, None] * (
+        direction / np.linalg.norm(direction))
+    return out
+
+
+def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec = SkeletonWorldSpec()) -> dict:
+    """Write NTU-layout clips: ``out/skeletons/{stem}.skeleton.npy`` (NTU's txt2npy dict, one body) and
+    ``out/rgb/{stem}_rgb.avi`` (a background of the class's object colour, with noise, and the right hand as a white
+    dot). Performers change body size and position; the seed changes the noise. A training clip filed under a wrong
+    action (``label_noise``) gets replication ``100 + r``, so its name is unique."""
+    from .curation.ntu import NTUName, write_skeleton_npy
+    from .video.io import write_video
+
+    out = Path(out)
+    palette = np.random.default_rng(1234).integers(30, 226, size=(len(spec.actions), 3))
+    stems, mislabelled = [], 0
+    for performer in (*spec.train_performers, *spec.test_performers):
+        body = np.random.default_rng([seed, performer])
+        scale, offset = body.uniform(0.85, 1.15), np.array([body.uniform(-0.3, 0.3), body.uniform(-0.1, 0.1), 0.0])
+        for r in range(1, spec.replications + 1):
+            for k, action in enumerate(spec.actions):
+                rng = np.random.default_rng([seed, performer, r, action])
+                name = NTUName(1, 1, performer, r, action)
+                if performer in spec.train_performers and rng.random() < spec.label_noise:  # filed wrongly
+                    wrong = [a for a in spec.actions if a != action]
+                    name = NTUName(1, 1, performer, 100 + r, wrong[int(rng.integers(len(wrong)))])
+                    mislabelled += 1
+                rest = np.concatenate([_REST, np.zeros((25, 1))], axis=1) * scale + offset
+                xyz = rest + _movement(k, spec, rng) + rng.normal(0, spec.jitter, size=(spec.frames, 25, 3))
+                xyz = xyz + np.array([0.0, 0.0, 3.0])  # 3 m from the camera
+                write_skeleton_npy({"file_name": name.stem, "nbodys": [1] * spec.frames, "njoints": 25,
+                                    "skel_body0": xyz}, out / "skeletons" / f"{name.stem}.skeleton.npy")
+                frames = np.clip(palette[k] + rng.normal(0, 20, size=(spec.frames, spec.size, spec.size, 3)), 0, 255)
+                hand = np.clip(((xyz[:, 11, :2] * [1, -1] + [1.0, 1.0]) / 2 * spec.size).astype(int), 0, spec.size - 1)
+                frames[np.arange(spec.frames), hand[:, 1], hand[:, 0]] = 255
+                write_video(out / "rgb" / f"{name.stem}_rgb.avi", frames.astype(np.uint8), fps=30)
+                stems.append(name.stem)
+    return {"skeletons": out / "skeletons", "rgb": out / "rgb", "clips": len(stems), "mislabelled": mislabelled}
+
+
+__all__ = ["ACTIONS", "ATTRIBUTES", "SCENE_ACTIONS", "SceneSpec", "SceneWorld", "SkeletonWorldSpec", "World", "WorldSpec",
+           "action_name", "make_dataset", "make_scene_dataset", "make_skeleton_world", "pretraining_text",
+           "scene_action_name", "scene_pretraining_text"]

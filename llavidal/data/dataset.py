@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX, MODALITIES
-from ..features import FeatureError, load_feature, patch_rows, validate_feature
+from ..features import FeatureError, FeatureKindError, load_feature, patch_rows, validate_feature
 from ..io_utils import stays_inside
 from ..prompting import encode_turns, expand_turns, model_template, strip_reserved_tokens
 from .store import FeatureStore, open_feature_source
@@ -214,6 +214,8 @@ class ADLXDataset(Dataset):
             else:
                 arr, origin = load_feature(source / name, m), str(source / name)
             return validate_feature(arr, m, self.config, origin)
+        except FeatureKindError as e:  # one model reads one kind of features: never skipped or zeroed
+            raise DataError(f"record {index} {where}: {e}") from None
         except (FileNotFoundError, KeyError, FeatureError) as e:
             kind = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else "unreadable"
             if self.missing == "error":

@@ -33,7 +33,8 @@ class Conversation:
     The web demo keeps one per browser session (``gr.State``); nothing here is shared between users.
     """
 
-    # modality -> validated array: video [N, mm_hidden_size] (e.g. [356, 1024]), object [n, 8, 512], pose [N, 216]
+    # modality -> validated array: video [N, mm_hidden_size] (e.g. [356, 1024]; a pooled model's per-frame tokens
+    # [T, P, mm_hidden_size], pooled when asked about), object [n, 8, 512], pose [N, 216]
     arrays: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # modality -> what the features came from (for display)
     history: list[tuple[str, str]] = field(default_factory=list)
@@ -68,12 +69,14 @@ class Conversation:
         """Drop the oldest turns until the prompt for ``question`` plus ``options.max_new_tokens`` fits the model's
         positions; returns how many turns were dropped. (A prompt that does not fit even without history is left
         for :func:`llavidal.inference.prepare_inputs` to report.)"""
-        from ..features import patch_rows
+        from ..features import patch_rows, validate_feature
         from ..inference import resolve_template, resolve_tokenization
         from ..prompting import encode_turns, inference_turns
 
         config = model.config
-        rows = {m: (patch_rows(a) if a is not None else None) for m, a in self.features().items()}
+        # the rows the prompt will hold: a pooled model's per-frame tokens count as its grid
+        rows = {m: (patch_rows(validate_feature(a, m, config)) if a is not None else None)
+                for m, a in self.features().items()}
         limit = config.max_position_embeddings
         dropped = 0
         while self.history:
@@ -105,10 +108,15 @@ class Conversation:
 
 # ---------------------------------------------------------------- loading a sample
 def featurizer_for(clip: str, config, device=None, dtype=None, max_frames: int = 100, decoder: str = "auto"):
-    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose feature width fits the model's video projector."""
+    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose features fit the model's video projector: its width,
+    and its kind (per-frame patch tokens of the frames a pooled model keeps, else the spatio-temporal rows)."""
+    from ..constants import MODALITIES
     from ..video.extract import VideoFeaturizer
+    from ..video.pool import frame_pooling
 
-    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder)
+    pooling = frame_pooling(MODALITIES["video"], config)
+    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder,
+                         kept=pooling.frames if pooling is not None else None)
     if fz.model.hidden_size != config.mm_hidden_size:
         raise ValueError(f"--clip {clip}: its vision width is {fz.model.hidden_size}, but the model's video projector "
                          f"expects {config.mm_hidden_size}-wide features (mm_hidden_size); use the CLIP the model "
@@ -129,16 +137,16 @@ def load_sample(config, video: str | None = None, object: str | None = None, pos
             if featurizer is None:
                 raise ValueError(f"--video {video}: a raw video needs a CLIP to compute its features (--clip)")
             arr = featurizer.cached(video, feature_cache) if feature_cache else featurizer(video)
-            conv.set_feature("video", validate_feature(arr, "video", config, str(video)), str(video))
+            conv.set_feature("video", validate_feature(arr, "video", config, str(video), pool=False), str(video))
         else:
-            conv.set_feature("video", load_validated(video, "video", config), str(video))
+            conv.set_feature("video", load_validated(video, "video", config, pool=False), str(video))
     for modality, path in (("object", object), ("pose", pose)):
         if path is None:
             continue
         if is_video(path):
             raise ValueError(f"--{modality} {path}: expected a {modality} feature file (.pkl, .pickle, .npy, .npz, "
                              ".safetensors, .pt), not a video")
-        conv.set_feature(modality, load_validated(path, modality, config), str(path))
+        conv.set_feature(modality, load_validated(path, modality, config, pool=False), str(path))
     return conv
 
 

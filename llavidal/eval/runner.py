@@ -123,19 +123,25 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
     return feats
 
 
-def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
+def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem], config=None) -> dict | None:
     """With ``--clip``: the raw benchmark videos under ``--video-dir`` that have no cached features get them, once,
     through the batched extraction pipeline (:func:`llavidal.video.extract.extract_videos`), into ``--feature-dir``
-    (default ``OUTPUT/video_features``, same relative paths). Unreadable videos are listed in that folder's
-    ``failures.jsonl`` and count as missing videos. Returns the extraction summary (None without ``--clip``)."""
+    (default ``OUTPUT/video_features``, same relative paths). A model that reads pooled per-frame tokens
+    (``video_pool`` in its ``config``) gets the per-frame tokens of its kept frames instead (default folder
+    ``OUTPUT/video_frames{K}``). Unreadable videos are listed in that folder's ``failures.jsonl`` and count as missing
+    videos. Returns the extraction summary (None without ``--clip``)."""
     if not cfg.clip:
         return None
     if not cfg.video_dir:
         raise ValueError("--clip extracts features from raw videos and needs --video-dir (where the videos are)")
+    from ..constants import MODALITIES
     from ..video.extract import ExtractConfig, extract_videos
+    from ..video.pool import frame_pooling
 
+    pooling = frame_pooling(MODALITIES["video"], config) if config is not None else None
     root = Path(cfg.video_dir)
-    cache = Path(cfg.feature_dir or Path(cfg.output) / "video_features")
+    default = "video_features" if pooling is None else f"video_frames{pooling.frames}"
+    cache = Path(cfg.feature_dir or Path(cfg.output) / default)
     cfg.feature_dir = str(cache)
     jobs: dict[Path, Path] = {}
     for it in items:
@@ -158,7 +164,9 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
     if not jobs:  # every video has its features: CLIP is not even loaded
         return {"written": 0, "failed": 0, "videos": 0}
     rank, _ = _dist()
-    ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0)
+    ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0,
+                         output="frames" if pooling is not None else "rows",
+                         kept_frames=pooling.frames if pooling is not None else 16)
     return extract_videos([(v, t) for t, v in jobs.items()], cache / (f"extract.rank{rank}"), ecfg,
                           source=str(root))
 
@@ -469,7 +477,7 @@ def run(cfg: RunConfig) -> dict | None:
                             max_cache_len=cfg.max_cache_len)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
-    extraction = prepare_raw_videos(cfg, mine)
+    extraction = prepare_raw_videos(cfg, mine, model.config)
     t_gen, done_before = time.perf_counter(), len(read_jsonl(pred_file)) if pred_file.is_file() else 0
     if paper:
         paper.seed_process()

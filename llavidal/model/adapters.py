@@ -185,6 +185,7 @@ def load_projector(
         )
     report.trained = ([m for m in meta.get("modalities", "").split(",") if m] if meta.get("modalities") is not None
                       else list(report.projectors))
+    _apply_feature_kinds(model.config, meta, report.trained, path)
     model.config.trained_modalities = [m for m in MODALITIES
                                        if m in report.trained or m in (model.config.trained_modalities or [])]
     if meta.get("tokenization"):
@@ -196,6 +197,56 @@ def load_projector(
         model.config.mm_use_vid_start_end = False
     logger.info(report.summary())
     return report
+
+
+def pooling_metadata(config, modalities) -> dict[str, str]:
+    """Adapter metadata of the feature kind of each trained modality that can be pooled: ``{name}_pool`` = ``none``
+    (rows, e.g. the spatio-temporal video features) or ``T,H,W``, and ``{name}_pool_frames``."""
+    from ..video.pool import frame_pooling
+
+    meta = {}
+    for name in modalities:
+        m = MODALITIES[name]
+        if m.pool_attr:
+            pooling = frame_pooling(m, config)
+            meta[m.pool_attr] = ",".join(map(str, pooling.grid.as_list())) if pooling else "none"
+            if pooling:
+                meta[f"{m.pool_attr}_frames"] = str(pooling.frames)
+    return meta
+
+
+def file_pooling(meta: dict[str, str], modality: str):
+    """The pooling a file's metadata records for a modality it trained (None: rows; files without metadata, such as
+    the release's ``.bin`` files, were trained on rows)."""
+    from ..video.pool import FramePooling, PoolGrid
+
+    m = MODALITIES[modality]
+    value = meta.get(m.pool_attr, "none") if m.pool_attr else "none"
+    if value in ("", "none"):
+        return None
+    return FramePooling(PoolGrid.parse(value, m.pool_attr), int(meta.get(f"{m.pool_attr}_frames", 16)))
+
+
+def _describe(pooling, modality: str) -> str:
+    return pooling.describe() if pooling is not None else f"{modality} rows [N, D] (spatio-temporal features)"
+
+
+def _apply_feature_kinds(config, meta: dict[str, str], trained: list[str], path) -> None:
+    """The model takes the feature kind of every poolable modality the file trained; a model whose projector of that
+    modality was already trained on another kind refuses the file (one model, one kind of features)."""
+    from ..video.pool import frame_pooling, set_frame_pooling
+
+    for name in trained:
+        m = MODALITIES.get(name)
+        if m is None or not m.pool_attr:
+            continue
+        theirs, ours = file_pooling(meta, name), frame_pooling(m, config)
+        if name in (config.trained_modalities or []) and theirs != ours:
+            raise CheckpointError(
+                f"{path}: its {name} projector was trained on {_describe(theirs, name)}, but the model's was trained "
+                f"on {_describe(ours, name)}; one model reads one kind of {name} features, so these cannot be "
+                "combined")
+        set_frame_pooling(m, config, theirs)
 
 
 def check_backbone(model, meta: dict[str, str], path: str | os.PathLike) -> None:
@@ -288,6 +339,7 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
             "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
             "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
+    meta.update(pooling_metadata(model.config, modalities if modalities is not None else list(MODALITIES)))
     with atomic_path(path) as tmp:
         save_safetensors(adapter_state_dict(model, tokenizer, state), str(tmp), metadata=meta)
     return path

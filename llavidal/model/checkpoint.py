@@ -135,8 +135,9 @@ def load_pretrained(
         model, tokenizer = load_pretrained(origin, projector=base / ADAPTER_FOLDER_FILE, device=device, dtype=dtype,
                                            attn_implementation=attn, allow_untrained_modality=allow_untrained_modality,
                                            init_seed=init_seed)
+        pool_keys = [k for m in MODALITIES.values() if m.pool_attr for k in (m.pool_attr, f"{m.pool_attr}_frames")]
         for key in ("mm_use_vid_start_end", "use_modality_string_prefix", "tokenization", "trained_modalities",
-                    "template"):
+                    "template", *pool_keys):
             if key in cfg:
                 setattr(model.config, key, cfg[key])
         if projector is not None:

@@ -51,6 +51,11 @@ class LlavidalConfig(ModalityTokens, LlamaConfig):
     video_token_len: int = DEFAULT_VIDEO_TOKENS  # rows per video feature file (published: 356)
     pose_token_len: int = DEFAULT_POSE_TOKENS  # rows per pose feature file (published: 256; SKI-LVLM: 75)
     object_frames: int = OBJECT_FRAMES  # rows per object (published: 8)
+    # the kind of video features the video projector reads (docs/design.md#pooled-video): None = spatio-temporal
+    # rows [N, D] (published: [356, 1024]); [t, h, w] = per-frame patch tokens [T, P, D] of video_pool_frames frames
+    # per video, adaptively average-pooled to that grid (t*h*w rows)
+    video_pool: list | None = None
+    video_pool_frames: int = 16
     modality_token_ids: dict | None = None
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14"
     mm_vision_select_layer: int = -2

@@ -1,4 +1,4 @@
-"""SkeletonCLIP training of the pose encoder (SKI-LVLM phase 1): ``llavidal pose train``.
+"""SkeletonCLIP training of the pose encoder (SKI-LVLM phase 1, and phase 2 with ``--phase 2``): ``llavidal pose train``.
 
 Background: docs/design.md#pose-and-object-features.
 
@@ -6,6 +6,9 @@ Each NTU class gets the prompt "a photo of a {class}." embedded once by the froz
 (``CLIPTextModelWithProjection`` + ``CLIPTokenizer`` from ``--clip``). The skeleton embedding (mean of the encoder's
 tokens, projected to the CLIP projection dim) is trained with cross-entropy over the cosine logits against those
 text embeddings, with a learned temperature. AdamW, linear warm-up then cosine decay, gradient clipping at 1.
+Phase 2 (:mod:`.align`) starts from a phase-1 model and trains it next to a CLIP video branch: CE(video-text) +
+CE(pose-text) + alpha * MSE(video logits, pose logits); its test metrics ``top1``/``top5`` are the video-text ones
+(the prediction at test time), ``pose_top1``/``pose_top5`` the pose encoder's alone.
 
 Output folder::
 
@@ -13,7 +16,9 @@ Output folder::
     text_embeddings.safetensors           [120, P] class prompt embeddings (+ classes.json: names, template, clip)
     checkpoint-0003/                      the same files + optimizer.pt + state.json, for resuming (last 2 kept)
     metrics.jsonl                         one row per epoch: train loss/top-1, test top-1/top-5 (+ gzsl_* for
-                                          zero-shot), lr, samples, time
+                                          zero-shot), lr, samples, time (phase 2: + the loss terms, pose_*)
+    video_branch.safetensors              phase 2: the video branch (adapter + logit scale), also per checkpoint
+    video_embeddings.safetensors          phase 2: the clips' CLIP image embeddings, computed once
     skipped.jsonl                         every file that was not used, with the reason
     train_config.json, train_summary.json
 
@@ -31,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +44,7 @@ import torch.nn.functional as F
 
 from ..io_utils import append_jsonl, atomic_path, atomic_write_json, commit, read_jsonl
 from .configuration import PoseEncoderConfig
+from .align import DEFAULT_ALPHA, DEFAULT_VIDEO_FRAMES, Phase2, cached_image_embeddings, match_videos
 from .data import PROMPT_TEMPLATE, SkeletonDataset, Split, collate, make_split, scan_ntu
 from .modeling import SkeletonCLIP, load_pose_model, save_pose_model
 
@@ -79,6 +85,12 @@ class PoseTrainConfig:
     stride: int = 4
     tokens: int = 256  # default tokens of feature extraction, stored in the model config
     dropout: float = 0.1
+    # SKI-LVLM phase 2 (docs/design.md#pose-and-object-features): the encoder sizes then come from `init`
+    phase: int = 1
+    init: str | None = None  # phase 2: the phase-1 output folder (or checkpoint) to start from
+    videos: str | None = None  # phase 2: the clips' RGB videos ({stem}_rgb.avi as NTU's, searched recursively)
+    alpha: float = DEFAULT_ALPHA  # phase 2: weight of the MSE between the video-text and pose-text logits
+    video_frames: int = DEFAULT_VIDEO_FRAMES  # phase 2: frames per video through CLIP's image tower
 
 
 # ---------------------------------------------------------------------------------------------------- text side
@@ -171,12 +183,16 @@ class _Skips:
 
 @torch.no_grad()
 def evaluate(model: SkeletonCLIP, loader, text: torch.Tensor, classes: list[int], device, skips: _Skips | None = None,
-             all_classes: list[int] | None = None) -> dict:
+             all_classes: list[int] | None = None, phase2: Phase2 | None = None) -> dict:
     """Top-1/top-5 accuracy of the test loader against the prompts of ``classes`` (and of ``all_classes`` as
-    ``gzsl_*`` when given)."""
+    ``gzsl_*`` when given). With ``phase2``: ``top1``/``top5`` are the video-text logits' (the prediction at test
+    time) and ``pose_top1``/``pose_top5`` the pose encoder's."""
     model.eval()
+    if phase2 is not None:
+        phase2.head.eval()
     sets = {"": classes} | ({"gzsl_": all_classes} if all_classes is not None else {})
-    hits = {p: {1: 0, 5: 0} for p in sets}
+    heads = ("", "pose_") if phase2 is not None else ("",)
+    hits = {h + p: {1: 0, 5: 0} for h in heads for p in sets}
     n = 0
     for batch in loader:
         if skips is not None:
@@ -185,15 +201,19 @@ def evaluate(model: SkeletonCLIP, loader, text: torch.Tensor, classes: list[int]
             continue
         emb = model.embed(batch["x"].to(device))
         for prefix, cls in sets.items():
-            logits = model.logits(emb, text[torch.tensor(cls) - 1].to(device))
+            prompts = text[torch.tensor(cls) - 1].to(device)
+            logits = {"pose_" if phase2 is not None else "": model.logits(emb, prompts)}
+            if phase2 is not None:
+                logits[""] = phase2.video_logits("test", batch["index"], prompts)
             pos = _positions(batch["label"], cls).to(device)
-            for k, v in topk_correct(logits, pos).items():
-                hits[prefix][k] += v
+            for head, lg in logits.items():
+                for k, v in topk_correct(lg, pos).items():
+                    hits[head + prefix][k] += v
         n += len(batch["index"])
     out = {"n_test": n}
-    for prefix in sets:
-        out[f"{prefix}top1"] = hits[prefix][1] / n if n else None
-        out[f"{prefix}top5"] = hits[prefix][5] / n if n else None
+    for key in hits:
+        out[f"{key}top1"] = hits[key][1] / n if n else None
+        out[f"{key}top5"] = hits[key][5] / n if n else None
     return out
 
 
@@ -206,7 +226,8 @@ def _checkpoints(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _save_checkpoint(out: Path, model, optimizer, state: dict, text, names, cfg: PoseTrainConfig) -> Path:
+def _save_checkpoint(out: Path, model, optimizer, state: dict, text, names, cfg: PoseTrainConfig,
+                     phase2: Phase2 | None = None) -> Path:
     """Write ``checkpoint-{epoch}`` through a temporary folder renamed into place (a kill leaves no half
     checkpoint), then drop all but the newest ``keep_checkpoints``."""
     final = out / f"checkpoint-{state['epoch']:04d}"
@@ -214,6 +235,8 @@ def _save_checkpoint(out: Path, model, optimizer, state: dict, text, names, cfg:
     shutil.rmtree(tmp, ignore_errors=True)
     save_pose_model(model, tmp, {"epoch": state["epoch"]})
     save_text_embeddings(tmp, text, names, cfg.clip, cfg.template)
+    if phase2 is not None:
+        phase2.save(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     atomic_write_json(tmp / "state.json", state)
     shutil.rmtree(final, ignore_errors=True)
@@ -263,6 +286,10 @@ def train(cfg: PoseTrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     device = _device(cfg.device)
+    if cfg.phase == 2:
+        cfg = phase2_config(cfg)
+    elif cfg.phase != 1:
+        raise ValueError(f"--phase {cfg.phase}: expected 1 (SkeletonCLIP) or 2 (with the CLIP video branch)")
     if not cfg.resume:
         for _, p in _checkpoints(out):
             shutil.rmtree(p)
@@ -280,6 +307,9 @@ def train(cfg: PoseTrainConfig) -> dict:
         raise ValueError(f"{cfg.data}: the {cfg.split} split leaves no training samples ({split.info()})")
     skips = _Skips(out / "skipped.jsonl")
     skips.add(skipped_scan)
+    images: dict[str, torch.Tensor] = {}
+    if cfg.phase == 2:
+        split, images = _phase2_data(cfg, split, skips, out, device)
     workers = cfg.workers if cfg.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
     train_ds = SkeletonDataset(split.train, cfg.frames, augment=cfg.augment, seed=cfg.seed)
     test_ds = SkeletonDataset(split.test, cfg.frames)
@@ -296,13 +326,27 @@ def train(cfg: PoseTrainConfig) -> dict:
 
     # model and optimizer
     torch.manual_seed(cfg.seed)
-    mcfg = PoseEncoderConfig(layers=cfg.layers, width=cfg.width, heads=cfg.heads, stride=cfg.stride,
-                             tokens=cfg.tokens, dropout=cfg.dropout, projection_dim=text.shape[1])
+    if cfg.phase == 2:
+        mcfg = replace(PoseEncoderConfig.load(cfg.init), dropout=cfg.dropout)
+        if mcfg.projection_dim != text.shape[1]:
+            raise ValueError(f"--init {cfg.init}: its embeddings have {mcfg.projection_dim} dimensions but the CLIP text "
+                             f"embeddings of --clip {cfg.clip} have {text.shape[1]}; use the CLIP of the phase-1 run")
+    else:
+        mcfg = PoseEncoderConfig(layers=cfg.layers, width=cfg.width, heads=cfg.heads, stride=cfg.stride,
+                                 tokens=cfg.tokens, dropout=cfg.dropout, projection_dim=text.shape[1])
     if cfg.frames % mcfg.stride:
         raise ValueError(f"--frames {cfg.frames} is not a multiple of the stride {mcfg.stride}")
     model = SkeletonCLIP(mcfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "bias" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "bias" not in n)]
+    phase2 = None
+    if cfg.phase == 2:
+        model.load_state_dict(load_pose_model(cfg.init, device).state_dict())
+        phase2 = Phase2(cfg.alpha, text.shape[1], device)
+        for name, part in (("train", split.train), ("test", split.test)):
+            if part:
+                phase2.set_images(name, part, images, device)
+    named = list(model.named_parameters()) + (list(phase2.head.named_parameters()) if phase2 else [])
+    decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
     steps_per_epoch = math.ceil(len(split.train) / cfg.batch)
@@ -315,6 +359,8 @@ def train(cfg: PoseTrainConfig) -> dict:
         _, path = ckpts[-1]
         resumed = load_pose_model(path, device)
         model.load_state_dict(resumed.state_dict())
+        if phase2 is not None:
+            phase2.load(path)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
         state = json.loads((path / "state.json").read_text())
         start_epoch, step = state["epoch"], state["step"]
@@ -328,11 +374,14 @@ def train(cfg: PoseTrainConfig) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
+        if phase2 is not None:
+            phase2.head.train()
         torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         loader = _loader(train_ds, cfg.batch, True, min(workers, len(split.train)), gen)
         loss_sum, correct, seen = 0.0, 0, 0
+        sums = {"ce_video": 0.0, "ce_pose": 0.0, "mse": 0.0, "pose_correct": 0}  # phase 2
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, dynamic_ncols=True)
         for batch in bar:
             skips.add_errors(split.train, batch["errors"])
@@ -345,10 +394,20 @@ def train(cfg: PoseTrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model(x, train_text)
-            loss = F.cross_entropy(logits, target)
+            if phase2 is not None:
+                terms = phase2.losses(logits, batch["index"], train_text, target)
+                loss = terms["loss"]
+                for k in ("ce_video", "ce_pose", "mse"):
+                    sums[k] += terms[k].item() * len(target)
+                sums["pose_correct"] += int((logits.argmax(1) == target).sum())
+                logits = terms["video_logits"]  # the prediction at test time
+            else:
+                loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if phase2 is not None:  # each branch clipped on its own: alpha = 0 leaves the pose encoder's steps alone
+                torch.nn.utils.clip_grad_norm_(phase2.head.parameters(), 1.0)
             optimizer.step()
             step += 1
             loss_sum += loss.item() * len(target)
@@ -358,15 +417,21 @@ def train(cfg: PoseTrainConfig) -> dict:
         row = {"epoch": epoch + 1, "step": step, "lr": lr_at(max(0, step - 1), total_steps, warmup, cfg.lr),
                "train_loss": loss_sum / seen if seen else None, "train_top1": correct / seen if seen else None,
                "n_train": seen, "logit_scale": float(model.logit_scale.detach().exp())}
+        if phase2 is not None and seen:
+            row.update({f"train_{k}": sums[k] / seen for k in ("ce_video", "ce_pose", "mse")},
+                       train_pose_top1=sums["pose_correct"] / seen,
+                       video_logit_scale=float(phase2.head.logit_scale.detach().exp()))
         if test_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             gz = list(range(1, len(names) + 1)) if cfg.split == "zeroshot" else None
-            row.update(evaluate(model, test_loader, text, split.test_classes, device, skips, gz))
+            row.update(evaluate(model, test_loader, text, split.test_classes, device, skips, gz, phase2))
             row["test_classes"] = len(split.test_classes)
         row["time_s"] = round(time.perf_counter() - t0, 3)
         state = {"epoch": epoch + 1, "step": step, "metrics": row}
-        _save_checkpoint(out, model, optimizer, state, text, names, cfg)
+        _save_checkpoint(out, model, optimizer, state, text, names, cfg, phase2)
         append_jsonl(out / "metrics.jsonl", [row])
         save_pose_model(model, out, {"epoch": epoch + 1})
+        if phase2 is not None:
+            phase2.save(out)
         last = row
         msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         print(f"pose train: {msg}", flush=True)
@@ -376,6 +441,7 @@ def train(cfg: PoseTrainConfig) -> dict:
         "files_found": len(items) + len(skipped_scan) + len(duplicates), "duplicates_not_used": len(duplicates),
         "files_used": sum(1 for i in items if str(i.path) not in skips.this_run),
         "skipped": len(skips.this_run), "skipped_reasons": _reason_counts(skips.this_run),
+        "phase": cfg.phase, "alpha": cfg.alpha if cfg.phase == 2 else None, "init": cfg.init,
         "epochs": cfg.epochs, "resumed_from_epoch": start_epoch, "steps": step, "device": str(device),
         "parameters": sum(p.numel() for p in model.parameters()), "model_config": mcfg.to_dict(),
         "last_metrics": last, "wall_s": round(time.perf_counter() - t_start, 3),
@@ -386,11 +452,39 @@ def train(cfg: PoseTrainConfig) -> dict:
     return summary
 
 
+def phase2_config(cfg: PoseTrainConfig) -> PoseTrainConfig:
+    """Phase 2 reads its encoder sizes from the phase-1 model it starts from (recorded in ``train_config.json``)."""
+    if not cfg.init or not cfg.videos:
+        raise ValueError("--phase 2 needs --init (the output folder of a phase-1 `llavidal pose train`) and --videos "
+                         "(the clips' RGB videos, e.g. NTU's rgb/ folder)")
+    if cfg.alpha < 0 or cfg.video_frames < 1:
+        raise ValueError(f"--alpha must be >= 0 and --video-frames >= 1, got {cfg.alpha} and {cfg.video_frames}")
+    init = PoseEncoderConfig.load(cfg.init)
+    return replace(cfg, layers=init.layers, width=init.width, heads=init.heads, stride=init.stride, tokens=init.tokens)
+
+
+def _phase2_data(cfg: PoseTrainConfig, split: Split, skips: _Skips, out: Path, device) -> tuple[Split, dict]:
+    """The clips with an RGB video and its CLIP image embedding (the others are skipped and recorded)."""
+    videos, missing = match_videos(split.train + split.test, cfg.videos)
+    skips.add(missing)
+    images, failed = cached_image_embeddings(out, cfg.clip, videos, cfg.video_frames, device, cfg.progress)
+    skeleton_of = {str(v): it.path for it in split.train + split.test if (v := videos.get(it.stem)) is not None}
+    skips.add([{"file": str(skeleton_of.get(f["file"], f["file"])), "reason": f"RGB video {f['reason']}"}
+               for f in failed])
+    split = replace(split, train=[i for i in split.train if i.stem in images],
+                    test=[i for i in split.test if i.stem in images])
+    if not split.train:
+        raise ValueError(f"{cfg.videos}: none of the {cfg.split} training clips has a readable RGB video "
+                         f"({len(missing)} without a video, {len(failed)} unreadable; {out / 'skipped.jsonl'})")
+    return split, images
+
+
 def _reason_counts(skipped: dict[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for reason in skipped.values():
         key = ("bad name" if reason.startswith("not an NTU")
-               else "no tracked body" if "no tracked body" in reason else "unreadable")
+               else "no tracked body" if "no tracked body" in reason
+               else "no RGB video" if reason.startswith("no RGB video") else "unreadable")
         counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -147,7 +147,7 @@ class MediaResolver:
                 raise RequestError(400, f"{ref.param}: {path.suffix or 'no suffix'}: expected {kinds} "
                                         f"({', '.join(FEATURE_SUFFIXES + (VIDEO_SUFFIXES if ref.raw_video else ()))})",
                                    param=ref.param)
-            arr = validate_feature(arr, ref.modality, self.config, ref.param)
+            arr = validate_feature(arr, ref.modality, self.config, ref.param, pool=False)  # inference pools
             with self._cache_lock:
                 self._cache[cache_key] = arr
                 while len(self._cache) > self._cache_size:

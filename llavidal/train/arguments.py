@@ -78,9 +78,31 @@ class DataArguments:
     sep_video_conv_front: bool = field(default=False, metadata={"help": "accepted for compatibility"})
     video_token_len: int = field(default=0, metadata={"help": "accepted; the number of rows follows each file"})
     frame_aspect_ratio: str = field(default="square", metadata={"help": "accepted for compatibility"})
+    video_pool: str | None = field(default=None, metadata={
+        "help": "T,H,W: the video features are per-frame patch tokens [T, P, D] (`llavidal extract-video "
+                "--keep-frames`), pooled adaptively to this grid (T*H*W tokens per video; docs/design.md#pooled-video). "
+                "Default: what the starting weights read (the spatio-temporal [356, D] rows for a base folder)"})
+    video_pool_frames: int | None = field(default=None, metadata={
+        "help": "frames each video keeps before pooling (default 16; `extract-video --keep-frames-count`)"})
 
     def folders(self) -> dict[str, str | None]:
         return {m: getattr(self, f"{m}_folder", None) for m in MODALITIES}
+
+    def poolings(self) -> dict:
+        """``{modality: FramePooling}`` asked for with ``--{pool_attr} T,H,W`` (modalities not asked for are left out)."""
+        from ..video.pool import DEFAULT_KEPT_FRAMES, FramePooling, PoolGrid
+
+        out = {}
+        for name, m in MODALITIES.items():
+            spec = getattr(self, m.pool_attr, None) if m.pool_attr else None
+            if spec:
+                frames = getattr(self, f"{m.pool_attr}_frames", None) or DEFAULT_KEPT_FRAMES
+                if frames < 1:
+                    raise ValueError(f"--{m.pool_attr}_frames must be >= 1, got {frames}")
+                out[name] = FramePooling(PoolGrid.parse(spec, f"--{m.pool_attr}"), int(frames))
+            elif m.pool_attr and getattr(self, f"{m.pool_attr}_frames", None):
+                raise ValueError(f"--{m.pool_attr}_frames needs --{m.pool_attr} T,H,W")
+        return out
 
     def mask_probs(self) -> dict[str, float]:
         return {m: float(getattr(self, f"{m}_mask_prob", 0.0)) for m in MODALITIES}
@@ -96,6 +118,10 @@ def data_arguments_class() -> type[DataArguments]:
     for m in extra:
         fields += [(f"{m}_folder", str | None, field(default=None, metadata={"help": f"{m} features (active iff given)"})),
                    (f"{m}_mask_prob", float, field(default=0.0))]
+        attr = MODALITIES[m].pool_attr
+        if attr and not hasattr(DataArguments, attr):
+            fields += [(attr, str | None, field(default=None, metadata={"help": f"T,H,W pooling grid of {m} features"})),
+                       (f"{attr}_frames", int | None, field(default=None))]
     return dataclasses.make_dataclass("DataArguments", fields, bases=(DataArguments,))
 
 

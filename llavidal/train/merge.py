@@ -73,7 +73,21 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
             "rows": {k: v for k, v in rows.items() if k in keep},
             "tokenization": meta.get("tokenization"),  # a .bin does not say (ours and the release's look alike)
             "backbone": meta.get("backbone", LIGHTENING) if meta else LIGHTENING,
-            "template": meta.get("template")}
+            "template": meta.get("template"),
+            # the feature kind each trained modality read (a .bin: rows, as the release's files)
+            "pooling": {m: pooling_metadata_of(meta, m) for m in trained}}
+
+
+def pooling_metadata_of(meta: dict[str, str], modality: str) -> dict[str, str]:
+    """The ``{name}_pool`` / ``{name}_pool_frames`` metadata of one trained modality, as :func:`pooling_metadata`
+    writes it (``none`` for rows and for files without metadata)."""
+    attr = MODALITIES[modality].pool_attr
+    if not attr:
+        return {}
+    out = {attr: meta.get(attr, "none")}
+    if out[attr] != "none":
+        out[f"{attr}_frames"] = meta.get(f"{attr}_frames", "16")
+    return out  # a .bin does not say (ours and the release's look alike)
 
 
 def _legacy_layout(n_rows: int, trained: list[str], base_vocab: int | None, path: Path) -> tuple[str, ...]:
@@ -101,6 +115,7 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     source: dict[str, str] = {}
     modalities: list[str] = []
     tokenization: dict[str, str] = {}
+    pooling: dict[str, dict[str, str]] = {}  # per modality, from the file that trained it (as its weights)
     backbones: dict[str, str] = {}
     template = None
     for p in paths:
@@ -113,6 +128,7 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
             if m in source:
                 print(f"merge: {m} from {parts['path']} replaces the one from {source[m]}")
             source[m] = parts["path"]
+            pooling[m] = parts["pooling"][m]
             if m not in modalities:
                 modalities.append(m)
         merged_proj.update(parts["projectors"])
@@ -138,6 +154,8 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
         meta["template"] = template
     if tokenization:
         meta["tokenization"] = next(iter(tokenization.values()))
+    for m in order:
+        meta.update(pooling[m])
     with atomic_path(output) as tmp:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=meta)
     return {"output": str(output), "modalities": order, "sources": {m: source[m] for m in order},

@@ -55,6 +55,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     tokenizer.model_max_length = training_args.model_max_length
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)  # logs what it loaded
+    apply_poolings(model.config, data_args.poolings(), active, model_args.pretrain_mm_mlp_adapter)
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
@@ -77,6 +78,33 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("mode %s, modalities %s: %d trainable parameters", mode, active, n_train)
     return model, tokenizer, active
+
+
+def apply_poolings(config, asked: dict, active: list[str], start: str | None) -> None:
+    """Record the feature kind asked for (``--video_pool``) in the model config, for the active modalities. Not
+    asked: the kind the starting weights read stays. A projector already trained on another kind is refused: one
+    model reads one kind of features (docs/design.md#pooled-video)."""
+    from ..constants import MODALITIES as registry
+    from ..video.pool import frame_pooling, set_frame_pooling
+
+    for name, pooling in asked.items():
+        m = registry[name]
+        if name not in active:
+            logger.warning("--%s is ignored: %s is not trained in this run (no --%s_folder)", m.pool_attr, name, name)
+            continue
+        current = frame_pooling(m, config)
+        if name in (config.trained_modalities or []) and current != pooling:
+            what = current.describe() if current is not None else f"{name} rows [N, D] (the spatio-temporal features)"
+            raise ValueError(
+                f"--{m.pool_attr} asks for {pooling.describe()}, but the starting {name} projector"
+                f"{f' ({start})' if start else ''} was trained on {what}; one model reads one kind of {name} "
+                f"features. Start from the base folder instead (no --pretrain_mm_mlp_adapter for {name}), or keep its "
+                "kind")
+        set_frame_pooling(m, config, pooling)
+    for name in active:
+        pooling = frame_pooling(registry[name], config)
+        if pooling is not None:
+            logger.info("%s features: %s", name, pooling.describe())
 
 
 def unwrap(model):

@@ -18,7 +18,8 @@ def cmd_extract_video(args) -> int:
 
     cfg = ExtractConfig(clip=args.clip, batch=args.batch, workers=args.workers, fmt=args.format,
                         device=args.device, dtype=args.dtype, decoder=args.decoder, max_frames=args.max_frames,
-                        select_layer=args.select_layer, progress=not args.no_progress)
+                        select_layer=args.select_layer, progress=not args.no_progress,
+                        keep_frames=args.keep_frames, kept_frames=args.keep_frames_count)
     summary = extract_folder(args.input, args.output, cfg)
     return 0 if summary["failed"] == 0 else 1
 
@@ -40,6 +41,11 @@ def add_extract_args(p) -> None:
     p.add_argument("--max-frames", type=int, default=100, help="frames sampled per video (default 100)")
     p.add_argument("--select-layer", type=int, default=-2, help="CLIP hidden layer (default -2, the penultimate)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-frames", metavar="DIR",
+                   help="also keep each video's per-frame patch tokens [K, 256, D] (float16, same names and format) "
+                        "in DIR: the input of pooled video features (training --video_pool T,H,W)")
+    p.add_argument("--keep-frames-count", type=int, default=16, metavar="K",
+                   help="frames kept per video for --keep-frames, picked from the sampled ones (default 16)")
 
 
 def register(sub) -> None:

@@ -14,7 +14,9 @@ Pipeline of ``llavidal extract-video`` (and ``scripts/save_spatio_temporal_clip_
 Decoding runs ahead of the model in ``workers`` processes (prefetching), so decode and compute overlap; a batch may
 hold the end of one video and the start of the next, so the model always sees full batches. Outputs are named like
 the original's (``{file name up to the first dot}.pkl``), written atomically, and skipped when they exist (a
-rerun resumes). Every video that cannot be read, or whose output name is already taken by another video, is
+rerun resumes). ``--keep-frames DIR`` also keeps each video's per-frame patch tokens ``[K, 256, D]`` float16 (K =
+``--keep-frames-count`` of the sampled frames, default 16) in ``DIR`` under the same names: the input of pooled
+(PLLaVA-style) video features, docs/design.md#pooled-video. Every video that cannot be read, or whose output name is already taken by another video, is
 recorded in ``failures.jsonl`` with the reason; it never stops the run. ``extract_summary.json`` counts it all.
 """
 from __future__ import annotations
@@ -32,11 +34,13 @@ import torch
 from ..features import check_feature_file, save_feature
 from ..io_utils import append_jsonl, atomic_write_json, remove_stale_temporaries
 from .clip import DEFAULT_VIDEO_CLIP, image_stats, load_clip_vision, normalise_frames, pool_spatio_temporal
-from .io import VideoReadError, find_videos, sample_video, video_id
+from .io import VideoReadError, find_videos, frame_indices, sample_video, video_id
+from .pool import DEFAULT_KEPT_FRAMES
 
 log = logging.getLogger("llavidal.video")
 
 FORMATS = {"pkl": ".pkl", "npy": ".npy", "safetensors": ".safetensors"}
+OUTPUT_KINDS = ("rows", "frames")  # what an extraction job's target holds: spatio-temporal rows or per-frame tokens
 
 
 @dataclass
@@ -51,6 +55,9 @@ class ExtractConfig:
     max_frames: int = 100  # frames sampled per video = temporal rows
     select_layer: int = -2
     progress: bool = True
+    keep_frames: str | None = None  # also keep per-frame patch tokens [K, P, D] in this folder (same names)
+    kept_frames: int = DEFAULT_KEPT_FRAMES  # K: frames kept per video, picked from the sampled ones
+    output: str = "rows"  # what each job's target holds: "rows" ([max_frames + P, D]) or "frames" (only [K, P, D])
 
 
 def _device(name: str | None) -> torch.device:
@@ -80,7 +87,8 @@ class ClipFeatureModel:
         self.model = load_clip_vision(clip, select_layer=select_layer, device=self.device, dtype=self.dtype)
         self.hidden_size = self.model.config.hidden_size
         self.max_frames = max_frames
-        self.rows = max_frames + (self.model.config.image_size // self.model.config.patch_size) ** 2  # output rows
+        self.patches_per_frame = (self.model.config.image_size // self.model.config.patch_size) ** 2
+        self.rows = max_frames + self.patches_per_frame  # rows of the spatio-temporal output
         self.clip = str(clip)
 
     @torch.inference_mode()
@@ -94,27 +102,52 @@ class ClipFeatureModel:
     def pool(self, patches: torch.Tensor) -> torch.Tensor:
         return pool_spatio_temporal(patches, self.max_frames)
 
+    def check_output(self, path: str | os.PathLike, kind: str, kept: int) -> str | None:
+        """Why an existing output file of this model cannot be used (None: it can): rows or per-frame tokens."""
+        if kind == "frames":
+            return check_feature_file(path, width=self.hidden_size, patches=self.patches_per_frame, max_rows=kept)
+        return check_feature_file(path, width=self.hidden_size, rows=self.rows)
+
+
+def keep_frames(patches: torch.Tensor, kept: int) -> torch.Tensor:
+    """``kept`` of a video's ``[N, P, D]`` per-frame tokens, picked by the frame-sampling rule (all when N <= kept):
+    the frames :func:`~llavidal.video.io.kept_frame_indices` names."""
+    n = patches.shape[0]
+    if n <= kept:
+        return patches
+    return patches[torch.from_numpy(frame_indices(n, kept)).to(patches.device)]
+
+
+def cache_file(cache_dir: str | os.PathLike, path: str | os.PathLike, kept: int | None = None) -> Path:
+    """Where a raw video's cached features live: ``{name}.pkl`` (rows) or ``{name}.frames{K}.pkl`` (per-frame)."""
+    return Path(cache_dir) / (f"{video_id(path)}.pkl" if kept is None else f"{video_id(path)}.frames{kept}.pkl")
+
 
 class VideoFeaturizer:
     """One video at a time (the demo, ``llavidal infer --video``, evaluation on raw videos).
 
-    ``fz(path)`` → float16 ``[max_frames + 256, D]``; raises :class:`VideoReadError` for what cannot be read.
-    ``fz.cached(path, cache_dir)`` reads ``{cache_dir}/{name}.pkl`` when present, else computes and writes it.
+    ``fz(path)`` → float16 ``[max_frames + 256, D]``; with ``kept=K`` the per-frame patch tokens ``[<=K, 256, D]``
+    of the kept frames instead (what a pooled model reads; docs/design.md#pooled-video). Raises
+    :class:`VideoReadError` for what cannot be read. ``fz.cached(path, cache_dir)`` reads the cached file
+    (:func:`cache_file`) when present, else computes and writes it.
     """
 
     def __init__(self, clip: str = DEFAULT_VIDEO_CLIP, device: str | None = None, dtype: str | None = None,
-                 max_frames: int = 100, decoder: str = "auto", batch: int | None = None, select_layer: int = -2):
+                 max_frames: int = 100, decoder: str = "auto", batch: int | None = None, select_layer: int = -2,
+                 kept: int | None = None):
         self.model = ClipFeatureModel(clip, device, dtype, select_layer, max_frames)
         self.decoder = decoder
         self.batch = batch or (256 if self.model.device.type == "cuda" else 48)
+        self.kept = kept
 
     def frames(self, path: str | os.PathLike) -> np.ndarray:
-        return sample_video(path, self.model.max_frames, self.model.stats.size, self.decoder)
+        return sample_video(path, self.model.max_frames, self.model.stats.size, self.decoder, keep=self.kept)
 
     def features_from_frames(self, frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(frames))
-        parts = [self.model.patches(x[i:i + self.batch]) for i in range(0, len(x), self.batch)]
-        return self.model.pool(torch.cat(parts)).to(torch.float16).cpu().numpy()
+        patches = torch.cat([self.model.patches(x[i:i + self.batch]) for i in range(0, len(x), self.batch)])
+        out = patches if self.kept is not None else self.model.pool(patches)
+        return out.to(torch.float16).cpu().numpy()
 
     def __call__(self, path: str | os.PathLike) -> np.ndarray:
         return self.features_from_frames(self.frames(path))
@@ -122,9 +155,10 @@ class VideoFeaturizer:
     def cached(self, path: str | os.PathLike, cache_dir: str | os.PathLike) -> np.ndarray:
         from ..features import load_feature
 
-        target = Path(cache_dir) / f"{video_id(path)}.pkl"
+        target = cache_file(cache_dir, path, self.kept)
         if target.is_file():
-            why = check_feature_file(target, width=self.model.hidden_size)
+            why = (self.model.check_output(target, "frames", self.kept) if self.kept is not None
+                   else check_feature_file(target, width=self.model.hidden_size))
             if why is None:
                 return load_feature(target)
             log.warning("unusable cached features, recomputing: %s", why)
@@ -137,8 +171,8 @@ class VideoFeaturizer:
 class _Decoded(torch.utils.data.Dataset):
     """Decodes one video per item in a worker; a failure is returned as a value, never raised."""
 
-    def __init__(self, videos: list[Path], max_frames: int, size: int, decoder: str):
-        self.videos, self.max_frames, self.size, self.decoder = videos, max_frames, size, decoder
+    def __init__(self, videos: list[Path], max_frames: int, size: int, decoder: str, keep: int | None = None):
+        self.videos, self.max_frames, self.size, self.decoder, self.keep = videos, max_frames, size, decoder, keep
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -146,7 +180,8 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         t0 = time.perf_counter()
         try:
-            frames = torch.from_numpy(sample_video(self.videos[i], self.max_frames, self.size, self.decoder))
+            frames = torch.from_numpy(sample_video(self.videos[i], self.max_frames, self.size, self.decoder,
+                                                   keep=self.keep))
             return {"index": i, "frames": frames, "error": None, "decode_s": time.perf_counter() - t0}
         except VideoReadError as e:
             return {"index": i, "frames": None, "error": str(e), "decode_s": time.perf_counter() - t0}
@@ -189,9 +224,17 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
                    model: ClipFeatureModel | None = None, failures: list[dict] | None = None,
                    source: str | None = None) -> dict:
     """Extract ``(video, feature file)`` jobs whose feature file does not exist yet; ``output`` receives
-    ``failures.jsonl`` and ``extract_summary.json``. Returns the summary."""
+    ``failures.jsonl`` and ``extract_summary.json``. Returns the summary.
+
+    ``cfg.output``: what a job's file holds, the spatio-temporal rows or (``frames``) only the kept frames' patch
+    tokens, for which only those frames are decoded and encoded. ``cfg.keep_frames``: rows jobs also keep the
+    per-frame tokens of their kept frames there (same relative name); a job is done when both files are."""
     from tqdm import tqdm
 
+    if cfg.output not in OUTPUT_KINDS:
+        raise ValueError(f"extraction output must be one of {OUTPUT_KINDS}, got {cfg.output!r}")
+    if cfg.kept_frames < 1:
+        raise ValueError(f"--keep-frames-count must be >= 1, got {cfg.kept_frames}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     for folder in {output, *(Path(t).parent for _, t in jobs)}:  # half-written files of a killed run
@@ -199,9 +242,26 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     t_start = time.perf_counter()
     failures = list(failures or [])
     model = model or ClipFeatureModel(cfg.clip, cfg.device, cfg.dtype, cfg.select_layer, cfg.max_frames)
+    frames_only = cfg.output == "frames"
+    side = Path(cfg.keep_frames) if cfg.keep_frames and not frames_only else None
+
+    def side_file(target: Path) -> Path:
+        try:
+            return side / Path(target).relative_to(output)
+        except ValueError:
+            return side / Path(target).name
+
+    def why_not_done(t: Path) -> str | None:
+        outs = [(t, cfg.output)] + ([(side_file(t), "frames")] if side is not None else [])
+        for path, kind in outs:
+            why = model.check_output(path, kind, cfg.kept_frames) if Path(path).is_file() else "absent"
+            if why is not None:
+                return why
+        return None
+
     pending, redone = [], []
     for v, t in jobs:  # an existing output counts as done only when it loads with the right shape
-        why = check_feature_file(t, width=model.hidden_size, rows=model.rows) if Path(t).is_file() else "absent"
+        why = why_not_done(Path(t))
         if why is not None:
             pending.append((v, t))
             if why != "absent":
@@ -220,7 +280,8 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     workers = cfg.workers if cfg.workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
     workers = min(workers, len(todo))
     loader = torch.utils.data.DataLoader(
-        _Decoded(todo, cfg.max_frames, model.stats.size, cfg.decoder), batch_size=None, shuffle=False,
+        _Decoded(todo, cfg.max_frames, model.stats.size, cfg.decoder, cfg.kept_frames if frames_only else None),
+        batch_size=None, shuffle=False,
         num_workers=workers, prefetch_factor=4 if workers else None, worker_init_fn=_worker_init if workers else None,
         pin_memory=model.device.type == "cuda", persistent_workers=False)
 
@@ -231,7 +292,7 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     buffered = 0
     outs: dict[int, list[torch.Tensor]] = {}  # patch tokens computed so far per video (on the device)
     remaining: dict[int, int] = {}  # frames of a video not yet through the model
-    in_flight: list[tuple[int, torch.Tensor, object]] = []  # pooled features on their way to the host
+    in_flight: list[tuple[int, list, object]] = []  # (video, [(features, file)], copy event) on their way to the host
     writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llavidal-write")
     writes: list[tuple[int, object]] = []
 
@@ -264,23 +325,32 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
 
     def pool(i: int) -> None:
         """Pool a finished video on the device and start its copy to the host without waiting for it."""
-        feats = model.pool(torch.cat(outs.pop(i))).to(torch.float16)
+        patches = torch.cat(outs.pop(i))  # [N, P, D]
+        if frames_only:
+            pieces = [(patches.to(torch.float16), targets[i])]
+        else:
+            pieces = [(model.pool(patches).to(torch.float16), targets[i])]
+            if side is not None:
+                pieces.append((keep_frames(patches, cfg.kept_frames).to(torch.float16), side_file(targets[i])))
         if cuda:
-            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
-            host.copy_(feats, non_blocking=True)
+            hosts = []
+            for feats, target in pieces:
+                host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+                host.copy_(feats, non_blocking=True)
+                hosts.append((host, target))
             done = torch.cuda.Event()
             done.record()
-            in_flight.append((i, host, done))
+            in_flight.append((i, hosts, done))
         else:
-            in_flight.append((i, feats, None))
+            in_flight.append((i, pieces, None))
 
     def drain(wait: bool = False) -> None:
         """Hand the features whose copy has finished to the writer threads (all of them when ``wait``)."""
         while in_flight and (wait or in_flight[0][2] is None or in_flight[0][2].query()):
-            i, host, done = in_flight.pop(0)
+            i, hosts, done = in_flight.pop(0)
             if done is not None:
                 done.synchronize()
-            writes.append((i, writer.submit(save_feature, host.numpy(), targets[i])))
+            writes.append((i, writer.submit(_save_all, [(h.numpy(), t) for h, t in hosts])))
         while writes and (wait or writes[0][1].done()):
             i, fut = writes.pop(0)
             try:
@@ -326,6 +396,7 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     summary = {
         "input": source, "output": str(output), "clip": model.clip, "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "format": cfg.fmt, "batch": batch, "workers": workers,
+        "output_kind": cfg.output, "kept_frames": str(side) if side is not None else None,
         "videos_found": len(todo) + done_before + len(failures), "already_done": done_before, "written": written,
         "redone_unusable": len(redone), "redone_examples": redone[:20],
         "failed": len(failures) + new_failures, "frames": frames_total, "wall_s": round(wall, 3),
@@ -341,3 +412,9 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
     log.info(msg)
     print(f"extract-video: {msg}; {summary['videos_per_s']} videos/s")
     return summary
+
+
+def _save_all(pieces: list[tuple[np.ndarray, Path]]) -> None:
+    """The files of one video; the rows file last, so that it is only there when everything is."""
+    for arr, target in reversed(pieces):
+        save_feature(arr, target)

@@ -75,6 +75,14 @@ def frame_indices(total: int, max_frames: int = 100) -> np.ndarray:
     return ((np.round(seg * i) + np.round(seg * (i + 1))) // 2).astype(np.int64)
 
 
+def kept_frame_indices(total: int, max_frames: int = 100, keep: int | None = None) -> np.ndarray:
+    """The frames a video's per-frame features keep: ``keep`` of the :func:`frame_indices` sample, picked from it by
+    the same rule (``frame_indices(N, keep)`` positions of the N sampled frames); all of them when ``keep`` is None
+    or not smaller than N. Extraction with ``--keep-frames`` and on-the-fly featurization keep the same frames."""
+    idx = frame_indices(total, max_frames)
+    return idx if keep is None or keep >= len(idx) else idx[frame_indices(len(idx), keep)]
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise VideoReadError(f"{path}: no such file")
@@ -92,13 +100,19 @@ def _decord_reader(path: Path):
         raise VideoReadError(f"{path}: decord cannot open it: {str(e).splitlines()[0][:200]}") from None
 
 
-def _decord_read(path: Path, indices: Sequence[int] | None, max_frames: int | None) -> tuple[np.ndarray, int]:
+def _sample(total: int, indices: Sequence[int] | None, max_frames: int | None, keep: int | None) -> np.ndarray:
+    if indices is not None:
+        return np.asarray(indices, dtype=np.int64)
+    return kept_frame_indices(total, max_frames, keep) if max_frames else np.arange(total)
+
+
+def _decord_read(path: Path, indices: Sequence[int] | None, max_frames: int | None,
+                 keep: int | None = None) -> tuple[np.ndarray, int]:
     vr = _decord_reader(path)
     total = len(vr)
     if total < 1:
         raise VideoReadError(f"{path}: no video frames")
-    idx = np.asarray(indices if indices is not None else
-                     (frame_indices(total, max_frames) if max_frames else np.arange(total)), dtype=np.int64)
+    idx = _sample(total, indices, max_frames, keep)
     if idx.size and (idx.min() < 0 or idx.max() >= total):
         raise VideoReadError(f"{path}: frame index out of range (the video has {total} frames)")
     try:
@@ -149,7 +163,8 @@ def _av_count(path: Path) -> int:
         container.close()
 
 
-def _av_read(path: Path, indices: Sequence[int] | None, max_frames: int | None) -> tuple[np.ndarray, int]:
+def _av_read(path: Path, indices: Sequence[int] | None, max_frames: int | None,
+             keep: int | None = None) -> tuple[np.ndarray, int]:
     if indices is None and not max_frames:
         frames = list(_av_frames(path))
         if not frames:
@@ -158,7 +173,7 @@ def _av_read(path: Path, indices: Sequence[int] | None, max_frames: int | None) 
     total = _av_count(path)
     if total < 1:
         raise VideoReadError(f"{path}: no video frames")
-    idx = np.asarray(indices if indices is not None else frame_indices(total, max_frames), dtype=np.int64)
+    idx = _sample(total, indices, max_frames, keep)
     if idx.size and (idx.min() < 0 or idx.max() >= total):
         raise VideoReadError(f"{path}: frame index out of range (the video has {total} frames)")
     wanted: dict[int, list[int]] = {}
@@ -177,11 +192,11 @@ def _av_read(path: Path, indices: Sequence[int] | None, max_frames: int | None) 
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None, max_frames: int | None = None,
-                decoder: str = "auto") -> tuple[np.ndarray, int]:
+                decoder: str = "auto", keep: int | None = None) -> tuple[np.ndarray, int]:
     """Frames of a video as RGB uint8 ``[N, H, W, 3]`` plus the video's frame count.
 
     ``indices``: exactly these frames; ``max_frames``: the uniform sample of at most that many
-    (docs/design.md#video-features); neither: all.
+    (docs/design.md#video-features), of which only ``keep`` when given (:func:`kept_frame_indices`); neither: all.
     ``decoder``: ``decord``, ``pyav`` or ``auto`` (decord, then PyAV for what decord cannot read).
     """
     path = Path(path)
@@ -189,14 +204,14 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None, m
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "pyav" or (decoder == "auto" and (path.suffix.lower() == ".gif" or not _has_decord())):
-        return _av_read(path, indices, max_frames)
+        return _av_read(path, indices, max_frames, keep)
     try:
-        return _decord_read(path, indices, max_frames)
+        return _decord_read(path, indices, max_frames, keep)
     except VideoReadError as first:
         if decoder == "decord":
             raise
         try:
-            return _av_read(path, indices, max_frames)
+            return _av_read(path, indices, max_frames, keep)
         except VideoReadError as second:
             raise VideoReadError(f"{second} (decord: {str(first).removeprefix(str(path) + ': ')})") from None
 
@@ -224,10 +239,10 @@ def resize_nearest(frames: np.ndarray, size: int = 224) -> np.ndarray:
 
 
 def sample_video(path: str | os.PathLike, max_frames: int = 100, size: int = 224,
-                 decoder: str = "auto") -> np.ndarray:
+                 decoder: str = "auto", keep: int | None = None) -> np.ndarray:
     """The frames video features are computed from: the sampled indices, nearest-resized to ``size`` → uint8
-    ``[min(T, max_frames), size, size, 3]``."""
-    frames, _ = read_frames(path, max_frames=max_frames, decoder=decoder)
+    ``[min(T, max_frames), size, size, 3]`` (only the ``keep`` kept frames when given: per-frame features)."""
+    frames, _ = read_frames(path, max_frames=max_frames, decoder=decoder, keep=keep)
     return resize_nearest(frames, size)
 
 
