@@ -16,6 +16,7 @@ from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 # heavy libraries are imported inside the command functions).
 COMMAND_MODULES = (
     "llavidal.video.cli",
+    "llavidal.video.longvideo",
     "llavidal.curation.cli",
     "llavidal.objects.cli",
     "llavidal.demo.cli",
@@ -175,7 +176,7 @@ def cmd_infer(args) -> int:
     for flag in MODALITIES:  # before minutes of model loading
         value = given[flag]
         cached = (flag == "video" and value is not None and args.feature_cache
-                  and (Path(args.feature_cache) / f"{video_id(value)}.pkl").is_file())
+                  and any((Path(args.feature_cache) / f"{video_id(value)}{s}").is_file() for s in (".pkl", ".npy")))
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if all(v is None for v in given.values()):
@@ -183,10 +184,10 @@ def cmd_infer(args) -> int:
     model, tokenizer = load_model(args)
     video = args.video
     if video is not None and is_video(video):  # a raw video: features on the fly (docs/design.md#video-features)
-        from .video.extract import VideoFeaturizer
+        from .demo.chat import featurizer_for
 
         clip = args.clip or getattr(model.config, "mm_vision_tower", None) or "openai/clip-vit-large-patch14"
-        featurizer = VideoFeaturizer(clip, device=str(model.device), max_frames=args.max_frames)
+        featurizer = featurizer_for(clip, model.config, device=str(model.device), max_frames=args.max_frames)
         video = featurizer.cached(video, args.feature_cache) if args.feature_cache else featurizer(video)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed, template=args.template, system=args.system,
@@ -274,6 +275,14 @@ def cmd_mmpro(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
+    if args.long_video:  # the long-video proof (docs/benchmarks.md#long-video), not the quickstart's default run
+        from .quickstart_long import LongVideoProofConfig, run_long_video_proof
+
+        lcfg = LongVideoProofConfig(out=args.out if args.out != "quickstart" else "quickstart-long", seed=args.seed)
+        if args.fast:
+            lcfg.n_train, lcfg.n_test, lcfg.epochs = 32, 8, 2
+        run_long_video_proof(lcfg)
+        return 0
     from .quickstart import QuickstartConfig, run_quickstart
 
     cfg = QuickstartConfig(out=args.out, seed=args.seed)
@@ -392,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
+    p.add_argument("--long-video", action="store_true",
+                   help="instead: 10-minute synthetic videos with two events minutes apart, the default 100-frame "
+                        "representation vs the two-token 1-fps one (docs/benchmarks.md#long-video; about 10 minutes on a CPU)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")

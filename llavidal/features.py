@@ -185,6 +185,8 @@ def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<arr
         if arr.ndim == 2 and arr.shape[1] == width and arr.shape[0] % frames == 0 and arr.shape[0] > 0:
             arr = arr.reshape(-1, frames, width)
         ok = arr.ndim == 3 and arr.shape[0] >= 1 and arr.shape[1] == frames and arr.shape[2] == width
+    elif modality == "video" and (frame_check := _video_representation_check(arr, config, width, source)):
+        want, ok = frame_check  # per-frame features of a two-token model (docs/design.md#two-token-video)
     else:
         want = f"[N, {width}] (published files: [{m.rows_per_sample(config)}, {width}])"
         ok = arr.ndim == 2 and arr.shape[0] >= 1 and arr.shape[1] == width
@@ -197,6 +199,12 @@ def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<arr
         bad = int((~np.isfinite(arr)).sum())
         raise FeatureError(f"{source}: {modality} features hold {bad} NaN/inf values")
     return arr
+
+
+def _video_representation_check(arr: np.ndarray, config, width: int, source: str):
+    from .representation import check_video_array
+
+    return check_video_array(arr, config, width, source)
 
 
 def load_validated(path: str | os.PathLike, modality: str, config) -> np.ndarray:

@@ -161,8 +161,8 @@ class DemoBackend:
                                  tokenization=cfg.tokenization)
 
     def video_features(self, path: str | os.PathLike) -> tuple:
-        """(features [100 + 256, D] float16, a one-line report) for an uploaded video; :class:`DemoError` or
-        :class:`~llavidal.video.io.VideoReadError` for what cannot be used."""
+        """(features [100 + 256, D] float16, or [T, P, D] for a two-token model, and a one-line report) for an
+        uploaded video; :class:`DemoError` or :class:`~llavidal.video.io.VideoReadError` for what cannot be used."""
         from ..features import validate_feature
 
         path = Path(path)
@@ -183,16 +183,22 @@ class DemoBackend:
                 self._cache.move_to_end(key)
                 feats, n_frames = self._cache[key]
             else:
-                frames = self.featurizer.frames(path)  # [N <= max_frames, 224, 224, 3] uint8
-                n_frames = len(frames)
-                feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D]
+                if getattr(self.featurizer, "streaming", False):  # two-token model: every second, streamed
+                    feats = self.featurizer(path)  # [T, grid², D]
+                    n_frames = len(feats)
+                else:
+                    frames = self.featurizer.frames(path)  # [N <= max_frames, 224, 224, 3] uint8
+                    n_frames = len(frames)
+                    feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D]
                 self._cache[key] = (feats, n_frames)
                 while len(self._cache) > max(0, cfg.feature_cache_size):
                     self._cache.popitem(last=False)
         feats = validate_feature(feats, "video", self.model.config, path.name)
         length = f"{duration:.1f} s" if duration is not None else "length unknown"
         rate = f" at {fps:.3g} fps" if fps else ""
-        report = (f"**{path.name}** ({length}{rate}): {n_frames} frames sampled (at most {cfg.max_frames}) → "
+        most = (f"at {self.featurizer.cfg.fps:g} per second" if getattr(self.featurizer, "streaming", False)
+                else f"at most {cfg.max_frames}")
+        report = (f"**{path.name}** ({length}{rate}): {n_frames} frames sampled ({most}) → "
                   f"video features {list(feats.shape)}")
         return feats, report
 

@@ -68,12 +68,12 @@ class Conversation:
         """Drop the oldest turns until the prompt for ``question`` plus ``options.max_new_tokens`` fits the model's
         positions; returns how many turns were dropped. (A prompt that does not fit even without history is left
         for :func:`llavidal.inference.prepare_inputs` to report.)"""
-        from ..features import patch_rows
         from ..inference import resolve_template, resolve_tokenization
         from ..prompting import encode_turns, inference_turns
+        from ..representation import span_rows
 
         config = model.config
-        rows = {m: (patch_rows(a) if a is not None else None) for m, a in self.features().items()}
+        rows = span_rows(self.features(), config)
         limit = config.max_position_embeddings
         dropped = 0
         while self.history:
@@ -105,10 +105,20 @@ class Conversation:
 
 # ---------------------------------------------------------------- loading a sample
 def featurizer_for(clip: str, config, device=None, dtype=None, max_frames: int = 100, decoder: str = "auto"):
-    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose feature width fits the model's video projector."""
+    """A featurizer of raw videos for the model's video representation whose feature width fits its video
+    projector: :class:`~llavidal.video.extract.VideoFeaturizer` (``max_frames`` frames → spatio-temporal rows), or
+    for a two-token model :class:`~llavidal.video.longvideo.LongVideoFeaturizer` (every second at the model's rate,
+    streamed; docs/design.md#two-token-video)."""
+    from ..representation import two_token_spec
     from ..video.extract import VideoFeaturizer
 
-    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder)
+    spec = two_token_spec(config)
+    if spec is not None:
+        from ..video.longvideo import LongVideoConfig, LongVideoFeaturizer
+
+        fz = LongVideoFeaturizer(LongVideoConfig.for_spec(spec, clip=clip, device=device, dtype=dtype, decoder=decoder))
+    else:
+        fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder)
     if fz.model.hidden_size != config.mm_hidden_size:
         raise ValueError(f"--clip {clip}: its vision width is {fz.model.hidden_size}, but the model's video projector "
                          f"expects {config.mm_hidden_size}-wide features (mm_hidden_size); use the CLIP the model "

@@ -123,17 +123,22 @@ def item_features(cfg: RunConfig, item: EvalItem, video: str | None = None) -> d
     return feats
 
 
-def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
+def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem], config=None) -> dict | None:
     """With ``--clip``: the raw benchmark videos under ``--video-dir`` that have no cached features get them, once,
     through the batched extraction pipeline (:func:`llavidal.video.extract.extract_videos`), into ``--feature-dir``
     (default ``OUTPUT/video_features``, same relative paths). Unreadable videos are listed in that folder's
-    ``failures.jsonl`` and count as missing videos. Returns the extraction summary (None without ``--clip``)."""
+    ``failures.jsonl`` and count as missing videos. Returns the extraction summary (None without ``--clip``).
+    A two-token model (``config``; docs/design.md#two-token-video) gets its per-frame ``.npy`` features, streamed
+    (:func:`llavidal.video.longvideo.extract_long_folder`)."""
     if not cfg.clip:
         return None
     if not cfg.video_dir:
         raise ValueError("--clip extracts features from raw videos and needs --video-dir (where the videos are)")
+    from ..representation import two_token_spec
     from ..video.extract import ExtractConfig, extract_videos
 
+    spec = two_token_spec(config) if config is not None else None
+    suffix = ".npy" if spec is not None else ".pkl"
     root = Path(cfg.video_dir)
     cache = Path(cfg.feature_dir or Path(cfg.output) / "video_features")
     cfg.feature_dir = str(cache)
@@ -153,11 +158,16 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem]) -> dict | None:
                 if src is None and Path(rel).name not in cfg.shared_basenames and (root / Path(rel).name).is_file():
                     src, rel = root / Path(rel).name, Path(rel).name
                 if src is not None:
-                    jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+                    jobs.setdefault(cache / Path(rel).with_suffix(suffix), src)
                     break
     if not jobs:  # every video has its features: CLIP is not even loaded
         return {"written": 0, "failed": 0, "videos": 0}
     rank, _ = _dist()
+    if spec is not None:
+        from ..video.longvideo import LongVideoConfig, extract_long_folder
+
+        lcfg = LongVideoConfig.for_spec(spec, clip=cfg.clip, device=_device(cfg), progress=rank == 0)
+        return extract_long_folder(root, cache / f"extract.rank{rank}", lcfg, jobs=[(v, t) for t, v in jobs.items()])
     ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0)
     return extract_videos([(v, t) for t, v in jobs.items()], cache / (f"extract.rank{rank}"), ecfg,
                           source=str(root))
@@ -469,7 +479,7 @@ def run(cfg: RunConfig) -> dict | None:
                             max_cache_len=cfg.max_cache_len)
     mine = paper.shard(items, rank, world) if paper else items[rank::world]
     pred_file = out / (f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
-    extraction = prepare_raw_videos(cfg, mine)
+    extraction = prepare_raw_videos(cfg, mine, model.config)
     t_gen, done_before = time.perf_counter(), len(read_jsonl(pred_file)) if pred_file.is_file() else 0
     if paper:
         paper.seed_process()

@@ -51,6 +51,10 @@ class LlavidalConfig(ModalityTokens, LlamaConfig):
     video_token_len: int = DEFAULT_VIDEO_TOKENS  # rows per video feature file (published: 356)
     pose_token_len: int = DEFAULT_POSE_TOKENS  # rows per pose feature file (published: 256; SKI-LVLM: 75)
     object_frames: int = OBJECT_FRAMES  # rows per object (published: 8)
+    # the video representation the video projector reads (llavidal.representation; docs/design.md#two-token-video):
+    # None = spatio-temporal rows [N, D] (published: [356, 1024]); {"kind": "two_token", "patches": P, "fps": F} =
+    # per-frame features [T, P, D] at F fps, two tokens per frame (LLaMA-VID style, for long videos)
+    video_representation: dict | None = None
     modality_token_ids: dict | None = None
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14"
     mm_vision_select_layer: int = -2
