@@ -340,3 +340,20 @@ def test_infer_eval_run_and_demo_on_raw_video(trained, tmp_path, capsys):
     conv.set_feature("video", demo_feats, "kitchen.mp4")
     *_, (_, _, conv, status) = DemoHandlers(backend).ask(question, conv, 0.0, 6)
     assert "Replied" in status and conv.history == [(question, want)]
+
+
+def test_long_world_hides_the_late_event_from_the_default_sampler(tmp_path):
+    """The synthetic long videos behind ``quickstart --long-video``: the early event covers a frame of the 100-frame
+    sampler, the late one falls between two of its frames; both representations are written per video."""
+    from llavidal.synthetic import LongWorld, LongWorldSpec, make_long_dataset
+
+    spec = LongWorldSpec(seconds=600, dim=16)
+    data = make_long_dataset(tmp_path, n_train=1, n_test=4, spec=spec)
+    seen = set(LongWorld(0, spec).default_seconds().tolist())
+    items = json.loads(Path(data["test"]).read_text())
+    assert [it["kind"] for it in items] == ["eat", "use"] * 4
+    for it in items:
+        covered = {it["start_second"] + k for k in range(spec.event_seconds)}
+        assert bool(covered & seen) == it["seen_by_default"] == (it["kind"] == "eat")
+    assert np.load(Path(data["two_token_folder"]) / items[0]["video"]).shape == (600, spec.patches, 16)
+    assert np.load(Path(data["default_folder"]) / items[0]["video"]).shape == (100 + spec.patches, 16)
