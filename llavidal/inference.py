@@ -231,7 +231,8 @@ def answer(model, tokenizer, question: str, video: FeatureLike = None, object: F
 
 class _TextPieces:
     """Incremental detokenization as transformers' ``TextStreamer`` does it (text is released at word boundaries,
-    never half a character); the finished pieces are collected instead of printed."""
+    never half a character); the finished pieces are collected instead of printed, with the whitespace
+    :func:`answer` strips left out (see :class:`_Trim`): the pieces of a reply join to its ``answer()``."""
 
     def __init__(self, tokenizer):
         from transformers import TextStreamer
@@ -245,6 +246,7 @@ class _TextPieces:
 
         self.pieces = pieces
         self.streamer = Collector(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.trim = _Trim()
 
     def put(self, ids: list[int]) -> list[str]:
         self.streamer.put(torch.tensor(ids))
@@ -255,8 +257,27 @@ class _TextPieces:
         return self._take()
 
     def _take(self) -> list[str]:
-        out = list(self.pieces)
+        out = [t for t in map(self.trim, self.pieces) if t]
         self.pieces.clear()
+        return out
+
+
+class _Trim:
+    """Streamed text without the whitespace at either end of the reply: leading whitespace is dropped, trailing
+    whitespace is held back until more text follows it (so the pieces join to ``text.strip()``)."""
+
+    def __init__(self):
+        self.started, self.held = False, ""
+
+    def __call__(self, piece: str) -> str:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        body = piece.rstrip()
+        if not body:
+            self.held += piece
+            return ""
+        out, self.held = self.held + body, piece[len(body):]
         return out
 
 
@@ -277,17 +298,14 @@ def stream_answer(model, tokenizer, question: str, video: FeatureLike = None, ob
     handle = get_engine(model, tokenizer).submit(request)
     handle.future.add_done_callback(lambda _: tokens.put(None))
     text = _TextPieces(tokenizer)
-    first = True
+
+    def pieces() -> Iterator[str]:
+        while (ids := tokens.get()) is not None:
+            yield from text.put(ids)
+        yield from text.end()
+
     try:
-        while True:
-            ids = tokens.get()
-            for piece in text.put(ids) if ids is not None else text.end():
-                if first:
-                    piece, first = piece.lstrip(), not piece.strip()
-                if piece:
-                    yield piece
-            if ids is None:
-                break
+        yield from pieces()
         handle.result()  # a failed generation raises here
     finally:  # normal end, or the consumer closed the generator: the request has ended (its slot is free) when
         handle.cancel()  # this returns

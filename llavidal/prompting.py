@@ -139,7 +139,8 @@ class OriginalSegmenter:
         model_file = getattr(tokenizer, "vocab_file", None)
         if not model_file:
             raise ValueError("tokenization='original' needs the sentencepiece tokenizer.model of a LLaMA tokenizer; "
-                             f"this {type(tokenizer).__name__} has none")
+                             f"this {type(tokenizer).__name__} has none (a model folder saved before llavidal kept "
+                             "it: copy tokenizer.model from its base folder into it)")
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         specials = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.get_added_vocab()}
         specials.update({tokenizer.bos_token: tokenizer.bos_token_id, tokenizer.eos_token: tokenizer.eos_token_id})

@@ -301,3 +301,20 @@ def test_legacy_export_loads_the_way_the_original_trainer_reads_it(tiny, tmp_pat
         proj = getattr(inner, attr)
         assert set(by_last) == {"weight", "bias"}
         assert torch.equal(by_last["weight"], proj.weight) and torch.equal(by_last["bias"], proj.bias), name
+
+
+def test_saved_folders_keep_the_sentencepiece_model(tiny_base, tmp_path):
+    """Our folders (full and adapter-only) carry tokenizer.model, so the original release's ids (cut by the
+    sentencepiece model itself) are available from them as from the base folder."""
+    from llavidal.model.checkpoint import save_adapter_folder
+    from llavidal.prompting import encode_text
+
+    model, tok = load_pretrained(tiny_base, device="cpu")
+    text = "USER: what now?\n<vid_start><vid_patch><vid_end> ASSISTANT:"
+    want = encode_text(tok, text, "original")
+    save_pretrained(model, tok, tmp_path / "full")
+    save_adapter_folder(model, tok, tmp_path / "adapter", tiny_base)
+    for folder in ("full", "adapter"):
+        assert (tmp_path / folder / "tokenizer.model").is_file()
+        _, tok2 = load_pretrained(tmp_path / folder, device="cpu")
+        assert encode_text(tok2, text, "original") == want

@@ -148,3 +148,20 @@ def test_closing_the_stream_stops_generation(tiny):
     assert n < 30, f"generation went on for {n} forward passes after the stream was closed"
     time.sleep(0.2)
     assert len(calls) == n
+
+
+@pytest.mark.parametrize("pieces", [
+    ["  \n", " Hello", " world", "\n", " \t"],
+    ["Hello", "\n\n", " again", " ", ""],
+    [" ", "", "\n"],
+    ["a ", " b", "  "],
+    [],
+])
+def test_streamed_pieces_join_to_the_stripped_reply(pieces):
+    """Whitespace that answer() strips never reaches a stream: leading dropped, trailing held until text follows."""
+    from llavidal.inference import _Trim
+
+    trim = _Trim()
+    out = [t for t in map(trim, pieces) if t]
+    assert "".join(out) == "".join(pieces).strip()
+    assert all(out)  # no empty pieces

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import append_jsonl, atomic_path, atomic_write_json
+from ..io_utils import append_jsonl, atomic_path, atomic_write_json, remove_stale_temporaries
 from .ntu import NTU_ACTIONS, NTUName, action_name
 
 MANIFEST = "stitch_manifest.json"
@@ -380,6 +380,7 @@ def stitch_all(crops, map_path, out_dir, quality: int | None = None, preset: str
         raise FileNotFoundError(f"{crops}: no such clip folder")
     smap = load_stitch_map(map_path)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # what a killed run was writing; its video is redone below
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t0 = time.perf_counter()
     todo = list(smap) if names is None else [n for n in smap if n in set(names)]

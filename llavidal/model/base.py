@@ -17,6 +17,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaTokenizer, PreTrainedTokenizerBase
 
 from ..constants import MODALITIES, added_tokens
+from ..io_utils import atomic_write_bytes
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict, read_folder_state_dict
 from .modeling_llavidal import LlavidalForCausalLM
@@ -32,7 +33,7 @@ from .validate import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["config_from_base", "init_projectors", "load_base", "load_tokenizer", "modality_token_ids",
-           "use_end_of_turn_as_eos"]
+           "save_tokenizer", "use_end_of_turn_as_eos"]
 
 
 _LLAMA_FIELDS = (
@@ -80,6 +81,17 @@ def use_end_of_turn_as_eos(tok: PreTrainedTokenizerBase, folder: str | os.PathLi
         logger.info("%s: eos is %s, the end of an assistant turn in the chat template (was %s)", folder, end,
                     tok.eos_token)
         tok.eos_token = end
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike) -> None:
+    """The tokenizer's files in ``out``, with its sentencepiece model (``tokenizer.model``) when it has one:
+    transformers writes only ``tokenizer.json``, and the original release's ids (``--tokenization original``) are cut
+    by the sentencepiece model itself."""
+    tokenizer.save_pretrained(str(out))
+    model_file = getattr(tokenizer, "vocab_file", None)
+    target = Path(out) / "tokenizer.model"
+    if model_file and Path(model_file).is_file() and Path(model_file).resolve() != target.resolve():
+        atomic_write_bytes(target, Path(model_file).read_bytes())
 
 
 def _tokenizer_class(folder: Path):

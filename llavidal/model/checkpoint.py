@@ -25,7 +25,7 @@ from ..constants import MODALITIES
 from ..io_utils import atomic_write_text
 from .adapters import load_projector, save_adapter
 from .backbones import is_llavidal_model_type, model_class
-from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids
+from .base import _sync_special_ids, load_base, load_tokenizer, modality_token_ids, save_tokenizer
 from .configuration_llavidal import LlavidalConfig
 from .files import normalise_keys, read_config_dict
 from .hub import hub_id, resolve_model_path
@@ -67,7 +67,7 @@ def save_pretrained(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBa
     out.mkdir(parents=True, exist_ok=True)
     _sync_special_ids(model, tokenizer)
     model.save_pretrained(out, safe_serialization=True, state_dict=state)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return out
 
 
@@ -181,7 +181,7 @@ def save_adapter_folder(model: LlavidalForCausalLM, tokenizer: PreTrainedTokeniz
     cfg["llavidal_trained_modalities"] = modalities if modalities is not None else list(MODALITIES)
     cfg["trained_modalities"] = model.config.trained_modalities
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     save_adapter(model, tokenizer, out / ADAPTER_FOLDER_FILE, modalities, state)
     return out
 

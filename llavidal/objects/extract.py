@@ -32,7 +32,7 @@ import numpy as np
 
 from ..constants import OBJECT_FRAMES
 from ..features import check_feature_file, load_feature
-from ..io_utils import append_jsonl, atomic_write_json
+from ..io_utils import append_jsonl, atomic_write_json, remove_stale_temporaries
 from ..video.clip import DEFAULT_OBJECT_CLIP
 from ..video.io import VideoReadError, find_videos, frame_indices, read_frames
 from .detections import DetectionError, DetectionSource, Detector, make_detector, run_detector, to_json, video_id
@@ -231,6 +231,7 @@ def extract_objects(videos: str | Path | list[Path], output: str | Path, cfg: Ob
     _check_ids(video_list)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # half-written files of a run that was killed
 
     source = DetectionSource(detections) if detections is not None else None
     if source is not None and source.mapping is not None and source.single and len(video_list) > 1:

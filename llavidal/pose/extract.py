@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..features import check_feature_file, save_feature
-from ..io_utils import append_jsonl, atomic_write_json
+from ..io_utils import append_jsonl, atomic_write_json, remove_stale_temporaries
 from .configuration import WEIGHTS_NAME, PoseEncoderConfig
 from .data import concat_clips, find_skeleton_files, load_clip_array
 from .modeling import PoseEncoder, PoseModelError, SkeletonCLIP, load_pose_model, resample_frames
@@ -161,6 +161,7 @@ def extract_pose(skeletons: str | os.PathLike, output: str | os.PathLike, cfg: P
     frames = cfg.tokens * mcfg.stride
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)  # half-written files of a run that was killed
     ext = FORMATS[cfg.fmt]
     t_start = time.perf_counter()
 

@@ -263,7 +263,6 @@ def build_app(state: ServerState):
         loop = asyncio.get_running_loop()
         name = state.name
         text = _TextPieces(state.tokenizer)
-        first = True
         try:
             yield _chunk(cid, created, name, {"role": "assistant", "content": ""})
             while True:
@@ -278,10 +277,7 @@ def build_app(state: ServerState):
                     yield f"data: {json.dumps(err.body())}\n\n"
                     return
                 for piece in text.put(ids) if ids is not None else text.end():
-                    if first:
-                        piece, first = piece.lstrip(), not piece.strip()
-                    if piece:
-                        yield _chunk(cid, created, name, {"content": piece})
+                    yield _chunk(cid, created, name, {"content": piece})
                 if ids is None:
                     break
             try:

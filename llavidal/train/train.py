@@ -31,6 +31,7 @@ from ..io_utils import atomic_write_json
 from ..model import load_pretrained, load_projector
 from ..model.adapters import export_legacy_projector, save_adapter
 from ..model.backbones import LIGHTENING
+from ..model.base import save_tokenizer
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..prompting import check_template, check_tokenization
 from ..representation import two_token_spec
@@ -195,6 +196,8 @@ class LlavidalTrainer(transformers.Trainer):
             else:
                 super()._save(output_dir, state_dict=state_dict)
             save_adapter(model, self.processing_class, Path(output_dir) / ADAPTER_FOLDER_FILE, self.modalities, plain)
+        if self.mode != "projector":  # the Trainer wrote the tokenizer: add its sentencepiece model
+            save_tokenizer(self.processing_class, output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

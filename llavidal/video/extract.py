@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..features import check_feature_file, save_feature
-from ..io_utils import append_jsonl, atomic_write_json
+from ..io_utils import append_jsonl, atomic_write_json, remove_stale_temporaries
 from .clip import DEFAULT_VIDEO_CLIP, image_stats, load_clip_vision, normalise_frames, pool_spatio_temporal
 from .io import VideoReadError, find_videos, sample_video, video_id
 
@@ -194,6 +194,8 @@ def extract_videos(jobs: list[tuple[Path, Path]], output: str | os.PathLike, cfg
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    for folder in {output, *(Path(t).parent for _, t in jobs)}:  # half-written files of a killed run
+        remove_stale_temporaries(folder)
     t_start = time.perf_counter()
     failures = list(failures or [])
     model = model or ClipFeatureModel(cfg.clip, cfg.device, cfg.dtype, cfg.select_layer, cfg.max_frames)

@@ -222,7 +222,7 @@ def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
     def cmd(out):
         return llavidal("mmpro", "--model_name_or_path", tiny_base, "--data_path", synth["train"], "--video_folder",
                         synth["video_folder"], "--object_folder", synth["object_folder"], "--pose_folder",
-                        synth["pose_folder"], "--output_dir", out, "--", "--max_steps", "4", "--save_steps", "2",
+                        synth["pose_folder"], "--output_dir", out, "--", "--max_steps", "8", "--save_steps", "2",
                         "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--report_to", "none",
                         "--use_cpu", "True", "--disable_tqdm", "True", "--dataloader_num_workers", "0")
 
@@ -231,6 +231,7 @@ def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
     final = "stage3-video-object-pose"
     expected = load_file(str(ref / final / "adapter.safetensors"))
     out = tmp_path / "killed"
+    # killed in stage 2 with 6 of its 8 steps left (more than the kill delay on any machine)
     assert kill_when(cmd(out), tmp_path, lambda: (out / "stage2-video-pose" / "checkpoint-2" / "trainer_state.json")
                      .is_file(), SEEDS[0], max_delay=0.1, timeout=600)
     assert not (out / "mmpro.json").exists()
