@@ -92,7 +92,8 @@ def apply_video_representation(model, model_args: ModelArguments, active: list[s
     current = two_token_spec(model.config)
     if asked != "keep":
         if "video" not in active:
-            logger.warning("--video_representation is recorded but video is not trained in this run (no --video_folder)")
+            logger.warning("--video_representation is recorded, but video is not trained in this run (no "
+                           "--video_folder)")
         if "video" in (model.config.trained_modalities or []) and asked != current:
             width = model.config.mm_hidden_size
             raise ValueError(

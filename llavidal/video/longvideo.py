@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..features import check_feature_file, load_feature
-from ..io_utils import append_jsonl, atomic_path, atomic_write_json
+from ..io_utils import append_jsonl, atomic_path, atomic_write_json, remove_stale_temporaries
 from ..representation import DEFAULT_FPS, DEFAULT_GRID, TwoTokenSpec
 from .clip import DEFAULT_VIDEO_CLIP
 from .io import DECODERS, VideoReadError, _check_file, frame_indices, resize_nearest, video_id
@@ -307,6 +307,8 @@ def extract_long_folder(input_path: str | os.PathLike, output: str | os.PathLike
     if jobs is None:
         jobs, failures = plan(input_path, output, SUFFIX)
     found = len(jobs) + len(failures)
+    for folder in {output, *(Path(t).parent for _, t in jobs)}:  # half-written files of a killed run
+        remove_stale_temporaries(folder)
     fz = featurizer or LongVideoFeaturizer(cfg)
     pending, redone = [], []
     for v, t in jobs:
@@ -319,7 +321,8 @@ def extract_long_folder(input_path: str | os.PathLike, output: str | os.PathLike
     failures_file.unlink(missing_ok=True)  # the failures of THIS run
     append_jsonl(failures_file, failures)
     written, frames, thinned, seconds = 0, 0, [], 0.0
-    for video, target in tqdm(pending, unit="video", disable=not cfg.progress, desc=f"extract-long-video {fz.cfg.clip}"):
+    desc = f"extract-long-video {fz.cfg.clip}"
+    for video, target in tqdm(pending, unit="video", disable=not cfg.progress, desc=desc):
         try:
             info = fz.write(video, target)
         except (VideoReadError, OSError) as e:
