@@ -179,8 +179,29 @@ LONG_QUESTIONS = {"eat": "What does the person eat or drink in this video?",
                   "use": "What does the person use in this video?"}
 
 
+LONG_WORDS = {"eat": ("water", "apple", "pills", "tea"), "use": ("phone", "television", "laptop", "book")}
+
+
 def long_answer(kind: str, event: int) -> str:
     return f"The person {LONG_EVENTS[kind][event]}."
+
+
+def long_pretraining_text(n: int = 1200, seed: int = 0) -> list[dict]:
+    """Text-only conversations that teach a tiny LLM the language of the long videos (as :func:`pretraining_text`
+    does for the short ones): a question about one kind of event and the words of the events that happen (each named
+    with probability 1/2, in any order) in, the event of the asked kind out."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        chosen = {k: int(rng.integers(len(v))) for k, v in LONG_EVENTS.items()}
+        kind = list(LONG_EVENTS)[i % len(LONG_EVENTS)]
+        keep = [LONG_WORDS[k][e] for k, e in chosen.items() if rng.random() < 0.5]
+        rng.shuffle(keep)
+        q = LONG_QUESTIONS[kind]
+        records.append({"id": f"long_text_{i:05d}", "conversations": [
+            {"from": "human", "value": (f"{q}\n{' '.join(keep)}" if i % 4 < 2 else f"{' '.join(keep)}\n{q}").strip()},
+            {"from": "gpt", "value": long_answer(kind, chosen[kind])}]})
+    return records
 
 
 @dataclass(frozen=True)
@@ -299,5 +320,6 @@ def make_long_dataset(out: str | Path, n_train: int = 96, n_test: int = 32, seed
     return {"train": out / "train.json", "test": out / "test.json", **{f"{k}_folder": v for k, v in folders.items()}}
 
 
-__all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTIONS", "LongWorld", "LongWorldSpec", "World", "WorldSpec",
-           "action_name", "long_answer", "make_dataset", "make_long_dataset", "pretraining_text"]
+__all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTIONS", "LONG_WORDS", "LongWorld", "LongWorldSpec",
+           "World", "WorldSpec", "action_name", "long_answer", "long_pretraining_text", "make_dataset",
+           "make_long_dataset", "pretraining_text"]
