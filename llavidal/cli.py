@@ -280,7 +280,7 @@ def cmd_quickstart(args) -> int:
 
         lcfg = LongVideoProofConfig(out=args.out if args.out != "quickstart" else "quickstart-long", seed=args.seed)
         if args.fast:
-            lcfg.n_train, lcfg.n_test, lcfg.epochs = 32, 8, 2
+            lcfg.n_train, lcfg.n_test, lcfg.epochs, lcfg.lm_texts, lcfg.lm_epochs = 32, 8, 2, 300, 2
         run_long_video_proof(lcfg)
         return 0
     from .quickstart import QuickstartConfig, run_quickstart
@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
     p.add_argument("--long-video", action="store_true",
                    help="instead: 10-minute synthetic videos with two events minutes apart, the default 100-frame "
-                        "representation vs the two-token 1-fps one (docs/benchmarks.md#long-video; about 10 minutes on a CPU)")
+                        "representation vs the two-token 1-fps one (docs/benchmarks.md#long-video; about 15 minutes "
+                        "on 2 CPU cores)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")
