@@ -17,6 +17,7 @@ from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 # heavy libraries are imported inside the command functions).
 COMMAND_MODULES = (
     "llavidal.video.cli",
+    "llavidal.video.longvideo",
     "llavidal.curation.cli",
     "llavidal.objects.cli",
     "llavidal.demo.cli",
@@ -176,7 +177,8 @@ def cmd_infer(args) -> int:
     for flag in MODALITIES:  # before minutes of model loading
         value = given[flag]
         cached = (flag == "video" and value is not None and args.feature_cache
-                  and any(Path(args.feature_cache).glob(f"{glob.escape(video_id(value))}.*pkl")))
+                  and (any(Path(args.feature_cache).glob(f"{glob.escape(video_id(value))}.*pkl"))
+                       or (Path(args.feature_cache) / f"{video_id(value)}.npy").is_file()))
         if value is not None and not Path(value).is_file() and not cached:
             raise FileNotFoundError(f"--{flag} {value}: no such file")
     if all(v is None for v in given.values()):
@@ -277,11 +279,18 @@ def cmd_mmpro(args) -> int:
 def cmd_quickstart(args) -> int:
     from .quickstart import QuickstartConfig, run_quickstart
 
+    if args.study != "mmpro" and args.full_size:
+        raise ValueError(f"quickstart --study {args.study}: --full-size applies to the default study (mmpro) only")
+    if args.study == "long-video":  # docs/benchmarks.md#long-video
+        from .quickstart_long import LongVideoProofConfig, run_long_video_proof
+
+        lcfg = LongVideoProofConfig(out=args.out if args.out != "quickstart" else "quickstart-long", seed=args.seed)
+        if args.fast:
+            lcfg.n_train, lcfg.n_test, lcfg.epochs, lcfg.lm_texts, lcfg.lm_epochs = 32, 8, 2, 300, 2
+        run_long_video_proof(lcfg)
+        return 0
     if args.study != "mmpro":  # the peers' methods on the synthetic worlds (docs/peers.md)
         from .peers import run_study
-
-        if args.full_size:
-            raise ValueError(f"quickstart --study {args.study}: --full-size applies to the default study (mmpro) only")
 
         run_study(args.study, out=args.out, seed=args.seed, fast=args.fast)
         return 0
@@ -401,9 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
-    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2"],
+    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2", "long-video"],
                    help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
-                        "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md)")
+                        "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md); "
+                        "long-video: 10-minute synthetic videos with two events minutes apart, the 100-frame rows vs "
+                        "two tokens per frame at 1 fps (docs/benchmarks.md#long-video; about 15 minutes on 2 cores)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")

@@ -202,6 +202,8 @@ def validate_feature(arr: np.ndarray, modality: str, config, source: str = "<arr
         want = f"[T, P, {width}] per-frame patch tokens with 1 <= T <= {pooling.frames} and P a square number"
         ok = (arr.ndim == 3 and 1 <= arr.shape[0] <= pooling.frames and arr.shape[2] == width
               and arr.shape[1] >= 1 and square_side(arr.shape[1]) is not None)
+    elif modality == "video" and (frame_check := _video_representation_check(arr, config, width, source)):
+        want, ok = frame_check  # per-frame features of a two-token model (docs/design.md#two-token-video)
     else:
         if arr.ndim == 3 and m.pool_attr and arr.shape[-1] == width:
             raise FeatureKindError(
@@ -237,6 +239,12 @@ def _check_kind(arr: np.ndarray, m, pooling, width: int, source: str) -> None:
             f"{source}: {m.name} features hold per-frame tokens of {arr.shape[0]} frames, but this model was trained "
             f"on {pooling.describe()} ({m.pool_attr}_frames={pooling.frames}); extract them again with "
             f"--keep-frames-count {pooling.frames}")
+
+
+def _video_representation_check(arr: np.ndarray, config, width: int, source: str):
+    from .representation import check_video_array
+
+    return check_video_array(arr, config, width, source)
 
 
 def load_validated(path: str | os.PathLike, modality: str, config, pool: bool = True) -> np.ndarray:

@@ -23,8 +23,10 @@ import torch
 
 from .constants import MODALITIES
 from .engine import GenerationRequest, GenerationResult, get_engine
-from .features import load_feature, patch_rows, validate_feature
+from .features import load_feature, validate_feature
+from .model.two_token import question_mask
 from .prompting import encode_turns, inference_turns, model_template, reply_ids
+from .representation import span_rows, two_token_spec
 
 FeatureLike = np.ndarray | torch.Tensor | str | os.PathLike | None
 
@@ -89,16 +91,35 @@ def _to_array(value: FeatureLike, modality: str, config) -> np.ndarray | None:
     return validate_feature(np.asarray(value), modality, config, source)
 
 
-def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> tuple[list[int], dict]:
-    """The prompt ids of one query (modality spans expanded) and its validated feature arrays (None if absent)."""
+@dataclass
+class EncodedQuery:
+    """One query made ready for the model: prompt ids (spans expanded), validated feature arrays (None if absent)
+    and, for a two-token video model, the positions of the question's tokens (else None)."""
+
+    ids: list[int]
+    arrays: dict[str, np.ndarray | None]
+    query: list[int] | None = None
+
+
+def encode_query_parts(model, tokenizer, query: Query, options: GenerationOptions) -> EncodedQuery:
+    """:func:`encode_query`, plus the question's positions when the model's video is two-token
+    (docs/design.md#two-token-video)."""
     config = model.config
     arrays = {m: _to_array(v, m, config) for m, v in query.features().items()}
     check_trained_modalities(model, [m for m, a in arrays.items() if a is not None])
-    rows = {m: (patch_rows(a) if a is not None else None) for m, a in arrays.items()}
-    turns = inference_turns(query.question, rows, history=query.history, use_start_end=config.mm_use_vid_start_end,
+    turns = inference_turns(query.question, span_rows(arrays, config), history=query.history,
+                            use_start_end=config.mm_use_vid_start_end,
                             use_string_prefix=config.use_modality_string_prefix)
-    return encode_turns(tokenizer, turns, template=resolve_template(model, options), system=options.system,
-                        tokenization=resolve_tokenization(model, options))[0], arrays
+    marks = [] if two_token_spec(config) is not None else None
+    ids = encode_turns(tokenizer, turns, template=resolve_template(model, options), system=options.system,
+                       tokenization=resolve_tokenization(model, options), query_positions=marks)[0]
+    return EncodedQuery(ids, arrays, marks)
+
+
+def encode_query(model, tokenizer, query: Query, options: GenerationOptions) -> tuple[list[int], dict]:
+    """The prompt ids of one query (modality spans expanded) and its validated feature arrays (None if absent)."""
+    enc = encode_query_parts(model, tokenizer, query, options)
+    return enc.ids, enc.arrays
 
 
 def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: GenerationOptions) -> dict:
@@ -106,10 +127,12 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
     and of a plain forward."""
     config = model.config
     device = model.get_input_embeddings().weight.device
-    sequences, feats = [], {m: [] for m in MODALITIES}
+    sequences, marks, feats = [], [], {m: [] for m in MODALITIES}
     for q in queries:
-        ids, arrays = encode_query(model, tokenizer, q, options)
+        enc = encode_query_parts(model, tokenizer, q, options)
+        ids, arrays = enc.ids, enc.arrays
         sequences.append(ids)
+        marks.append(enc.query)
         for m, a in arrays.items():
             feats[m].append(None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float())
     longest = max(map(len, sequences))
@@ -123,6 +146,9 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
         input_ids[i, longest - len(seq):] = torch.tensor(seq)
         attention_mask[i, longest - len(seq):] = 1
     out = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    marked = question_mask(marks, list(map(len, sequences)), longest, left=True)
+    if marked is not None:  # two-token video: the question's positions (docs/design.md#two-token-video)
+        out["query_mask"] = marked.to(device)
     for m in MODALITIES:
         present = [f for f in feats[m] if f is not None]
         out[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in present]).to(device) if present else None
@@ -132,14 +158,16 @@ def prepare_inputs(model, tokenizer, queries: Sequence[Query], options: Generati
 def make_request(model, tokenizer, query: Query, options: GenerationOptions, on_tokens=None) -> GenerationRequest:
     """The engine request of one query. Sampling without a seed draws one from torch's global generator, so
     ``torch.manual_seed`` upstream still makes a run reproducible."""
-    ids, arrays = encode_query(model, tokenizer, query, options)
-    features = {m: torch.from_numpy(np.ascontiguousarray(a)).float() for m, a in arrays.items() if a is not None}
+    enc = encode_query_parts(model, tokenizer, query, options)
+    ids = enc.ids
+    features = {m: torch.from_numpy(np.ascontiguousarray(a)).float() for m, a in enc.arrays.items() if a is not None}
     sampling = bool(options.temperature and options.temperature > 0)
     seed = options.seed if options.seed is not None else (
         int(torch.randint(0, 2**62, ()).item()) if sampling else 0)
     return GenerationRequest(input_ids=ids, features=features, max_new_tokens=options.max_new_tokens,
                              temperature=options.temperature if sampling else 0.0, top_p=options.top_p,
-                             repetition_penalty=options.repetition_penalty, seed=seed, on_tokens=on_tokens)
+                             repetition_penalty=options.repetition_penalty, seed=seed, on_tokens=on_tokens,
+                             query=enc.query)
 
 
 def reply_text(tokenizer, result: GenerationResult) -> str:
@@ -341,6 +369,10 @@ def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[
     feats = {f"{m}_features": (None if batch[f"{m}_features"] is None else batch[f"{m}_features"].repeat(k, 1))
              for m in MODALITIES}
     device = model.get_input_embeddings().weight.device
+    if "query_mask" in batch:  # the prompt's question positions, for every continuation (right padded)
+        marks = torch.zeros((k, longest), dtype=torch.bool)
+        marks[:, :len(prompt)] = batch["query_mask"][0].cpu()
+        feats["query_mask"] = marks.to(device)
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **feats).logits
     where = target[:, 1:].to(device)  # position t predicts token t+1; only continuation tokens are scored
     scored = logits[:, :-1][where].float()  # [N_continuation_tokens, V]
@@ -352,6 +384,6 @@ def continuation_scores(model, tokenizer, query: Query, continuations: Sequence[
     return [ContinuationScore(float(lp), not bool(m), len(a))
             for lp, m, a in zip(logprob.tolist(), misses.tolist(), answers)]
 
-__all__ = ["ContinuationScore", "GenerationOptions", "Query", "answer", "answer_batch", "continuation_scores",
-           "encode_query", "make_request", "option_logprobs", "prepare_inputs", "reply_text", "resolve_template",
-           "stream_answer"]
+__all__ = ["ContinuationScore", "EncodedQuery", "GenerationOptions", "Query", "answer", "answer_batch",
+           "continuation_scores", "encode_query", "encode_query_parts", "make_request", "option_logprobs",
+           "prepare_inputs", "reply_text", "resolve_template", "stream_answer"]

@@ -227,6 +227,7 @@ def encode_turns(
     template: str = DEFAULT_TEMPLATE,
     system: str | None = None,
     tokenization: str | None = "clean",
+    query_positions: list[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation whose placeholders are already expanded.
 
@@ -235,17 +236,22 @@ def encode_turns(
     leaves the ids open for generation. Training and inference share this function, so both see the same ids.
     ``tokenization``: ``clean`` or ``original`` (see the module docstring). ``template="chat"``: the tokenizer's
     chat template (:func:`encode_chat_turns`). ``</s>`` stands for the tokenizer's eos token, and a tokenizer
-    without a bos token gets none.
+    without a bos token gets none. ``query_positions``: a list that receives the positions of the question's tokens
+    (:func:`question_positions`; the two-token video representation computes its context tokens from them).
     """
     if template == CHAT:
-        return encode_chat_turns(tokenizer, turns, system, tokenization)
+        return encode_chat_turns(tokenizer, turns, system, tokenization, query_positions)
     t = template_with_system(template, system)
     bos = tokenizer.bos_token_id
     ids, labels = ([bos], [IGNORE_INDEX]) if bos is not None else ([], [])
     for i, (user, answer) in enumerate(turns):
         head = (t.system + t.sep if i == 0 else "")
-        head += f"{t.roles[0]}: {user}{t.sep}{t.roles[1]}:"
+        head += f"{t.roles[0]}: "
+        user_at = len(head)
+        head += f"{user}{t.sep}{t.roles[1]}:"
         head_ids = encode_text(tokenizer, head, tokenization)
+        if query_positions is not None:
+            query_positions += question_positions(tokenizer, head, head_ids, user_at, user, len(ids), tokenization)
         ids += head_ids
         labels += [IGNORE_INDEX] * len(head_ids)
         if answer is None:
@@ -337,6 +343,7 @@ def encode_chat_turns(
     turns: Sequence[tuple[str, str | None]],
     system: str | None = None,
     tokenization: str | None = "clean",
+    query_positions: list[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """:func:`encode_turns` through the tokenizer's chat template.
 
@@ -360,7 +367,14 @@ def encode_chat_turns(
         removed += n
         messages.append({"role": "user", "content": user})
         text = render_chat(tokenizer, messages, generation=True)
-        head = encode_text(tokenizer, _after(text, rendered))
+        segment = _after(text, rendered)
+        head = encode_text(tokenizer, segment)
+        if query_positions is not None:
+            at = segment.rfind(user) if user else -1
+            if user and at < 0:
+                raise ValueError("the tokenizer's chat template changes the text of a user message, so the question's "
+                                 "tokens cannot be located (the two-token video representation needs them)")
+            query_positions += question_positions(tokenizer, segment, head, at, user, len(ids), tokenization)
         ids += head
         labels += [IGNORE_INDEX] * len(head)
         rendered = text
@@ -389,6 +403,56 @@ def encode_chat_turns(
     if removed:
         logger.warning("removed %d literal special-token strings (chat template markers) from the conversation", removed)
     return ids, labels
+
+
+def _span_re() -> re.Pattern:
+    """A modality span in expanded text (optional string prefix, start token, patch tokens, end token)."""
+    parts = [f"(?:{re.escape(m.string_prefix)})?(?:{re.escape(m.start_token)})?(?:{re.escape(m.patch_token)})+"
+             f"(?:{re.escape(m.end_token)})?" for m in MODALITIES.values()]
+    return re.compile("|".join(parts))
+
+
+def question_ranges(user: str) -> list[tuple[int, int]]:
+    """Character ranges of the question in a user message whose placeholders are expanded: the message without
+    its modality spans, each remaining piece stripped of surrounding whitespace."""
+    out, start = [], 0
+    for match in [*_span_re().finditer(user), None]:
+        end = match.start() if match is not None else len(user)
+        piece = user[start:end]
+        lead = len(piece) - len(piece.lstrip())
+        if piece.strip():
+            out.append((start + lead, start + lead + len(piece.strip())))
+        if match is not None:
+            start = match.end()
+    return out
+
+
+def question_positions(tokenizer, text: str, text_ids: list[int], user_at: int, user: str, offset: int,
+                       tokenization: str | None = "clean") -> list[int]:
+    """Positions (``offset`` + index in ``text_ids``) of the tokens of ``text`` that hold the question: the user
+    message starting at character ``user_at`` of ``text``, without its modality spans (:func:`question_ranges`).
+
+    Found from the tokenizer's character offsets of the very ids the prompt uses (a token that straddles the
+    question's edge counts), so no text is tokenized a second time in another way. The two-token video
+    representation needs this: ``tokenization='original'`` (the release's ids, for its LLaMA weights) is refused.
+    """
+    if tokenization == "original":
+        raise ValueError("the two-token video representation locates the question through the tokenizer's offsets; "
+                         "tokenization 'original' (the release's ids) has none: use tokenization 'clean'")
+    ranges = [(user_at + a, user_at + b) for a, b in question_ranges(user)]
+    if not ranges:
+        return []
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError) as e:
+        raise ValueError(f"the two-token video representation needs a tokenizer with character offsets (a fast "
+                         f"tokenizer); {type(tokenizer).__name__}: {e}") from None
+    if list(enc.input_ids) != list(text_ids):
+        raise ValueError("the tokenizer's ids with offsets differ from the prompt's ids; the question's tokens cannot "
+                         "be located for the two-token video representation")
+    special = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids(t) for t in added_tokens()}
+    return [offset + i for i, ((a, b), tid) in enumerate(zip(enc.offset_mapping, text_ids))
+            if tid not in special and b > a and any(a < hi and b > lo for lo, hi in ranges)]
 
 
 def user_message(question: str, modalities: Sequence[str]) -> str:
@@ -435,4 +499,5 @@ def build_prompt(
 __all__ = ["CHAT", "DEFAULT_TEMPLATE", "TEMPLATES", "TEMPLATE_HELP", "TEMPLATE_NAMES", "TOKENIZATIONS", "Template", "build_prompt",
            "chat_end_of_turn", "check_template", "encode_chat_turns", "encode_text", "encode_turns",
            "expand_placeholders", "expand_turns", "get_template", "inference_turns", "modality_span", "model_template",
+           "question_positions", "question_ranges",
            "render_chat", "reply_ids", "strip_chat_tokens", "strip_reserved_tokens", "template_with_system", "user_message"]

@@ -78,5 +78,5 @@ def test_study_flags(tmp_path, capsys):
     assert "--full-size applies to the default study (mmpro) only" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):
-        cli_main(["quickstart", "--study", "long-video", "--out", str(tmp_path)])
-    assert "invalid choice: 'long-video'" in capsys.readouterr().err
+        cli_main(["quickstart", "--study", "no-such-study", "--out", str(tmp_path)])
+    assert "invalid choice: 'no-such-study'" in capsys.readouterr().err

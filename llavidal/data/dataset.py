@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX, MODALITIES
-from ..features import FeatureError, FeatureKindError, load_feature, patch_rows, validate_feature
+from ..features import FeatureError, FeatureKindError, load_feature, validate_feature
 from ..io_utils import stays_inside
 from ..prompting import encode_turns, expand_turns, model_template, strip_reserved_tokens
+from ..representation import span_rows, two_token_spec
 from .store import FeatureStore, open_feature_source
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class ADLXDataset(Dataset):
             else:
                 arr, origin = load_feature(source / name, m), str(source / name)
             return validate_feature(arr, m, self.config, origin)
-        except FeatureKindError as e:  # one model reads one kind of features: never skipped or zeroed
+        except FeatureKindError as e:  # one model reads one kind (RepresentationError too): never skipped or zeroed
             raise DataError(f"record {index} {where}: {e}") from None
         except (FileNotFoundError, KeyError, FeatureError) as e:
             kind = "missing" if isinstance(e, (FileNotFoundError, KeyError)) else "unreadable"
@@ -244,18 +245,23 @@ class ADLXDataset(Dataset):
                 feats[m] = arr
         except _Skip:
             return None
-        rows = {m: (patch_rows(a) if a is not None else None) for m, a in feats.items()}
+        rows = span_rows(feats, self.config)
         turns = [(strip_reserved_tokens(u)[0], strip_reserved_tokens(a)[0]) for u, a in rec["turns"]]
         try:
             turns = expand_turns(turns, rows, self.config.mm_use_vid_start_end, self.config.use_modality_string_prefix)
         except ValueError as e:
             raise DataError(f"record {index} ({rec['id']}): {e}") from None
-        ids, labels = encode_turns(self.tokenizer, turns, self.template, self.system, self.tokenization)
+        # two-token video: the question's positions, from which the context tokens are computed
+        marks = [] if two_token_spec(self.config) is not None else None
+        ids, labels = encode_turns(self.tokenizer, turns, self.template, self.system, self.tokenization, marks)
         if len(ids) > self.max_length:
             self.issues.record("too_long_dropped", index, rec["id"],
                                f"{len(ids)} tokens > model_max_length {self.max_length}")
             return None
         out = {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+        if marks is not None:
+            out["query_mask"] = torch.zeros(len(ids), dtype=torch.bool)
+            out["query_mask"][marks] = True
         for m in MODALITIES:
             a = feats.get(m)
             # a feature store hands out read-only views of its memory map: copy those (writing through such a
@@ -291,6 +297,11 @@ class DataCollator:
             labels[i, :n] = x["labels"]
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if any("query_mask" in x for x in instances):  # two-token video: the question's positions, padded as ids
+            batch["query_mask"] = torch.zeros((B, longest), dtype=torch.bool)
+            for i, x in enumerate(instances):
+                if "query_mask" in x:
+                    batch["query_mask"][i, :len(x["query_mask"])] = x["query_mask"]
         for m in MODALITIES:
             rows = [x[m].reshape(-1, x[m].shape[-1]) for x in instances if x.get(m) is not None]
             if rows:

@@ -161,8 +161,8 @@ class DemoBackend:
                                  tokenization=cfg.tokenization)
 
     def video_features(self, path: str | os.PathLike) -> tuple:
-        """(features [100 + 256, D] float16, or a pooled model's per-frame tokens [T, 256, D], pooled when asked
-        about; a one-line report) for an uploaded video; :class:`DemoError` or
+        """(features [100 + 256, D] float16, a pooled model's per-frame tokens [T, 256, D] (pooled when asked
+        about) or a two-token model's [T, P, D]; a one-line report) for an uploaded video; :class:`DemoError` or
         :class:`~llavidal.video.io.VideoReadError` for what cannot be used."""
         from ..constants import MODALITIES
         from ..features import validate_feature
@@ -186,9 +186,13 @@ class DemoBackend:
                 self._cache.move_to_end(key)
                 feats, n_frames = self._cache[key]
             else:
-                frames = self.featurizer.frames(path)  # [N <= max_frames (or the kept K), 224, 224, 3] uint8
-                n_frames = len(frames)
-                feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D], or [N, 256, D]
+                if getattr(self.featurizer, "streaming", False):  # two-token model: every second, streamed
+                    feats = self.featurizer(path)  # [T, grid², D]
+                    n_frames = len(feats)
+                else:
+                    frames = self.featurizer.frames(path)  # [N <= max_frames (or the kept K), 224, 224, 3] uint8
+                    n_frames = len(frames)
+                    feats = self.featurizer.features_from_frames(frames)  # [max_frames + 256, D], or [N, 256, D]
                 self._cache[key] = (feats, n_frames)
                 while len(self._cache) > max(0, cfg.feature_cache_size):
                     self._cache.popitem(last=False)
@@ -196,8 +200,12 @@ class DemoBackend:
         length = f"{duration:.1f} s" if duration is not None else "length unknown"
         rate = f" at {fps:.3g} fps" if fps else ""
         kept = getattr(self.featurizer, "kept", None)
-        sampled = (f"{n_frames} frames kept (at most {kept})" if kept
-                   else f"{n_frames} frames sampled (at most {cfg.max_frames})")
+        if getattr(self.featurizer, "streaming", False):
+            sampled = f"{n_frames} frames sampled (at {self.featurizer.cfg.fps:g} per second)"
+        elif kept:
+            sampled = f"{n_frames} frames kept (at most {kept})"
+        else:
+            sampled = f"{n_frames} frames sampled (at most {cfg.max_frames})"
         pooling = frame_pooling(MODALITIES["video"], self.model.config)
         pooled = f", pooled to {pooling.grid} = {pooling.grid.tokens} tokens" if pooling is not None else ""
         report = f"**{path.name}** ({length}{rate}): {sampled} → video features {list(feats.shape)}{pooled}"

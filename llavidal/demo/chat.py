@@ -69,14 +69,16 @@ class Conversation:
         """Drop the oldest turns until the prompt for ``question`` plus ``options.max_new_tokens`` fits the model's
         positions; returns how many turns were dropped. (A prompt that does not fit even without history is left
         for :func:`llavidal.inference.prepare_inputs` to report.)"""
-        from ..features import patch_rows, validate_feature
+        from ..features import validate_feature
         from ..inference import resolve_template, resolve_tokenization
         from ..prompting import encode_turns, inference_turns
+        from ..representation import span_rows
 
         config = model.config
-        # the rows the prompt will hold: a pooled model's per-frame tokens count as its grid
-        rows = {m: (patch_rows(validate_feature(a, m, config)) if a is not None else None)
-                for m, a in self.features().items()}
+        # the tokens the prompt will hold: a pooled model's per-frame tokens count as its grid, a two-token model's
+        # frames as two tokens each
+        rows = span_rows({m: (validate_feature(a, m, config) if a is not None else None)
+                          for m, a in self.features().items()}, config)
         limit = config.max_position_embeddings
         dropped = 0
         while self.history:
@@ -108,15 +110,25 @@ class Conversation:
 
 # ---------------------------------------------------------------- loading a sample
 def featurizer_for(clip: str, config, device=None, dtype=None, max_frames: int = 100, decoder: str = "auto"):
-    """A :class:`~llavidal.video.extract.VideoFeaturizer` whose features fit the model's video projector: its width,
-    and its kind (per-frame patch tokens of the frames a pooled model keeps, else the spatio-temporal rows)."""
+    """A featurizer of raw videos for the model's video representation whose feature width fits its video
+    projector: :class:`~llavidal.video.extract.VideoFeaturizer` (``max_frames`` frames → spatio-temporal rows, or
+    the per-frame patch tokens of the frames a pooled model keeps), or for a two-token model
+    :class:`~llavidal.video.longvideo.LongVideoFeaturizer` (every second at the model's rate, streamed;
+    docs/design.md#two-token-video)."""
     from ..constants import MODALITIES
+    from ..representation import two_token_spec
     from ..video.extract import VideoFeaturizer
     from ..video.pool import frame_pooling
 
-    pooling = frame_pooling(MODALITIES["video"], config)
-    fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder,
-                         kept=pooling.frames if pooling is not None else None)
+    spec = two_token_spec(config)
+    if spec is not None:
+        from ..video.longvideo import LongVideoConfig, LongVideoFeaturizer
+
+        fz = LongVideoFeaturizer(LongVideoConfig.for_spec(spec, clip=clip, device=device, dtype=dtype, decoder=decoder))
+    else:
+        pooling = frame_pooling(MODALITIES["video"], config)
+        fz = VideoFeaturizer(clip, device=device, dtype=dtype, max_frames=max_frames, decoder=decoder,
+                             kept=pooling.frames if pooling is not None else None)
     if fz.model.hidden_size != config.mm_hidden_size:
         raise ValueError(f"--clip {clip}: its vision width is {fz.model.hidden_size}, but the model's video projector "
                          f"expects {config.mm_hidden_size}-wide features (mm_hidden_size); use the CLIP the model "

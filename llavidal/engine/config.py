@@ -66,6 +66,7 @@ class GenerationRequest:
     repetition_penalty: float = 1.0
     seed: int = 0  # sampling noise (greedy requests ignore it)
     on_tokens: Callable[[list[int]], None] | None = None
+    query: list[int] | None = None  # positions of the question's tokens (two-token video; docs/design.md#two-token-video)
 
     @property
     def greedy(self) -> bool:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from ..constants import MODALITIES
+from ..model.two_token import question_mask
+from ..representation import tokens_for_rows
 from .cache import SlotCache
 from .config import DEFAULT_MAX_CACHE_LEN, EngineConfig, GenerationRequest, GenerationResult
 from .sampling import SlotParams, choose_tokens
@@ -234,8 +236,10 @@ class Engine:
             if f is not None and f.shape[-1] != width:
                 raise ValueError(f"{m} features have width {f.shape[-1]}, expected {width}")
             n_tokens = int((ids == token).sum())
-            if n_tokens != rows:
+            if n_tokens != tokens_for_rows(self.model.config, m, rows):
                 raise ValueError(f"{m}: the prompt holds {n_tokens} patch tokens but {rows} feature rows were given")
+        if request.query is not None and any(not 0 <= p < n for p in request.query):
+            raise ValueError(f"question positions outside the prompt of {n} tokens")
 
     def submit(self, request: GenerationRequest) -> GenerationHandle:
         """Queue one request; raises ValueError for a bad one and :class:`EngineBusy` when the queue is full."""
@@ -446,6 +450,8 @@ class Engine:
         for m in MODALITIES:
             rows = [r.features.get(m) for r in reqs if r.features.get(m) is not None]
             feats[f"{m}_features"] = torch.cat([f.reshape(-1, f.shape[-1]) for f in rows]) if rows else None
+        if any(r.query is not None for r in reqs):  # two-token video: the question's positions, left padded like ids
+            feats["query_mask"] = question_mask([r.query for r in reqs], lengths, q, left=True).to(dev)
         embeds = model.embed_multimodal(ids.to(dev), **feats)  # [n, q, H]: the multimodal prompt, spliced once
         slots = torch.tensor([s for s, _ in group], dtype=torch.long)
         plan = self._cache.plan

@@ -15,6 +15,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from ..model.two_token import question_mask
 from .config import EngineConfig, GenerationRequest
 from .engine import Engine, GenerationHandle
 
@@ -93,6 +94,8 @@ class GenerateEngine(Engine):
         handle.started = time.perf_counter()
         ids = torch.tensor([r.input_ids], dtype=torch.long, device=self.device)
         feats = {f"{m}_features": f.to(self.device) for m, f in r.features.items() if f is not None}
+        if r.query is not None:  # two-token video: the question's positions
+            feats["query_mask"] = question_mask([r.query], [len(r.input_ids)], len(r.input_ids), left=False).to(self.device)
         kw = {"max_new_tokens": r.max_new_tokens, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
               "repetition_penalty": r.repetition_penalty, "do_sample": not r.greedy, "use_cache": True}
         if not r.greedy:

@@ -128,6 +128,11 @@ def prompt_embeds(model, request: GenerationRequest) -> torch.Tensor:
     device = model.get_input_embeddings().weight.device
     ids = torch.tensor([request.input_ids], device=device)
     feats = {f"{m}_features": f for m, f in request.features.items() if f is not None}
+    if request.query is not None:  # two-token video: the question's positions
+        from ..model.two_token import question_mask
+
+        n = len(request.input_ids)
+        feats["query_mask"] = question_mask([request.query], [n], n, left=False).to(device)
     return model.embed_multimodal(ids, **feats)[0]
 
 

@@ -122,9 +122,10 @@ class Llavidal(lmms):
     @property
     def featurizer(self):
         if self._featurizer is None:
-            from ..video.extract import VideoFeaturizer
+            from ..demo.chat import featurizer_for
 
-            self._featurizer = VideoFeaturizer(self.clip, device=str(self.model.device), max_frames=self.max_frames)
+            self._featurizer = featurizer_for(self.clip, self.model.config, device=str(self.model.device),
+                                              max_frames=self.max_frames)
         return self._featurizer
 
     def _doc(self, task: str, split: str, doc_id: int):

@@ -128,19 +128,26 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem], config=None) -> di
     through the batched extraction pipeline (:func:`llavidal.video.extract.extract_videos`), into ``--feature-dir``
     (default ``OUTPUT/video_features``, same relative paths). A model that reads pooled per-frame tokens
     (``video_pool`` in its ``config``) gets the per-frame tokens of its kept frames instead (default folder
-    ``OUTPUT/video_frames{K}``). Unreadable videos are listed in that folder's ``failures.jsonl`` and count as missing
-    videos. Returns the extraction summary (None without ``--clip``)."""
+    ``OUTPUT/video_frames{K}``); a two-token model (docs/design.md#two-token-video) its per-frame ``.npy`` features,
+    streamed (:func:`llavidal.video.longvideo.extract_long_folder`; default folder ``OUTPUT/video_two_token``).
+    Unreadable videos are listed in that folder's ``failures.jsonl`` and count as missing videos. Returns the
+    extraction summary (None without ``--clip``)."""
     if not cfg.clip:
         return None
     if not cfg.video_dir:
         raise ValueError("--clip extracts features from raw videos and needs --video-dir (where the videos are)")
     from ..constants import MODALITIES
+    from ..representation import two_token_spec
     from ..video.extract import ExtractConfig, extract_videos
     from ..video.pool import frame_pooling
 
     pooling = frame_pooling(MODALITIES["video"], config) if config is not None else None
+    spec = two_token_spec(config) if config is not None else None
+    suffix = ".npy" if spec is not None else ".pkl"
     root = Path(cfg.video_dir)
-    default = "video_features" if pooling is None else f"video_frames{pooling.frames}"
+    # each kind of features in a folder of its own, so that a later run of another model never reads the wrong kind
+    default = ("video_two_token" if spec is not None else "video_features" if pooling is None
+               else f"video_frames{pooling.frames}")
     cache = Path(cfg.feature_dir or Path(cfg.output) / default)
     cfg.feature_dir = str(cache)
     jobs: dict[Path, Path] = {}
@@ -159,11 +166,16 @@ def prepare_raw_videos(cfg: RunConfig, items: list[EvalItem], config=None) -> di
                 if src is None and Path(rel).name not in cfg.shared_basenames and (root / Path(rel).name).is_file():
                     src, rel = root / Path(rel).name, Path(rel).name
                 if src is not None:
-                    jobs.setdefault(cache / Path(rel).with_suffix(".pkl"), src)
+                    jobs.setdefault(cache / Path(rel).with_suffix(suffix), src)
                     break
     if not jobs:  # every video has its features: CLIP is not even loaded
         return {"written": 0, "failed": 0, "videos": 0}
     rank, _ = _dist()
+    if spec is not None:
+        from ..video.longvideo import LongVideoConfig, extract_long_folder
+
+        lcfg = LongVideoConfig.for_spec(spec, clip=cfg.clip, device=_device(cfg), progress=rank == 0)
+        return extract_long_folder(root, cache / f"extract.rank{rank}", lcfg, jobs=[(v, t) for t, v in jobs.items()])
     ecfg = ExtractConfig(clip=cfg.clip, device=_device(cfg), workers=cfg.extract_workers, progress=rank == 0,
                          output="frames" if pooling is not None else "rows",
                          kept_frames=pooling.frames if pooling is not None else 16)

@@ -22,6 +22,7 @@ from ..io_utils import atomic_path
 from ..prompting import model_template
 from .files import normalise_keys, read_tensor_file
 from .modeling_llavidal import LlavidalForCausalLM
+from .two_token import apply_file_representation, context_state, load_context_state, representation_metadata
 from .validate import CheckpointError, check_finite
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def load_projector(
     check_backbone(model, meta, path)
     H = model.config.hidden_size
     report = ProjectorLoadReport(path=str(path), layout="adapter")
+    apply_file_representation(model, meta, state, path)  # the video representation (a context module) comes first
     params = dict(model.named_parameters())
 
     with torch.no_grad():
@@ -138,6 +140,8 @@ def load_projector(
                     )
                 params[key].copy_(state[key])
             report.projectors.append(m.name)
+        for key, value in load_context_state(model, state, meta, path).items():  # two-token video: the context module
+            params[key].copy_(value)
 
         emb = _OverlayRows(model)
         head = model.get_output_embeddings().weight
@@ -304,6 +308,8 @@ def _projector_state(model: LlavidalForCausalLM, modalities: list[str] | None = 
             for w in ("weight", "bias"):
                 key = f"model.{m.projector}.{w}"
                 sd[key] = state[key] if state is not None else getattr(model.projector(m.name), w).detach()
+            if m.name == "video":  # two-token video: the context module goes with the video projector
+                sd.update(context_state(model, state))
     return sd
 
 
@@ -338,7 +344,8 @@ def save_adapter(model: LlavidalForCausalLM, tokenizer: PreTrainedTokenizerBase,
             "tokenization": str(model.config.tokenization),
             "mm_use_vid_start_end": str(bool(model.config.mm_use_vid_start_end)),
             "use_modality_string_prefix": str(bool(model.config.use_modality_string_prefix)),
-            "modalities": ",".join(modalities if modalities is not None else list(MODALITIES))}
+            "modalities": ",".join(modalities if modalities is not None else list(MODALITIES)),
+            **representation_metadata(model.config)}
     meta.update(pooling_metadata(model.config, modalities if modalities is not None else list(MODALITIES)))
     with atomic_path(path) as tmp:
         save_safetensors(adapter_state_dict(model, tokenizer, state), str(tmp), metadata=meta)
@@ -358,6 +365,10 @@ def export_legacy_projector(model: LlavidalForCausalLM, path: str | os.PathLike,
     if model.config.model_type != LIGHTENING:
         raise CheckpointError(f"the original mm_projector.bin layout holds a LLaMA-Lightening vocabulary; this model's "
                               f"backbone is {model.config.model_type}: write an adapter (--adapter) instead")
+    if representation_metadata(model.config)["video_representation"] != "spatiotemporal":
+        raise CheckpointError("the original mm_projector.bin layout has no place for the two-token video "
+                              "representation's context module (and the original code reads spatio-temporal rows "
+                              "only): write an adapter (--adapter) instead")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # model.embed_tokens.weight FIRST: the original trainer's --pretrain_mm_mlp_adapter maps keys by their last

@@ -67,12 +67,13 @@ class MultimodalCausalLM(MultimodalMixin):
         object_features: FeatureInput = None,
         pose_features: FeatureInput = None,
         video_spatio_temporal_features: FeatureInput = None,
+        query_mask: torch.Tensor | None = None,
         **kwargs,
     ):
         if video_features is None:
             video_features = video_spatio_temporal_features
         given = features_by_modality(video_features, object_features, pose_features, kwargs)
-        input_ids, inputs_embeds = self.splice_inputs(input_ids, inputs_embeds, given)
+        input_ids, inputs_embeds = self.splice_inputs(input_ids, inputs_embeds, given, query_mask)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
                                logits_to_keep=logits_to_keep, **kwargs)

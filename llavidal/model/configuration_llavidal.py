@@ -56,6 +56,10 @@ class LlavidalConfig(ModalityTokens, LlamaConfig):
     # per video, adaptively average-pooled to that grid (t*h*w rows)
     video_pool: list | None = None
     video_pool_frames: int = 16
+    # the video representation the video projector reads (llavidal.representation; docs/design.md#two-token-video):
+    # None = spatio-temporal rows [N, D] (published: [356, 1024]); {"kind": "two_token", "patches": P, "fps": F} =
+    # per-frame features [T, P, D] at F fps, two tokens per frame (LLaMA-VID style, for long videos)
+    video_representation: dict | None = None
     modality_token_ids: dict | None = None
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14"
     mm_vision_select_layer: int = -2

@@ -24,6 +24,8 @@ except ImportError:  # transformers < 5.2x: the int / 1-D positions forms that L
         return hidden_states[:, keep, :]
 
 from ..constants import MODALITIES, Modality
+from ..representation import tokens_for_rows, two_token_spec
+from . import two_token
 from .configuration_llavidal import LlavidalConfig
 
 FeatureInput = torch.Tensor | Sequence[torch.Tensor | None] | None
@@ -132,6 +134,12 @@ class MultimodalMixin:
     def projector(self, modality: str) -> nn.Linear:
         return getattr(self.model, MODALITIES[modality].projector)
 
+    def projector_modules(self, modality: str) -> list[nn.Module]:
+        """What trains, saves and merges with a modality's projector: the projector, and for the video of a two-token
+        model its context module (docs/design.md#two-token-video)."""
+        extra = two_token.context_module(self) if modality == "video" else None
+        return [self.projector(modality)] + ([extra] if extra is not None else [])
+
     # ---------------------------------------------------------------- the splice
     def patch_token_id(self, modality: str) -> int:
         return self.config.token_id(MODALITIES[modality].patch_token)
@@ -142,12 +150,15 @@ class MultimodalMixin:
         video_features: FeatureInput = None,
         object_features: FeatureInput = None,
         pose_features: FeatureInput = None,
+        query_mask: torch.Tensor | None = None,  # [B, L] the question's positions (two-token video only)
         **more_features: FeatureInput,  # {name}_features of registered modalities
     ) -> torch.Tensor:  # [B, L, H]
         """Token embeddings with every patch position replaced by its projected feature row.
 
         One ``index_copy`` into the flattened embeddings for all modalities; positions come from
-        ``nonzero_static`` with the known row count, so nothing waits on the device.
+        ``nonzero_static`` with the known row count, so nothing waits on the device. The video of a two-token model
+        (docs/design.md#two-token-video) fills two positions per frame, its context token computed from the
+        embeddings of the question's tokens (``query_mask``).
         """
         embeds = self.get_input_embeddings()(input_ids)  # [B, L, H]
         B, L, H = embeds.shape
@@ -160,8 +171,13 @@ class MultimodalMixin:
             rows = pack_features(given[name], m.dim(self.config), name)  # [R, D] or None
             mask = input_ids == self.patch_token_id(name)  # [B, L]
             n_rows = 0 if rows is None else rows.shape[0]
-            self._check_rows(m, mask, n_rows)
+            self._check_rows(m, mask, n_rows, tokens_for_rows(self.config, name, n_rows))
             if n_rows == 0:
+                continue
+            if name == "video" and two_token_spec(self.config) is not None:
+                pos, rows_h = two_token.splice_rows(self, input_ids, embeds, rows, query_mask, self.patch_token_id(name))
+                positions.append(pos)
+                projected.append(rows_h)
                 continue
             proj = self.projector(name)
             projected.append(proj(rows.to(device=proj.weight.device, dtype=proj.weight.dtype)))  # [R, H]
@@ -172,30 +188,34 @@ class MultimodalMixin:
         return flat.view(B, L, H)
 
     @staticmethod
-    def _check_rows(m: Modality, mask: torch.Tensor, n_rows: int) -> None:
-        """Patch tokens and feature rows must agree one to one.
+    def _check_rows(m: Modality, mask: torch.Tensor, n_rows: int, expected: int | None = None) -> None:
+        """Patch tokens and feature rows must agree: one token per row (``expected`` tokens when the representation
+        says otherwise: two per frame for two-token video).
 
         On CPU the count is free, so a mismatch raises a readable error; on an accelerator the check is an
         asynchronous device assert, which costs no host sync on the hot path.
         """
+        expected = n_rows if expected is None else expected
         if mask.device.type == "cpu":
             n_tokens = int(mask.sum())
-            if n_tokens != n_rows:
+            if n_tokens != expected:
+                per = (f"each {m.patch_token} needs exactly one {m.name} feature row" if expected == n_rows else
+                       f"the {n_rows} rows need {expected} {m.patch_token} tokens (two per frame)")
                 raise ValueError(
                     f"{m.name}: the batch holds {n_tokens} {m.patch_token} tokens but {n_rows} feature rows were "
-                    f"given; each {m.patch_token} needs exactly one {m.name} feature row "
-                    f"(build prompts with llavidal.prompting so spans follow the feature arrays)"
+                    f"given; {per} (build prompts with llavidal.prompting so spans follow the feature arrays)"
                 )
         else:
-            torch._assert_async(mask.sum() == n_rows, f"{m.name}: patch tokens and feature rows differ in number")
+            torch._assert_async(mask.sum() == expected, f"{m.name}: patch tokens and feature rows differ in number")
 
-    def splice_inputs(self, input_ids, inputs_embeds, given: dict[str, FeatureInput]):
+    def splice_inputs(self, input_ids, inputs_embeds, given: dict[str, FeatureInput], query_mask=None):
         """``(input_ids, inputs_embeds)`` for the decoder: at prefill / in training the features are spliced into
         the embeddings (which also verifies that no patch token is left without a row); single-token decoding steps
         (KV cache) hold no span and keep their ids."""
         has_features = any(f is not None for f in given.values())
         if inputs_embeds is None and input_ids is not None and (has_features or input_ids.shape[1] > 1):
-            inputs_embeds = self.embed_multimodal(input_ids, **{f"{k}_features": v for k, v in given.items()})
+            inputs_embeds = self.embed_multimodal(input_ids, query_mask=query_mask,
+                                                  **{f"{k}_features": v for k, v in given.items()})
             input_ids = None
         return input_ids, inputs_embeds
 
@@ -219,8 +239,10 @@ class MultimodalMixin:
         if video_features is None:
             video_features = video_spatio_temporal_features
         given = features_by_modality(video_features, object_features, pose_features, kwargs)
+        query_mask = kwargs.pop("query_mask", None)
         if input_ids is not None and "inputs_embeds" not in kwargs:
-            kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, **{f"{k}_features": v for k, v in given.items()})
+            kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, query_mask=query_mask,
+                                                            **{f"{k}_features": v for k, v in given.items()})
             if kwargs.get("attention_mask") is None:
                 kwargs["attention_mask"] = torch.ones_like(input_ids)
         elif input_ids is not None:
@@ -250,6 +272,7 @@ def add_projectors(decoder: nn.Module, config) -> None:
     """One ``Linear(feature width -> hidden)`` per registered modality on ``decoder``, under the registry's names."""
     for m in MODALITIES.values():
         setattr(decoder, m.projector, nn.Linear(m.dim(config), config.hidden_size, bias=True))
+    two_token.add_context_module(decoder, config)
 
 
 class LlavidalForCausalLM(MultimodalMixin, LlamaPreTrainedModel, GenerationMixin):
@@ -299,12 +322,13 @@ class LlavidalForCausalLM(MultimodalMixin, LlamaPreTrainedModel, GenerationMixin
         object_features: FeatureInput = None,
         pose_features: FeatureInput = None,
         video_spatio_temporal_features: FeatureInput = None,
+        query_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         if video_features is None:
             video_features = video_spatio_temporal_features
         given = features_by_modality(video_features, object_features, pose_features, kwargs)
-        input_ids, inputs_embeds = self.splice_inputs(input_ids, inputs_embeds, given)
+        input_ids, inputs_embeds = self.splice_inputs(input_ids, inputs_embeds, given, query_mask)
 
         outputs = self.model(
             input_ids=input_ids,

@@ -42,6 +42,14 @@ class ModelArguments:
     tokenization: str | None = field(default=None, metadata={
         "help": "clean | original: the ids at span boundaries (default: what the starting weights were trained on; "
                 "clean for a bare base folder, original when starting from the release's projector files)"})
+    video_representation: str | None = field(default=None, metadata={
+        "help": "spatiotemporal (the published [356, D] rows) | two_token (LLaMA-VID style for long videos: per-frame "
+                "features [T, P, D] from `llavidal extract-long-video`, a content and a context token per frame; "
+                "docs/design.md#two-token-video). Default: what the starting weights read"})
+    video_grid: int | None = field(default=None, metadata={
+        "help": "two_token: side of the pooled patch grid per frame (default 4: 16 patch features per frame)"})
+    video_fps: float | None = field(default=None, metadata={
+        "help": "two_token: frames per second the features sample (default 1)"})
     save_full_model: bool = field(default=False, metadata={
         "help": "projector mode: also write the full model folder (else the output folder holds config, tokenizer "
                 "and adapter, and points at the base folder)"})

@@ -23,7 +23,9 @@ from ..model.adapters import ADAPTER_EMBED_PREFIX, ADAPTER_FORMAT, ADAPTER_VERSI
 from ..model.backbones import LIGHTENING
 from ..model.checkpoint import ADAPTER_FOLDER_FILE
 from ..model.files import normalise_keys, read_tensor_file
+from ..model.two_token import CONTEXT_MODULE
 from ..model.validate import CheckpointError
+from ..representation import METADATA_KEY, SPATIOTEMPORAL
 
 REAL_BASE_VOCAB = 32003  # LLaMA 32000 + the three LLaVA tokens
 
@@ -68,6 +70,8 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
             if key not in state:
                 raise CheckpointError(f"{path}: says it trained {m} but has no {key}")
             projectors[key] = state[key]
+        if m == "video":  # two-token video: the context module travels with the video projector
+            projectors.update({k: v for k, v in state.items() if k.startswith(f"model.{CONTEXT_MODULE}.")})
     keep = {t for m in trained for t in (MODALITIES[m].start_token, MODALITIES[m].end_token)}
     return {"path": str(path), "modalities": trained, "projectors": projectors,
             "rows": {k: v for k, v in rows.items() if k in keep},
@@ -75,7 +79,9 @@ def read_trained_parts(path: str | os.PathLike, base_vocab: int | None = None) -
             "backbone": meta.get("backbone", LIGHTENING) if meta else LIGHTENING,
             "template": meta.get("template"),
             # the feature kind each trained modality read (a .bin: rows, as the release's files)
-            "pooling": {m: pooling_metadata_of(meta, m) for m in trained}}
+            "pooling": {m: pooling_metadata_of(meta, m) for m in trained},
+            # the video representation of a file that trained video (the release's files: spatio-temporal rows)
+            "video_representation": meta.get(METADATA_KEY, SPATIOTEMPORAL) if "video" in trained else None}
 
 
 def pooling_metadata_of(meta: dict[str, str], modality: str) -> dict[str, str]:
@@ -118,8 +124,12 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     pooling: dict[str, dict[str, str]] = {}  # per modality, from the file that trained it (as its weights)
     backbones: dict[str, str] = {}
     template = None
+    representation = None  # from the file that trained video, as its video projector (docs/design.md#two-token-video)
     for p in paths:
         parts = read_trained_parts(p, base_vocab)
+        if "video" in parts["modalities"]:
+            representation = parts["video_representation"]
+            merged_proj = {k: v for k, v in merged_proj.items() if not k.startswith(f"model.{CONTEXT_MODULE}.")}
         backbones[parts["path"]] = parts["backbone"]
         template = parts["template"] or template
         if parts["tokenization"]:
@@ -139,7 +149,8 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
     if len(set(backbones.values())) > 1:
         raise CheckpointError("files trained on different backbones cannot be merged: "
                               + ", ".join(f"{p}: {b}" for p, b in backbones.items()))
-    hidden = {v.shape[0] for k, v in merged_proj.items() if k.endswith(".bias")}
+    projector_biases = {f"model.{m.projector}.bias" for m in MODALITIES.values()}  # their length is the LLM width
+    hidden = {v.shape[0] for k, v in merged_proj.items() if k in projector_biases}
     if len(hidden) > 1:
         raise CheckpointError(f"files disagree on the hidden size: {sorted(hidden)}")
     sd = dict(merged_proj)
@@ -152,6 +163,8 @@ def merge_adapters(paths: list[str | os.PathLike], output: str | os.PathLike, ba
             "backbone": next(iter(backbones.values()))}
     if template:
         meta["template"] = template
+    if representation is not None:
+        meta[METADATA_KEY] = representation
     if tokenization:
         meta["tokenization"] = next(iter(tokenization.values()))
     for m in order:

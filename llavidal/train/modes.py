@@ -73,7 +73,8 @@ def set_trainable(model, mode: str, modalities: Sequence[str], *, start_end: boo
                                                      task_type="CAUSAL_LM"))
         inner = model.get_base_model() if mode == "lora" else model
         for m in modalities:
-            inner.projector(m).requires_grad_(True)
+            for module in inner.projector_modules(m):  # the projector (+ the two-token context module for video)
+                module.requires_grad_(True)
         if rows:
             inner.get_input_embeddings().rows.requires_grad_(True)
     for p in model.parameters():

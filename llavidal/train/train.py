@@ -34,6 +34,7 @@ from ..model.backbones import LIGHTENING
 from ..model.base import save_tokenizer
 from ..model.checkpoint import ADAPTER_FOLDER_FILE, plain_state_dict, save_adapter_folder, save_pretrained
 from ..prompting import check_template, check_tokenization
+from ..representation import two_token_spec
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .modes import LoraSettings, set_trainable
 
@@ -56,6 +57,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, training_a
     if model_args.pretrain_mm_mlp_adapter:
         load_projector(model, tokenizer, model_args.pretrain_mm_mlp_adapter)  # logs what it loaded
     apply_poolings(model.config, data_args.poolings(), active, model_args.pretrain_mm_mlp_adapter)
+    apply_video_representation(model, model_args, active, training_args.seed)
     model.config.mm_use_vid_start_end = model_args.mm_use_vid_start_end
     model.config.use_modality_string_prefix = model_args.use_modality_string_prefix
     check_tokenization(model_args.tokenization)
@@ -105,6 +107,37 @@ def apply_poolings(config, asked: dict, active: list[str], start: str | None) ->
         pooling = frame_pooling(registry[name], config)
         if pooling is not None:
             logger.info("%s features: %s", name, pooling.describe())
+def apply_video_representation(model, model_args: ModelArguments, active: list[str], seed: int) -> None:
+    """The video representation asked for (``--video_representation``), recorded in the config and, for two_token,
+    with a context module (docs/design.md#two-token-video). Not asked: what the starting weights read stays. A
+    video projector already trained on the other representation is refused: one model reads one representation."""
+    from ..model.two_token import enable_two_token
+    from ..representation import describe, parse_representation, set_representation
+
+    asked = parse_representation(model_args.video_representation, model_args.video_grid, model_args.video_fps)
+    current = two_token_spec(model.config)
+    if asked != "keep":
+        if "video" not in active:
+            logger.warning("--video_representation is recorded, but video is not trained in this run (no "
+                           "--video_folder)")
+        if "video" in (model.config.trained_modalities or []) and asked != current:
+            width = model.config.mm_hidden_size
+            raise ValueError(
+                f"--video_representation asks for {describe(asked, width)}, but the starting video projector"
+                f"{f' ({model_args.pretrain_mm_mlp_adapter})' if model_args.pretrain_mm_mlp_adapter else ''} was "
+                f"trained on {describe(current, width)}; one model reads one video representation. Start from a "
+                "file without a trained video projector, or keep its representation")
+        if asked is None:
+            set_representation(model.config, None)
+        else:
+            enable_two_token(model, asked, seed)
+    spec = two_token_spec(model.config)
+    if spec is not None:
+        if model_args.tokenization == "original" or (model_args.tokenization is None
+                                                     and model.config.tokenization == "original"):
+            raise ValueError("the two-token video representation needs tokenization 'clean' (it locates the question "
+                             "through the tokenizer's offsets): pass --tokenization clean")
+        logger.info("video features: %s", spec.describe())
 
 
 def unwrap(model):
@@ -286,8 +319,11 @@ def train(argv: list[str] | None = None) -> dict:
                 if plain is None:
                     final.merge_trainable_token_rows()
                 save_pretrained(final, tokenizer, out, plain)
-        if final.config.model_type == LIGHTENING:  # the original trainer's layout: LLaMA-Lightening only
+        if final.config.model_type == LIGHTENING and two_token_spec(final.config) is None:
+            # the original trainer's layout: LLaMA-Lightening and the published video representation only
             export_legacy_projector(final, out / "mm_projector.bin", active, plain)
+        elif final.config.model_type == LIGHTENING:
+            logger.info("no mm_projector.bin: the original layout cannot hold the two-token video representation")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if training_args.should_save:
