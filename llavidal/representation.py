@@ -145,10 +145,10 @@ def check_video_array(arr: np.ndarray, config, width: int, source: str) -> tuple
     if spec is None:
         if arr.ndim == 3 and arr.shape[-1] == width:
             raise RepresentationError(
-                f"{source}: video features have shape {list(arr.shape)}: per-frame features of the two-token "
-                f"representation, but this model reads {describe(None, width)}; one model reads one video "
-                "representation. Use a model trained on them (--video_representation two_token), or extract rows "
-                "with `llavidal extract-video`")
+                f"{source}: video features have shape {list(arr.shape)}: per-frame patch tokens (pooled per-frame "
+                f"tokens, or two-token features), but this model reads {describe(None, width)}; one model reads one "
+                "kind of video features. Use a model trained on them (--video_pool T,H,W or --video_representation "
+                "two_token), or extract rows with `llavidal extract-video`")
         return None
     if arr.ndim == 2 and arr.shape[-1] == width:
         raise RepresentationError(

@@ -277,7 +277,7 @@ def test_mixing_representations_is_refused(trained, tiny_base, long_data, tmp_pa
     with pytest.raises(RepresentationError, match="spatio-temporal rows, but this model reads two-token"):
         encode_query(two, tok, Query("q", video=rows), GenerationOptions())
     plain, _ = load_pretrained(tiny_base, device="cpu", dtype=torch.float32)
-    with pytest.raises(RepresentationError, match="per-frame features of the two-token representation"):
+    with pytest.raises(RepresentationError, match="per-frame patch tokens .*two-token features.*--video_representation"):
         encode_query(plain, tok, Query("q", video=frames()), GenerationOptions())
     # a data set whose files are of the other representation: a clear error naming the record, never skipped
     records = read_records(long_data["train"])
@@ -366,3 +366,16 @@ def test_long_world_hides_the_late_event_from_the_default_sampler(tmp_path):
         assert bool(covered & seen) == it["seen_by_default"] == (it["kind"] == "eat")
     assert np.load(Path(data["two_token_folder"]) / items[0]["video"]).shape == (600, spec.patches, 16)
     assert np.load(Path(data["default_folder"]) / items[0]["video"]).shape == (100 + spec.patches, 16)
+
+
+def test_a_config_cannot_read_pooled_tokens_and_two_tokens_at_once():
+    """video_pool (pooled per-frame tokens) and the two-token representation are two answers to one question: a
+    config holding both is refused where the representation is read, naming both."""
+    from types import SimpleNamespace
+
+    from llavidal.representation import two_token_spec
+
+    both = SimpleNamespace(video_pool=[2, 2, 2], video_representation={"kind": "two_token", "patches": 16, "fps": 1.0})
+    with pytest.raises(ValueError, match="video_pool .*two tokens per frame"):
+        two_token_spec(both)
+    assert two_token_spec(SimpleNamespace(video_pool=[2, 2, 2], video_representation=None)) is None

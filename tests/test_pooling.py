@@ -54,7 +54,7 @@ def test_validate_feature_pools_and_refuses_the_other_kind(rng):
     with pytest.raises(FeatureKindError, match=r"f\.pkl: video features have shape \[356, 8\]: rows .* one model reads "
                                                "one kind"):
         validate_feature(np.zeros((356, 8), np.float16), "video", pooled_model, "f.pkl")
-    with pytest.raises(FeatureKindError, match="per-frame patch tokens, but this model reads video rows"):
+    with pytest.raises(FeatureKindError, match="per-frame patch tokens .*but this model reads spatio-temporal rows.*--video_pool T,H,W"):
         validate_feature(frames, "video", rows_model, "f.pkl")
     with pytest.raises(FeatureKindError, match="6 frames.*--keep-frames-count 4"):
         validate_feature(np.zeros((6, 16, 8), np.float32), "video", pooled_model, "f.pkl")

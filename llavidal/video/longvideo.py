@@ -282,12 +282,7 @@ class LongVideoFeaturizer:
 
 def finished_reason(target: Path, patches: int, width: int) -> str | None:
     """Why an existing output cannot count as finished (None when it can)."""
-    why = check_feature_file(target, width=width)
-    if why is None:
-        shape = np.load(target, mmap_mode="r").shape
-        if len(shape) != 3 or shape[1] != patches:
-            why = f"{target}: shape {list(shape)}, expected [frames, {patches}, {width}]"
-    return why
+    return check_feature_file(target, width=width, patches=patches)
 
 
 # ---------------------------------------------------------------- folders
