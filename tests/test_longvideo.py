@@ -15,7 +15,7 @@ from helpers_train import train_flags
 from llavidal.representation import RepresentationError, TwoTokenSpec
 
 GRID = 2  # 2 x 2 = 4 patch features per frame
-SPEC = TwoTokenSpec(GRID * GRID, 1.0)
+TT_SPEC = TwoTokenSpec(GRID * GRID, 1.0)
 CONTEXT_KEYS = {f"model.mm_video_context.{p}.{w}" for p in ("query", "proj") for w in ("weight", "bias")}
 
 
@@ -56,7 +56,7 @@ def two_token_model(tiny_base, seed=0):
     from llavidal.model.two_token import enable_two_token
 
     model, tok = load_pretrained(tiny_base, device="cpu", dtype=torch.float32)
-    enable_two_token(model, SPEC, seed)
+    enable_two_token(model, TT_SPEC, seed)
     return model, tok
 
 
@@ -206,10 +206,10 @@ def test_train_and_ask_two_token(trained, long_data, tiny_base):
     with safe_open(str(out / "adapter.safetensors"), "pt") as fh:
         keys, meta = set(fh.keys()), fh.metadata()
     assert CONTEXT_KEYS <= keys
-    assert json.loads(meta["video_representation"]) == SPEC.to_config()
+    assert json.loads(meta["video_representation"]) == TT_SPEC.to_config()
     assert not (out / "mm_projector.bin").exists()  # the original layout cannot hold it
     model, tok = load_pretrained(out, device="cpu", dtype=torch.float32)
-    assert model.config.video_representation == SPEC.to_config()
+    assert model.config.video_representation == TT_SPEC.to_config()
     fresh, _ = two_token_model(tiny_base, seed=7)  # what the run started from (its seed)
     moved = [n for n, p in context_module(model).named_parameters()
              if not torch.equal(p, dict(context_module(fresh).named_parameters())[n])]
@@ -256,7 +256,7 @@ def test_save_load_merge_and_full_folder(trained, tiny_base, tmp_path):
     assert merged["modalities"] == ["video", "pose"]
     with safe_open(str(tmp_path / "merged.safetensors"), "pt") as fh:
         assert CONTEXT_KEYS <= set(fh.keys())
-        assert json.loads(fh.metadata()["video_representation"]) == SPEC.to_config()
+        assert json.loads(fh.metadata()["video_representation"]) == TT_SPEC.to_config()
     m2, _ = load_pretrained(tiny_base, projector=tmp_path / "merged.safetensors", device="cpu")
     assert all(torch.equal(m2.state_dict()[k], want[k]) for k in CONTEXT_KEYS)
     with pytest.raises(CheckpointError, match="two-token"):
