@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import queue
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,37 +230,54 @@ def answer(model, tokenizer, question: str, video: FeatureLike = None, object: F
                         options)[0]
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # sentencepiece's byte-fallback pieces
+
+
 class _TextPieces:
-    """Incremental detokenization as transformers' ``TextStreamer`` does it (text is released at word boundaries,
-    never half a character); the finished pieces are collected instead of printed, with the whitespace
-    :func:`answer` strips left out (see :class:`_Trim`): the pieces of a reply join to its ``answer()``."""
+    """Incremental detokenization: each call releases the text the new ids add, never half a character, with the
+    whitespace :func:`answer` strips left out (see :class:`_Trim`), so the pieces of a reply join to its ``answer()``.
+
+    The new ids are decoded together with the previous piece's ids and only the text beyond that piece's decoding is
+    released (the offsets scheme of TGI and vLLM): a word's leading space and a character split over byte tokens come
+    out as in the decoding of the whole reply. A piece is released only after an ordinary token (see
+:meth:`_boundary`), and text ending in U+FFFD waits for the bytes that may complete it."""
 
     def __init__(self, tokenizer):
-        from transformers import TextStreamer
-
-        pieces: list[str] = []
-
-        class Collector(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False):
-                if text:
-                    pieces.append(text)
-
-        self.pieces = pieces
-        self.streamer = Collector(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the ids decoded as context for the next piece
+        self.read = 0  # ids before this position are released
         self.trim = _Trim()
 
+    def _boundary(self, last: int) -> bool:
+        """Whether text may be released after this id: not a byte-fallback piece (a run of byte tokens decodes as a
+        whole; an invalid run gives one U+FFFD per byte) nor a special or added token (skipped in decoding, it would join two runs)."""
+        return last not in self.special and not _BYTE_TOKEN.fullmatch(self.tokenizer.convert_ids_to_tokens(last) or "")
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _new_text(self, final: bool) -> str:
+        if not final and self.ids and not self._boundary(self.ids[-1]):
+            return ""
+        before = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) <= len(before) or (text.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before):]
+
     def put(self, ids: list[int]) -> list[str]:
-        self.streamer.put(torch.tensor(ids))
-        return self._take()
+        self.ids.extend(ids)
+        return self._take(self._new_text(final=False))
 
     def end(self) -> list[str]:
-        self.streamer.end()
-        return self._take()
+        return self._take(self._new_text(final=True))
 
-    def _take(self) -> list[str]:
-        out = [t for t in map(self.trim, self.pieces) if t]
-        self.pieces.clear()
-        return out
+    def _take(self, text: str) -> list[str]:
+        out = self.trim(text)
+        return [out] if out else []
 
 
 class _Trim:

@@ -165,3 +165,26 @@ def test_streamed_pieces_join_to_the_stripped_reply(pieces):
     out = [t for t in map(trim, pieces) if t]
     assert "".join(out) == "".join(pieces).strip()
     assert all(out)  # no empty pieces
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_streamed_text_joins_to_the_decoding_of_the_whole_reply(family, tmp_path):
+    """Random id sequences (byte-fallback pieces that form invalid runs, words after newlines, special and added
+    tokens in between) fed to the stream's detokenizer a few ids at a time: the pieces join to exactly what decoding
+    all the ids at once gives, stripped — the text answer() returns. TextStreamer's chunked decoding failed this."""
+    from llavidal.inference import _TextPieces
+    from llavidal.model.base import load_tokenizer
+    from llavidal.model.tiny import make_tiny
+
+    tok = load_tokenizer(make_tiny(tmp_path / family, seed=0, family=family))
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        ids = rng.integers(0, len(tok), size=int(rng.integers(1, 40))).tolist()
+        text, out, i = _TextPieces(tok), [], 0
+        while i < len(ids):
+            n = int(rng.integers(1, 4))
+            out += text.put(ids[i:i + n])
+            i += n
+        out += text.end()
+        assert "".join(out) == tok.decode(ids, skip_special_tokens=True).strip(), tok.convert_ids_to_tokens(ids)
+        assert all(out)
