@@ -292,7 +292,7 @@ def cmd_quickstart(args) -> int:
     if args.study != "mmpro":  # the peers' methods on the synthetic worlds (docs/peers.md)
         from .peers import run_study
 
-        run_study(args.study, out=args.out, seed=args.seed, fast=args.fast)
+        run_study(args.study, out=args.out, seed=args.seed, fast=args.fast, alphas=args.alphas)
         return 0
     cfg = QuickstartConfig(out=args.out, seed=args.seed)
     if args.fast:
@@ -313,6 +313,17 @@ def cmd_pack(args) -> int:
     for name, why in result["failed"].items():
         print(f"  not packed: {name}: {why}")
     return 1 if result["failed"] else 0
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers separated by commas (e.g. 0,1,10), got "
+                                         f"{text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md); "
                         "long-video: 10-minute synthetic videos with two events minutes apart, the 100-frame rows vs "
                         "two tokens per frame at 1 fps (docs/benchmarks.md#long-video; about 15 minutes on 2 cores)")
+    p.add_argument("--alphas", type=_alphas, default=None, metavar="A,B,...",
+                   help="ski-phase2 study: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
+                        "continued without it); finished runs of an output folder are reused")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")

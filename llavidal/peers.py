@@ -217,8 +217,12 @@ def ski_table(results: dict) -> str:
     return "\n".join([title, "", *rows])
 
 
-def run_study(name: str, out: str, seed: int = 0, fast: bool = False) -> dict:
-    """``llavidal quickstart --study NAME``: the full-size study, or with ``fast`` a small smoke run."""
+def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
+              alphas: tuple[float, ...] | None = None) -> dict:
+    """``llavidal quickstart --study NAME``: the full-size study, or with ``fast`` a small smoke run. ``alphas``: the
+    phase-2 alignment weights the ski-phase2 study compares (default 0 and 10)."""
+    if alphas is not None and name != "ski-phase2":
+        raise ValueError(f"quickstart --study {name}: --alphas applies to the ski-phase2 study only")
     if name == "pooling":
         cfg = PoolingStudyConfig(out=out, seed=seed)
         if fast:
@@ -231,6 +235,8 @@ def run_study(name: str, out: str, seed: int = 0, fast: bool = False) -> dict:
             cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
                          "replications": 1, "frames": 16}
             cfg.frames, cfg.video_frames = 16, 2
+        if alphas is not None:
+            cfg.alphas = tuple(alphas)
         return run_ski_study(cfg)
     raise ValueError(f"unknown study {name!r}; expected pooling or ski-phase2")
 

@@ -54,6 +54,19 @@ def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys):
     assert cli_main(["quickstart", "--study", "ski-phase2", "--fast", "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == mtimes  # nothing trained again
     assert (out / "results.md").read_text() == table
+    # other alphas: only the new phase-2 runs train; phase 1 and the alpha-0 run are reused
+    assert cli_main(["quickstart", "--study", "ski-phase2", "--fast", "--alphas", "0,1", "--out", str(out)]) == 0
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert set(run) == {"seed", "phase1", "phase2_alpha0", "phase2_alpha1"}
+    assert "| phase 2, alpha = 1 | 1 + 1 |" in (out / "results.md").read_text()
+    again = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert all(again[p] == t for p, t in mtimes.items())
+    assert {p.relative_to(out).parts[0] for p in set(again) - set(mtimes)} == {"seed0-phase2-alpha1"}
+    with pytest.raises(SystemExit):
+        cli_main(["quickstart", "--study", "ski-phase2", "--alphas", "1,x", "--out", str(out)])
+    assert "expected non-negative numbers" in capsys.readouterr().err
+    assert cli_main(["quickstart", "--study", "pooling", "--alphas", "1", "--out", str(tmp_path / "p")]) == 2
+    assert "--alphas applies to the ski-phase2 study only" in capsys.readouterr().err
 
 
 def test_pooling_study_runs_every_representation(tmp_path, capsys):
