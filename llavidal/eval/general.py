@@ -42,6 +42,7 @@ from .tasks import (
     _norm,
     _read_records,
     _text,
+    _video_path,
     build_mcq_prompt,
     detect_task,
     read_json_file,
@@ -184,9 +185,7 @@ def _option_text(value: Any, where: str) -> str:
 
 
 def _read_mvbench(index: int, key: str | None, rec: Mapping) -> EvalItem:
-    video = _text(rec, "video").replace("\\", "/")
-    while video.startswith("./"):
-        video = video[2:]
+    video = _video_path(rec, "video")
     question = _text(rec, "question")
     raw = _field(rec, "candidates")
     if not isinstance(raw, list):

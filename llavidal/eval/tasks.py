@@ -481,10 +481,17 @@ def _read_lemma_tc(index: int, key: str | None, rec: Mapping) -> EvalItem:
                     build_mcq_prompt(question, options), question, options, answer, False, extra)
 
 
-def _read_tsu_tc(index: int, key: str | None, rec: Mapping) -> EvalItem:
-    video = _text(rec, "video_path").replace("\\", "/")
+def _video_path(rec: Mapping, name: str) -> str:
+    """A record's video path with forward slashes and without leading ``./`` (whether it stays inside the video
+    folder: :func:`check_relative`)."""
+    video = _text(rec, name).replace("\\", "/")
     while video.startswith("./"):
         video = video[2:]
+    return video
+
+
+def _read_tsu_tc(index: int, key: str | None, rec: Mapping) -> EvalItem:
+    video = _video_path(rec, "video_path")
     question = _text(rec, "question")
     options = _letter_options(rec, "options")
     answer = _answer_letter(rec, "correct_answer", options)
@@ -513,9 +520,7 @@ def _read_tsu_desc(index: int, key: str | None, rec: Any) -> EvalItem:
 
 def _read_combined(task: str):
     def read(index: int, key: str | None, rec: Mapping) -> EvalItem:
-        video = _text(rec, "video_filename").replace("\\", "/")
-        while video.startswith("./"):
-            video = video[2:]
+        video = _video_path(rec, "video_filename")
         question = _text(rec, "question")
         options = _letter_options(rec, "answer_choices")
         answer = _answer_letter(rec, "ground_truth_letter", options)
