@@ -240,7 +240,7 @@ class _TextPieces:
     The new ids are decoded together with the previous piece's ids and only the text beyond that piece's decoding is
     released (the offsets scheme of TGI and vLLM): a word's leading space and a character split over byte tokens come
     out as in the decoding of the whole reply. A piece is released only after an ordinary token (see
-:meth:`_boundary`), and text ending in U+FFFD waits for the bytes that may complete it."""
+    :meth:`_boundary`), and text ending in U+FFFD waits for the bytes that may complete it."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -252,7 +252,8 @@ class _TextPieces:
 
     def _boundary(self, last: int) -> bool:
         """Whether text may be released after this id: not a byte-fallback piece (a run of byte tokens decodes as a
-        whole; an invalid run gives one U+FFFD per byte) nor a special or added token (skipped in decoding, it would join two runs)."""
+        whole; an invalid run gives one U+FFFD per byte) nor a special or added token (skipped in decoding, it would
+        join two runs)."""
         return last not in self.special and not _BYTE_TOKEN.fullmatch(self.tokenizer.convert_ids_to_tokens(last) or "")
 
     def _decode(self, ids: list[int]) -> str:
