@@ -128,7 +128,10 @@ def make_video(path: Path, minutes: float, fps: float, res: tuple[int, int]) -> 
 
 def child_extract(args) -> dict:
     """One extraction in this (fresh) process; prints its memory figures."""
-    import psutil
+    try:
+        import psutil
+    except ImportError:
+        raise SystemExit("bench_longvideo.py measures memory with psutil: pip install -e \".[bench]\"") from None
     import torch
 
     torch.set_num_threads(args.threads)
