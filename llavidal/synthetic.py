@@ -314,7 +314,10 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
     """Write NTU-layout clips: ``out/skeletons/{stem}.skeleton.npy`` (NTU's txt2npy dict, one body) and
     ``out/rgb/{stem}_rgb.avi`` (a background of the class's object colour, with noise, and the right hand as a white
     dot). Performers change body size and position; the seed changes the noise. A training clip filed under a wrong
-    action (``label_noise``) gets replication ``100 + r``, so its name is unique."""
+    action (``label_noise``) gets a replication number of 100 or more, one per clip, so its name is unique."""
+    if spec.replications * len(spec.actions) > 899:
+        raise ValueError("SkeletonWorldSpec: replications x actions must be <= 899 (NTU names have 3-digit "
+                         "replication numbers; renamed clips use 100 + their place)")
     from .curation.ntu import NTUName, write_skeleton_npy
     from .video.io import write_video
 
@@ -330,7 +333,9 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
                 name = NTUName(1, 1, performer, r, action)
                 if performer in spec.train_performers and rng.random() < spec.label_noise:  # filed wrongly
                     wrong = [a for a in spec.actions if a != action]
-                    name = NTUName(1, 1, performer, 100 + r, wrong[int(rng.integers(len(wrong)))])
+                    # a replication number of its own (100 + its place), so no two renamed clips share a name
+                    name = NTUName(1, 1, performer, 100 + (r - 1) * len(spec.actions) + k + 1,
+                                   wrong[int(rng.integers(len(wrong)))])
                     mislabelled += 1
                 rest = np.concatenate([_REST, np.zeros((25, 1))], axis=1) * scale + offset
                 xyz = rest + _movement(k, spec, rng) + rng.normal(0, spec.jitter, size=(spec.frames, 25, 3))

@@ -1,6 +1,7 @@
 """The synthetic worlds and studies of the peers' methods (``llavidal quickstart --study ...``, docs/peers.md)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -34,6 +35,11 @@ def test_skeleton_world_is_read_as_ntu_and_deterministic(tmp_path):
     for i in items:
         np.testing.assert_array_equal(load_skeleton(i.path)["skel_body0"],
                                       load_skeleton(b["skeletons"] / i.path.name)["skel_body0"])
+    # every training clip filed wrongly: each keeps a file of its own (names never collide)
+    c = make_skeleton_world(tmp_path / "c", seed=3, spec=dataclasses.replace(spec, label_noise=1.0,
+                                                                             replications=2))
+    assert c["mislabelled"] == 16 and c["clips"] == 24
+    assert len(list(c["skeletons"].iterdir())) == len(list(c["rgb"].iterdir())) == 24
 
 
 def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys):
