@@ -20,24 +20,28 @@ TINY = {"layers": 1, "width": 216, "heads": 9, "dropout": 0.0}
 
 def test_phase2_loss_terms():
     g = torch.Generator().manual_seed(0)
-    pose = torch.randn(6, 5, generator=g, requires_grad=True)
-    video = torch.randn(6, 5, generator=g, requires_grad=True)
+    pose = F.normalize(torch.randn(6, 5, generator=g), dim=-1).requires_grad_()  # cosines in [-1, 1]
+    video = F.normalize(torch.randn(6, 5, generator=g), dim=-1).requires_grad_()
     y = torch.tensor([0, 1, 2, 3, 4, 0])
-    t = phase2_losses(pose, video, y, alpha=10.0)
+    t = phase2_losses(pose, video, y, alpha=10.0, pose_scale=14.0, video_scale=20.0)
     ce = lambda z: -torch.log_softmax(z, 1)[torch.arange(6), y].mean()  # noqa: E731
-    torch.testing.assert_close(t["ce_video"], ce(video))
-    torch.testing.assert_close(t["ce_pose"], ce(pose))
-    torch.testing.assert_close(t["mse"], ((video - pose) ** 2).mean())
-    torch.testing.assert_close(t["loss"], ce(video) + ce(pose) + 10 * ((video - pose) ** 2).mean())
+    torch.testing.assert_close(t["ce_video"], ce(20.0 * video))  # the CEs see each branch's scaled logits
+    torch.testing.assert_close(t["ce_pose"], ce(14.0 * pose))
+    torch.testing.assert_close(t["mse"], ((video - pose) ** 2).mean())  # the alignment compares the cosines
+    torch.testing.assert_close(t["loss"], ce(20.0 * video) + ce(14.0 * pose) + 10 * ((video - pose) ** 2).mean())
+    # so the weight alpha means the same at any temperature (the release's logits are plain cosines)
+    hot = phase2_losses(pose, video, y, alpha=10.0, pose_scale=100.0, video_scale=100.0)
+    torch.testing.assert_close(hot["mse"], t["mse"])
     t["loss"].backward()  # the alignment term pulls both branches
     assert pose.grad.abs().sum() > 0 and video.grad.abs().sum() > 0
-    no_align = phase2_losses(pose, video, y, alpha=0.0)
-    torch.testing.assert_close(no_align["loss"], ce(video) + ce(pose))
+    no_align = phase2_losses(pose, video, y, alpha=0.0, pose_scale=14.0, video_scale=20.0)
+    torch.testing.assert_close(no_align["loss"], ce(20.0 * video) + ce(14.0 * pose))
     # the video head starts as CLIP's zero-shot logits: a zero adapter, CLIP's initial scale
     head = VideoTextHead(8)
     img, text = torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g)
-    want = (1 / 0.07) * F.normalize(img, dim=-1) @ F.normalize(text, dim=-1).T
-    torch.testing.assert_close(head(img, text), want)
+    cos = F.normalize(img, dim=-1) @ F.normalize(text, dim=-1).T
+    torch.testing.assert_close(head.cosines(img, text), cos)
+    torch.testing.assert_close(head(img, text), (1 / 0.07) * cos)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +89,10 @@ def test_phase2_trains_both_branches_reports_and_resumes(world, tmp_path, monkey
     assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0
     branch = load_file(str(out / "video_branch.safetensors"))
     assert branch["adapter.weight"].abs().sum() > 0
+    # the video branch (a linear probe on frozen embeddings) steps at --video-lr-scale (10) times the encoder's rate
+    groups = torch.load(out / "checkpoint-0002" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 10.0, 10.0]
+    assert groups[2]["lr"] == pytest.approx(10 * groups[0]["lr"]) and groups[0]["lr"] > 0
     # killed after epoch 1: the rerun resumes (the CLIP embeddings are not computed again) and ends the same
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)

@@ -5,7 +5,13 @@ CLIP text embeddings of the class prompts. Phase 2 starts from a phase-1 model a
 seen by CLIP's image tower: with ``P`` the pose-text logits and ``V`` the video-text logits of a batch (``[B, K]``,
 both against the same class prompts),
 
-    loss = CE(V, y) + CE(P, y) + alpha * mean((V - P)^2)        (alpha = 10 by default, as the release)
+    loss = CE(V, y) + CE(P, y) + alpha * mean((cos V - cos P)^2)     (alpha = 10 by default, as the release)
+
+where ``cos V`` and ``cos P`` are the cosine similarities before each branch's learned logit scale: the release's
+logits are plain cosines, so its alignment term compares cosines and its alpha is a weight on values in [0, 4].
+Comparing the scaled logits instead (our branches carry CLIP's temperature, ~14 at the start and up to 100) makes
+the same alpha hundreds of times stronger; on the synthetic world it then flattens both branches' logits (every clip
+gets one answer) rather than aligning them (docs/peers.md#ski-phase2).
 
 and at test time the video-text logits ``V`` are the prediction (the pose-text ones are reported too: the features
 LLAVIDAL reads come from the pose encoder).
@@ -35,6 +41,7 @@ VIDEO_BRANCH_NAME = "video_branch.safetensors"
 VIDEO_EMBEDDINGS_NAME = "video_embeddings.safetensors"
 DEFAULT_ALPHA = 10.0
 DEFAULT_VIDEO_FRAMES = 8
+DEFAULT_VIDEO_LR_SCALE = 10.0  # the video branch (a linear probe on frozen embeddings) learns at 10x lr
 
 
 class VideoTextHead(nn.Module):
@@ -51,16 +58,25 @@ class VideoTextHead(nn.Module):
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         return F.normalize(image + self.adapter(image), dim=-1)
 
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def cosines(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:  # [N, P], [K, P] -> [N, K]
+        return self.embed(image) @ F.normalize(text, dim=-1).T
+
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:  # [N, P], [K, P] -> [N, K]
-        return self.logit_scale.exp().clamp(max=100.0) * self.embed(image) @ F.normalize(text, dim=-1).T
+        return self.scale() * self.cosines(image, text)
 
 
-def phase2_losses(pose_logits: torch.Tensor, video_logits: torch.Tensor, target: torch.Tensor,
-                  alpha: float = DEFAULT_ALPHA) -> dict[str, torch.Tensor]:
-    """The three terms and their sum: ``ce_video`` (image-text), ``ce_pose`` (pose-text), ``mse`` (between the two
-    logit matrices, mean over elements, weighted by ``alpha`` in ``loss``)."""
-    terms = {"ce_video": F.cross_entropy(video_logits, target), "ce_pose": F.cross_entropy(pose_logits, target),
-             "mse": F.mse_loss(video_logits, pose_logits)}
+def phase2_losses(pose_cos: torch.Tensor, video_cos: torch.Tensor, target: torch.Tensor,
+                  alpha: float = DEFAULT_ALPHA, pose_scale: torch.Tensor | float = 1.0,
+                  video_scale: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
+    """The three terms and their sum from the two branches' cosine matrices ``[B, K]`` and logit scales:
+    ``ce_video`` (image-text) and ``ce_pose`` (pose-text) on the scaled logits, ``mse`` between the cosine matrices
+    (mean over elements, weighted by ``alpha`` in ``loss``)."""
+    terms = {"ce_video": F.cross_entropy(video_scale * video_cos, target),
+             "ce_pose": F.cross_entropy(pose_scale * pose_cos, target),
+             "mse": F.mse_loss(video_cos, pose_cos)}
     terms["loss"] = terms["ce_video"] + terms["ce_pose"] + alpha * terms["mse"]
     return terms
 
@@ -149,9 +165,14 @@ class Phase2:
     def set_images(self, split: str, items, embeddings: dict[str, torch.Tensor], device) -> None:
         self.images[split] = torch.stack([embeddings[it.stem] for it in items]).to(device)
 
-    def losses(self, pose_logits: torch.Tensor, index: list[int], text: torch.Tensor, target: torch.Tensor) -> dict:
-        video_logits = self.head(self.images["train"][torch.as_tensor(index, device=pose_logits.device)], text)
-        return {**phase2_losses(pose_logits, video_logits, target, self.alpha), "video_logits": video_logits}
+    def losses(self, pose_cos: torch.Tensor, pose_scale: torch.Tensor, index: list[int], text: torch.Tensor,
+               target: torch.Tensor) -> dict:
+        """:func:`phase2_losses` of a batch (``pose_cos``: the pose-text cosines of the rows ``index`` of the
+        training split), plus ``video_logits`` (the test-time prediction)."""
+        video_cos = self.head.cosines(self.images["train"][torch.as_tensor(index, device=pose_cos.device)], text)
+        video_scale = self.head.scale()
+        return {**phase2_losses(pose_cos, video_cos, target, self.alpha, pose_scale, video_scale),
+                "video_logits": video_scale * video_cos}
 
     def video_logits(self, split: str, index: list[int], text: torch.Tensor) -> torch.Tensor:
         rows = self.images[split][torch.as_tensor(index, device=self.images[split].device)]
@@ -173,5 +194,5 @@ class Phase2:
         self.head.load_state_dict({k: v.to(self.head.adapter.weight.device) for k, v in load_file(str(path)).items()})
 
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "Phase2", "VideoTextHead", "cached_image_embeddings",
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "DEFAULT_VIDEO_LR_SCALE", "Phase2", "VideoTextHead", "cached_image_embeddings",
            "clip_image_embeddings", "match_videos", "phase2_losses"]

@@ -14,7 +14,7 @@ def cmd_pose_train(args) -> int:
         workers=args.workers, device=args.device, eval_every=args.eval_every, resume=not args.no_resume,
         progress=not args.no_progress, layers=args.layers, width=args.width, heads=args.heads, stride=args.stride,
         tokens=args.tokens, dropout=args.dropout, phase=args.phase, init=args.init, videos=args.videos,
-        alpha=args.alpha, video_frames=args.video_frames)
+        alpha=args.alpha, video_frames=args.video_frames, video_lr_scale=args.video_lr_scale)
     summary = train(cfg)
     print(json.dumps({k: summary[k] for k in ("split", "skipped", "skipped_reasons", "last_metrics")}, indent=2))
     return 0
@@ -82,13 +82,16 @@ def register(sub) -> None:
     t.add_argument("--tokens", type=int, default=256, help="default tokens per extracted file (stored in the config)")
     t.add_argument("--dropout", type=float, default=0.1)
     g = t.add_argument_group("SKI-LVLM phase 2 (--phase 2): the pose encoder next to a CLIP video branch, loss = "
-                             "CE(video-text) + CE(pose-text) + alpha * MSE(video logits, pose logits)")
+                             "CE(video-text) + CE(pose-text) + alpha * MSE(video-text cosines, pose-text cosines)")
     g.add_argument("--phase", type=int, default=1, choices=[1, 2],
                    help="1: SkeletonCLIP (default); 2: start from --init and train with the clips' RGB videos")
     g.add_argument("--init", help="phase 2: a phase-1 `pose train` output folder (its encoder sizes are used)")
     g.add_argument("--videos", help="phase 2: folder of the clips' RGB videos ({stem}_rgb.avi as NTU's, recursive)")
-    g.add_argument("--alpha", type=float, default=10.0, help="phase 2: weight of the logit MSE (default 10)")
+    g.add_argument("--alpha", type=float, default=10.0, help="phase 2: weight of the MSE between the two cosine matrices (default 10)")
     g.add_argument("--video-frames", type=int, default=8, help="phase 2: frames per video through CLIP (default 8)")
+    g.add_argument("--video-lr-scale", type=float, default=10.0,
+                   help="phase 2: learning rate of the video branch (a linear adapter on frozen CLIP embeddings) as "
+                        "a multiple of --lr (default 10)")
     t.set_defaults(func=cmd_pose_train)
 
     e = cmds.add_parser("eval", help="top-1/top-5 of a trained model on a split's test side (or --split all)")

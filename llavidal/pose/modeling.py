@@ -239,9 +239,17 @@ class SkeletonCLIP(nn.Module):
         """``[N, C, T, V, M]`` → unit-norm clip embeddings ``[N, projection_dim]``."""
         return F.normalize(self.head(self.encoder(x).mean(dim=1)), dim=-1)
 
+    def scale(self) -> torch.Tensor:
+        """The learned logit scale (CLIP's temperature), capped at 100."""
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def cosines(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``[N, K]`` between pose embeddings and (any-norm) text embeddings ``[K, P]``."""
+        return emb @ F.normalize(text, dim=-1).T
+
     def logits(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Cosine logits ``[N, K]`` between pose embeddings and (any-norm) text embeddings ``[K, P]``."""
-        return self.logit_scale.exp().clamp(max=100.0) * emb @ F.normalize(text, dim=-1).T
+        """Cosine logits ``[N, K]``: :meth:`cosines` times :meth:`scale`."""
+        return self.scale() * self.cosines(emb, text)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.logits(self.embed(x), text)

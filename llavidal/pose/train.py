@@ -7,7 +7,7 @@ Each NTU class gets the prompt "a photo of a {class}." embedded once by the froz
 tokens, projected to the CLIP projection dim) is trained with cross-entropy over the cosine logits against those
 text embeddings, with a learned temperature. AdamW, linear warm-up then cosine decay, gradient clipping at 1.
 Phase 2 (:mod:`.align`) starts from a phase-1 model and trains it next to a CLIP video branch: CE(video-text) +
-CE(pose-text) + alpha * MSE(video logits, pose logits); its test metrics ``top1``/``top5`` are the video-text ones
+CE(pose-text) + alpha * MSE(video-text cosines, pose-text cosines); its test metrics ``top1``/``top5`` are the video-text ones
 (the prediction at test time), ``pose_top1``/``pose_top5`` the pose encoder's alone.
 
 Output folder::
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..io_utils import append_jsonl, atomic_path, atomic_write_json, commit, read_jsonl
 from .configuration import PoseEncoderConfig
-from .align import DEFAULT_ALPHA, DEFAULT_VIDEO_FRAMES, Phase2, cached_image_embeddings, match_videos
+from .align import DEFAULT_ALPHA, DEFAULT_VIDEO_FRAMES, DEFAULT_VIDEO_LR_SCALE, Phase2, cached_image_embeddings, match_videos
 from .data import PROMPT_TEMPLATE, SkeletonDataset, Split, collate, make_split, scan_ntu
 from .modeling import SkeletonCLIP, load_pose_model, save_pose_model
 
@@ -91,6 +91,7 @@ class PoseTrainConfig:
     videos: str | None = None  # phase 2: the clips' RGB videos ({stem}_rgb.avi as NTU's, searched recursively)
     alpha: float = DEFAULT_ALPHA  # phase 2: weight of the MSE between the video-text and pose-text logits
     video_frames: int = DEFAULT_VIDEO_FRAMES  # phase 2: frames per video through CLIP's image tower
+    video_lr_scale: float = DEFAULT_VIDEO_LR_SCALE  # phase 2: the video branch's learning rate, as a multiple of lr
 
 
 # ---------------------------------------------------------------------------------------------------- text side
@@ -257,6 +258,15 @@ def _check_resume(out: Path, cfg: PoseTrainConfig) -> None:
                              "use a new --out, or --no-resume to start over in this folder")
 
 
+def _param_groups(named, weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay on matrices only; ``lr_scale`` multiplies the schedule's rate for the group."""
+    named = list(named)
+    decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale},
+            {"params": rest, "weight_decay": 0.0, "lr_scale": lr_scale}]
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -344,11 +354,10 @@ def train(cfg: PoseTrainConfig) -> dict:
         for name, part in (("train", split.train), ("test", split.test)):
             if part:
                 phase2.set_images(name, part, images, device)
-    named = list(model.named_parameters()) + (list(phase2.head.named_parameters()) if phase2 else [])
-    decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
-    no_decay = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
+    groups = _param_groups(model.named_parameters(), cfg.weight_decay)
+    if phase2 is not None:  # the video branch: a linear probe on frozen embeddings, at its own rate
+        groups += _param_groups(phase2.head.named_parameters(), cfg.weight_decay, cfg.video_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     steps_per_epoch = math.ceil(len(split.train) / cfg.batch)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = min(total_steps, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
@@ -392,16 +401,18 @@ def train(cfg: PoseTrainConfig) -> dict:
             target = _positions(batch["label"], split.train_classes).to(device)
             lr = lr_at(step, total_steps, warmup, cfg.lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            logits = model(x, train_text)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if phase2 is not None:
-                terms = phase2.losses(logits, batch["index"], train_text, target)
+                pose_cos, pose_scale = model.cosines(model.embed(x), train_text), model.scale()
+                logits = pose_scale * pose_cos
+                terms = phase2.losses(pose_cos, pose_scale, batch["index"], train_text, target)
                 loss = terms["loss"]
                 for k in ("ce_video", "ce_pose", "mse"):
                     sums[k] += terms[k].item() * len(target)
                 sums["pose_correct"] += int((logits.argmax(1) == target).sum())
                 logits = terms["video_logits"]  # the prediction at test time
             else:
+                logits = model(x, train_text)
                 loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -457,8 +468,9 @@ def phase2_config(cfg: PoseTrainConfig) -> PoseTrainConfig:
     if not cfg.init or not cfg.videos:
         raise ValueError("--phase 2 needs --init (the output folder of a phase-1 `llavidal pose train`) and --videos "
                          "(the clips' RGB videos, e.g. NTU's rgb/ folder)")
-    if cfg.alpha < 0 or cfg.video_frames < 1:
-        raise ValueError(f"--alpha must be >= 0 and --video-frames >= 1, got {cfg.alpha} and {cfg.video_frames}")
+    if cfg.alpha < 0 or cfg.video_frames < 1 or not cfg.video_lr_scale > 0:
+        raise ValueError(f"--alpha must be >= 0, --video-frames >= 1 and --video-lr-scale > 0, got {cfg.alpha}, "
+                         f"{cfg.video_frames} and {cfg.video_lr_scale}")
     init = PoseEncoderConfig.load(cfg.init)
     return replace(cfg, layers=init.layers, width=init.width, heads=init.heads, stride=init.stride, tokens=init.tokens)
 
