@@ -131,14 +131,15 @@ def _write(out: Path, results: dict, table: str) -> None:
 class SkiStudyConfig:
     out: str = "study-ski-phase2"
     seeds: tuple[int, ...] = (0, 1, 2)
-    phase1_epochs: int = 10
-    phase2_epochs: int = 10
+    phase1_epochs: int = 30
+    phase2_epochs: int = 30
     alphas: tuple[float, ...] = (0.0, 10.0)
     layers: int = 2
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-3
     frames: int = 32
     video_frames: int = 8
+    align: str = "both"  # the branch(es) the alignment term trains (pose train --align)
     world: dict = field(default_factory=dict)  # SkeletonWorldSpec fields
 
 
@@ -174,7 +175,8 @@ def run_ski_study(cfg: SkiStudyConfig) -> dict:
             print(f"[ski-phase2] seed {seed}: phase 2, alpha {alpha:g} ({cfg.phase2_epochs} epochs)")
             s2 = train(PoseTrainConfig(data=str(data / "skeletons"), out=str(out / f"seed{seed}-phase2-alpha{alpha:g}"),
                                        epochs=cfg.phase2_epochs, seed=seed, phase=2, init=str(phase1),
-                                       videos=str(data / "rgb"), alpha=alpha, video_frames=cfg.video_frames, **common))
+                                       videos=str(data / "rgb"), alpha=alpha, video_frames=cfg.video_frames,
+                                       align=cfg.align, **common))
             m = s2["last_metrics"]
             row[f"phase2_alpha{alpha:g}"] = {"pose_top1": m["pose_top1"], "video_top1": m["top1"],
                                              "train_mse": m["train_mse"]}

@@ -36,6 +36,17 @@ def test_phase2_loss_terms():
     assert pose.grad.abs().sum() > 0 and video.grad.abs().sum() > 0
     no_align = phase2_losses(pose, video, y, alpha=0.0, pose_scale=14.0, video_scale=20.0)
     torch.testing.assert_close(no_align["loss"], ce(20.0 * video) + ce(14.0 * pose))
+    # --align pose / video: the alignment term trains one branch, the other's cosines are its fixed target
+    for align, trained, fixed in (("pose", pose, video), ("video", video, pose)):
+        pose.grad = video.grad = None
+        phase2_losses(pose, video, y, alpha=10.0, pose_scale=14.0, video_scale=20.0, align=align)["loss"].backward()
+        grad_fixed, grad_trained = fixed.grad.clone(), trained.grad.clone()
+        pose.grad = video.grad = None
+        phase2_losses(pose, video, y, alpha=0.0, pose_scale=14.0, video_scale=20.0)["loss"].backward()
+        torch.testing.assert_close(grad_fixed, fixed.grad)  # only its own cross-entropy moves the fixed branch
+        assert (grad_trained - trained.grad).abs().max() > 1e-4  # the alignment term moves the other
+    with pytest.raises(ValueError, match="align 'sideways'"):
+        phase2_losses(pose, video, y, align="sideways")
     # the video head starts as CLIP's zero-shot logits: a zero adapter, CLIP's initial scale
     head = VideoTextHead(8)
     img, text = torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g)

@@ -41,6 +41,7 @@ VIDEO_BRANCH_NAME = "video_branch.safetensors"
 VIDEO_EMBEDDINGS_NAME = "video_embeddings.safetensors"
 DEFAULT_ALPHA = 10.0
 DEFAULT_VIDEO_FRAMES = 8
+ALIGN_CHOICES = ("both", "pose", "video")  # which branch the alignment term trains
 DEFAULT_VIDEO_LR_SCALE = 10.0  # the video branch (a linear probe on frozen embeddings) learns at 10x lr
 
 
@@ -70,13 +71,18 @@ class VideoTextHead(nn.Module):
 
 def phase2_losses(pose_cos: torch.Tensor, video_cos: torch.Tensor, target: torch.Tensor,
                   alpha: float = DEFAULT_ALPHA, pose_scale: torch.Tensor | float = 1.0,
-                  video_scale: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
+                  video_scale: torch.Tensor | float = 1.0, align: str = "both") -> dict[str, torch.Tensor]:
     """The three terms and their sum from the two branches' cosine matrices ``[B, K]`` and logit scales:
     ``ce_video`` (image-text) and ``ce_pose`` (pose-text) on the scaled logits, ``mse`` between the cosine matrices
-    (mean over elements, weighted by ``alpha`` in ``loss``)."""
+    (mean over elements, weighted by ``alpha`` in ``loss``). ``align``: which branch the alignment term trains —
+    ``both`` (default), ``pose`` (the video cosines are its fixed target) or ``video`` (the pose cosines are)."""
+    if align not in ALIGN_CHOICES:
+        raise ValueError(f"align {align!r}: expected one of {', '.join(ALIGN_CHOICES)}")
+    target_v = video_cos.detach() if align == "pose" else video_cos
+    target_p = pose_cos.detach() if align == "video" else pose_cos
     terms = {"ce_video": F.cross_entropy(video_scale * video_cos, target),
              "ce_pose": F.cross_entropy(pose_scale * pose_cos, target),
-             "mse": F.mse_loss(video_cos, pose_cos)}
+             "mse": F.mse_loss(target_v, target_p)}
     terms["loss"] = terms["ce_video"] + terms["ce_pose"] + alpha * terms["mse"]
     return terms
 
@@ -157,8 +163,9 @@ class Phase2:
     ``images`` holds the CLIP image embedding of every clip (``[N, P]``, rows in the order of ``items``), so a batch
     reads its rows by dataset index."""
 
-    def __init__(self, alpha: float, dim: int, device):
+    def __init__(self, alpha: float, dim: int, device, align: str = "both"):
         self.alpha = float(alpha)
+        self.align = align
         self.head = VideoTextHead(dim).to(device)
         self.images: dict[str, torch.Tensor] = {}  # split name -> [N, P]
 
@@ -171,7 +178,7 @@ class Phase2:
         training split), plus ``video_logits`` (the test-time prediction)."""
         video_cos = self.head.cosines(self.images["train"][torch.as_tensor(index, device=pose_cos.device)], text)
         video_scale = self.head.scale()
-        return {**phase2_losses(pose_cos, video_cos, target, self.alpha, pose_scale, video_scale),
+        return {**phase2_losses(pose_cos, video_cos, target, self.alpha, pose_scale, video_scale, self.align),
                 "video_logits": video_scale * video_cos}
 
     def video_logits(self, split: str, index: list[int], text: torch.Tensor) -> torch.Tensor:
@@ -194,5 +201,5 @@ class Phase2:
         self.head.load_state_dict({k: v.to(self.head.adapter.weight.device) for k, v in load_file(str(path)).items()})
 
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "DEFAULT_VIDEO_LR_SCALE", "Phase2", "VideoTextHead", "cached_image_embeddings",
+__all__ = ["ALIGN_CHOICES", "DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "DEFAULT_VIDEO_LR_SCALE", "Phase2", "VideoTextHead", "cached_image_embeddings",
            "clip_image_embeddings", "match_videos", "phase2_losses"]

@@ -14,7 +14,7 @@ def cmd_pose_train(args) -> int:
         workers=args.workers, device=args.device, eval_every=args.eval_every, resume=not args.no_resume,
         progress=not args.no_progress, layers=args.layers, width=args.width, heads=args.heads, stride=args.stride,
         tokens=args.tokens, dropout=args.dropout, phase=args.phase, init=args.init, videos=args.videos,
-        alpha=args.alpha, video_frames=args.video_frames, video_lr_scale=args.video_lr_scale)
+        alpha=args.alpha, video_frames=args.video_frames, video_lr_scale=args.video_lr_scale, align=args.align)
     summary = train(cfg)
     print(json.dumps({k: summary[k] for k in ("split", "skipped", "skipped_reasons", "last_metrics")}, indent=2))
     return 0
@@ -92,6 +92,9 @@ def register(sub) -> None:
     g.add_argument("--video-lr-scale", type=float, default=10.0,
                    help="phase 2: learning rate of the video branch (a linear adapter on frozen CLIP embeddings) as "
                         "a multiple of --lr (default 10)")
+    g.add_argument("--align", choices=["both", "pose", "video"], default="both",
+                   help="phase 2: the branch(es) the alignment term trains (default both; pose: the video branch's "
+                        "cosines are a fixed target for the pose encoder; video: the other way round)")
     t.set_defaults(func=cmd_pose_train)
 
     e = cmds.add_parser("eval", help="top-1/top-5 of a trained model on a split's test side (or --split all)")

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from ..io_utils import append_jsonl, atomic_path, atomic_write_json, commit, read_jsonl
 from .configuration import PoseEncoderConfig
-from .align import DEFAULT_ALPHA, DEFAULT_VIDEO_FRAMES, DEFAULT_VIDEO_LR_SCALE, Phase2, cached_image_embeddings, match_videos
+from .align import (ALIGN_CHOICES, DEFAULT_ALPHA, DEFAULT_VIDEO_FRAMES, DEFAULT_VIDEO_LR_SCALE, Phase2,
+                    cached_image_embeddings, match_videos)
 from .data import PROMPT_TEMPLATE, SkeletonDataset, Split, collate, make_split, scan_ntu
 from .modeling import SkeletonCLIP, load_pose_model, save_pose_model
 
@@ -92,6 +93,7 @@ class PoseTrainConfig:
     alpha: float = DEFAULT_ALPHA  # phase 2: weight of the MSE between the video-text and pose-text logits
     video_frames: int = DEFAULT_VIDEO_FRAMES  # phase 2: frames per video through CLIP's image tower
     video_lr_scale: float = DEFAULT_VIDEO_LR_SCALE  # phase 2: the video branch's learning rate, as a multiple of lr
+    align: str = "both"  # phase 2: the branch(es) the alignment term trains: both, pose or video
 
 
 # ---------------------------------------------------------------------------------------------------- text side
@@ -350,7 +352,7 @@ def train(cfg: PoseTrainConfig) -> dict:
     phase2 = None
     if cfg.phase == 2:
         model.load_state_dict(load_pose_model(cfg.init, device).state_dict())
-        phase2 = Phase2(cfg.alpha, text.shape[1], device)
+        phase2 = Phase2(cfg.alpha, text.shape[1], device, cfg.align)
         for name, part in (("train", split.train), ("test", split.test)):
             if part:
                 phase2.set_images(name, part, images, device)
@@ -471,6 +473,8 @@ def phase2_config(cfg: PoseTrainConfig) -> PoseTrainConfig:
     if cfg.alpha < 0 or cfg.video_frames < 1 or not cfg.video_lr_scale > 0:
         raise ValueError(f"--alpha must be >= 0, --video-frames >= 1 and --video-lr-scale > 0, got {cfg.alpha}, "
                          f"{cfg.video_frames} and {cfg.video_lr_scale}")
+    if cfg.align not in ALIGN_CHOICES:
+        raise ValueError(f"--align {cfg.align!r}: expected one of {', '.join(ALIGN_CHOICES)}")
     init = PoseEncoderConfig.load(cfg.init)
     return replace(cfg, layers=init.layers, width=init.width, heads=init.heads, stride=init.stride, tokens=init.tokens)
 
