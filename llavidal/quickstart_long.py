@@ -38,7 +38,7 @@ class LongVideoProofConfig:
     n_train: int = 256
     n_test: int = 64
     seconds: int = 120
-    noise: float = 1.0  # per-element noise of a frame's patch features (the event's or scene's direction: 1)
+    noise: float = 0.25  # per-element noise of a frame's patch features (the event's or scene's direction: 1)
     lm_texts: int = 2000  # stage 0: text-only captions that teach the tiny LLM to pick the event's word out
     lm_epochs: int = 3
     lm_lr: float = 3e-3  # 5e-3 and 1e-2 never learnt to pick the word (the loss stays at the answer prior)
