@@ -371,9 +371,9 @@ def test_long_world_hides_the_late_event_from_the_default_sampler(tmp_path):
         two = np.load(Path(data["two_token_folder"]) / it["video"]).astype(np.float32).mean(axis=1)  # [120, 16]
         rows = np.load(Path(data["default_folder"]) / it["video"]).astype(np.float32)  # [100 + 4, 16]
         assert two.shape == (spec.seconds, 16) and rows.shape == (100 + spec.patches, 16)
-        cos = lambda x: x @ direction / np.linalg.norm(x, axis=-1)
-        assert int(np.argmax(cos(two))) == it["start_second"] and cos(two).max() > 0.7
-        assert (cos(rows[:100]).max() > 0.7) == it["seen_by_default"]
+        cos_two, cos_rows = (x @ direction / np.linalg.norm(x, axis=-1) for x in (two, rows[:100]))
+        assert int(np.argmax(cos_two)) == it["start_second"] and cos_two.max() > 0.7
+        assert (cos_rows.max() > 0.7) == it["seen_by_default"]
     train = json.loads(Path(data["train"]).read_text())
     assert [r["id"] for r in json.loads(Path(data["train_seen"]).read_text())] == [r["id"] for r in train[::2]]
 
