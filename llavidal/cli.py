@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md); "
                         "long-video: 2-minute synthetic videos with a one-second event early (on a frame of the "
                         "100-frame sampler) or late (between its frames), the 100-frame rows vs two tokens per frame "
-                        "at 1 fps (docs/benchmarks.md#long-video; about 6 minutes on one core)")
+                        "at 1 fps (docs/benchmarks.md#long-video; about 5 minutes on one shared core)")
     p.add_argument("--alphas", type=_alphas, default=None, metavar="A,B,...",
                    help="ski-phase2 study: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
                         "continued without it); finished runs of an output folder are reused")

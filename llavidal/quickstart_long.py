@@ -7,7 +7,8 @@ two-token representation samples every second and sees both. The same tiny model
 representation on the same records, and held-out four-way multiple-choice questions ("What does the person do?") are
 scored by option log-likelihood, split by early / late → ``results.json`` and a table (docs/benchmarks.md#long-video).
 A third run trains the default representation on the early-event videos only (the ones whose event its sampler
-sees): a control showing what it can learn when its training answers are never about events it cannot see.
+sees): a control showing what it can learn when its training answers are never about events it cannot see (with
+this small recipe, unreliably: see the docs for every seed measured).
 
 The recipe is the quickstart's: stage 0 teaches a tiny random LLM, from text alone, to pick the event's word out of
 a caption of up to 240 frame words (:func:`llavidal.synthetic.long_pretraining_text`; it stands in for a real LLM's
