@@ -424,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2", "long-video"],
                    help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
                         "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md); "
-                        "long-video: 10-minute synthetic videos with two events minutes apart, the 100-frame rows vs "
-                        "two tokens per frame at 1 fps (docs/benchmarks.md#long-video; about 15 minutes on 2 cores)")
+                        "long-video: 2-minute synthetic videos with a one-second event early (on a frame of the "
+                        "100-frame sampler) or late (between its frames), the 100-frame rows vs two tokens per frame "
+                        "at 1 fps (docs/benchmarks.md#long-video; about 5 minutes on one shared core)")
     p.add_argument("--alphas", type=_alphas, default=None, metavar="A,B,...",
                    help="ski-phase2 study: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
                         "continued without it); finished runs of an output folder are reused")

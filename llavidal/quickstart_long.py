@@ -1,16 +1,19 @@
 """``llavidal quickstart --study long-video``: why long videos need the two-token representation, on synthetic data.
 
-Long synthetic videos (:func:`llavidal.synthetic.make_long_dataset`, 10 minutes each) hold two 2-second events
-minutes apart: something eaten or drunk in the first third, something used in the last third. The default sampler
-(100 frames spread uniformly, Video-ChatGPT's spatio-temporal rows) sees a frame of the early event but, by
-construction, none of the late one; the two-token representation samples every second. The same tiny model is
-trained twice on the same records, once per representation, and held-out multiple-choice questions about each event
-are scored by option log-likelihood → ``results.json`` and a table (docs/benchmarks.md#long-video).
+Long synthetic videos (:func:`llavidal.synthetic.make_long_dataset`, 2 minutes each) hold one brief event (one
+second): early, on a frame the default sampler picks, or late, between two of its frames. The default sampler (100
+frames spread uniformly, Video-ChatGPT's spatio-temporal rows) therefore sees early events and never late ones; the
+two-token representation samples every second and sees both. The same tiny model is trained once per
+representation on the same records, and held-out four-way multiple-choice questions ("What does the person do?") are
+scored by option log-likelihood, split by early / late → ``results.json`` and a table (docs/benchmarks.md#long-video).
+A third run trains the default representation on the early-event videos only (the ones whose event its sampler
+sees): a control showing what it can learn when its training answers are never about events it cannot see (with
+this small recipe, unreliably: see the docs for every seed measured).
 
-The recipe is the quickstart's: stage 0 teaches a tiny random LLM the words of the events from text alone
-(:func:`llavidal.synthetic.long_pretraining_text`; it stands in for a real LLM's language), then, per
-representation, stage 1 trains the video projector (and the two-token context module) on the videos with the LLM
-frozen; both representations get identical settings.
+The recipe is the quickstart's: stage 0 teaches a tiny random LLM, from text alone, to pick the event's word out of
+a caption of up to 240 frame words (:func:`llavidal.synthetic.long_pretraining_text`; it stands in for a real LLM's
+language), then, per run, stage 1 trains the video projector (and the two-token context module) on the videos with
+the LLM frozen; all runs get identical settings.
 """
 from __future__ import annotations
 
@@ -22,21 +25,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPRESENTATIONS = ("default", "two_token")
-NAMES = {"default": "default: 100 frames, spatio-temporal rows", "two_token": "two-token: 1 fps, content + context"}
+# run -> (video representation, training records)
+RUNS = {"default": ("default", "train"), "two_token": ("two_token", "train"),
+        "default_seen": ("default", "train_seen")}
+NAMES = {"default": "default: 100 frames, spatio-temporal rows", "two_token": "two-token: 1 fps, content + context",
+         "default_seen": "control: default, trained on early-event videos only"}
 
 
 @dataclass
 class LongVideoProofConfig:
     out: str = "quickstart-long"
     seed: int = 0
-    n_train: int = 64
-    n_test: int = 32
-    seconds: int = 600
-    lm_texts: int = 1200  # stage 0: text-only conversations that teach the tiny LLM the words of the events
-    lm_epochs: int = 5
-    lm_lr: float = 3e-3
-    epochs: int = 8  # stage 1, per representation: projector-only training on the videos
+    n_train: int = 256
+    n_test: int = 64
+    seconds: int = 120
+    noise: float = 0.25  # per-element noise of a frame's patch features (the event's or scene's direction: 1)
+    lm_texts: int = 2000  # stage 0: text-only captions that teach the tiny LLM to pick the event's word out
+    lm_epochs: int = 3
+    lm_lr: float = 3e-3  # 5e-3 and 1e-2 never learnt to pick the word (the loss stays at the answer prior)
+    epochs: int = 16  # stage 1, per run: projector-only training on the videos
     lr: float = 1e-2
     batch_size: int = 8
     hidden_size: int = 64
@@ -44,8 +51,9 @@ class LongVideoProofConfig:
     extra_args: list = field(default_factory=list)
 
 
-def train_flags(cfg: LongVideoProofConfig, base: Path, data: dict, kind: str, out: Path) -> list[str]:
-    flags = ["--model_name_or_path", str(base), "--data_path", str(data["train"]), "--output_dir", str(out),
+def train_flags(cfg: LongVideoProofConfig, base: Path, data: dict, kind: str, out: Path,
+                records: str = "train") -> list[str]:
+    flags = ["--model_name_or_path", str(base), "--data_path", str(data[records]), "--output_dir", str(out),
              "--video_folder", str(data[f"{kind}_folder"]), "--training_mode", "projector",
              "--mm_use_vid_start_end", "True",
              "--num_train_epochs", str(cfg.epochs), "--learning_rate", str(cfg.lr), "--lr_scheduler_type", "cosine",
@@ -58,7 +66,8 @@ def train_flags(cfg: LongVideoProofConfig, base: Path, data: dict, kind: str, ou
 
 
 def evaluate(model_dir: Path, data: dict, kind: str) -> dict:
-    """Accuracy per event kind (early event: seen by the default sampler; late: not) by option log-likelihood."""
+    """Accuracy by when the event happens (early: on a frame of the default sampler; late: between its frames), by
+    option log-likelihood."""
     from .features import load_feature
     from .inference import GenerationOptions, Query, option_logprobs
     from .model import load_pretrained
@@ -71,11 +80,30 @@ def evaluate(model_dir: Path, data: dict, kind: str) -> dict:
         video = load_feature(Path(data[f"{kind}_folder"]) / it["video"], "video")
         scores = option_logprobs(model, tok, Query(it["question"], video=video), it["choices"],
                                  GenerationOptions(max_new_tokens=0))
-        right.setdefault(it["kind"], []).append(it["choices"][int(np.argmax(scores))] == it["answer"])
+        right.setdefault(it["when"], []).append(it["choices"][int(np.argmax(scores))] == it["answer"])
         tokens.append(2 * len(video) if kind == "two_token" else len(video))
     per_kind = {k: float(np.mean(v)) for k, v in right.items()}
-    return {"accuracy": float(np.mean([x for v in right.values() for x in v])), "by_event": per_kind,
+    return {"accuracy": float(np.mean([x for v in right.values() for x in v])), "by_when": per_kind,
             "items": len(items), "video_tokens": int(np.mean(tokens))}
+
+
+def caption_check(lm_dir: Path, n: int = 64, seed: int = 0, frames: tuple[int, int] = (90, 240)) -> float:
+    """Accuracy of the stage-0 LLM on held-out captions (every one naming its event), scored as the test items are:
+    the text-only version of the question the videos ask, the ceiling of what stage 1 can reach."""
+    from .inference import GenerationOptions, Query, option_logprobs
+    from .model import load_pretrained
+    from .synthetic import LONG_EVENTS, long_answer, long_choices, long_pretraining_text
+
+    model, tok = load_pretrained(lm_dir, device="cpu", dtype=torch.float32)
+    rng = np.random.default_rng(seed + 7)
+    answers = [long_answer(e) for e in range(len(LONG_EVENTS))]
+    right = []
+    for rec in long_pretraining_text(n, seed=seed + 10_000, frames=frames, present=1.0):
+        human, truth = (c["value"] for c in rec["conversations"])
+        choices = [answers[e] for e in long_choices(answers.index(truth), rng)]
+        scores = option_logprobs(model, tok, Query(human), choices, GenerationOptions(max_new_tokens=0))
+        right.append(choices[int(np.argmax(scores))] == truth)
+    return float(np.mean(right))
 
 
 def run_long_video_proof(cfg: LongVideoProofConfig) -> dict:
@@ -87,7 +115,7 @@ def run_long_video_proof(cfg: LongVideoProofConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    spec = LongWorldSpec(seconds=cfg.seconds)
+    spec = LongWorldSpec(seconds=cfg.seconds, noise=cfg.noise)
     base = out / "tiny-base"
     if not (base / "config.json").is_file():
         make_tiny(base, seed=cfg.seed, spec=TinySpec(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
@@ -106,13 +134,15 @@ def run_long_video_proof(cfg: LongVideoProofConfig) -> dict:
                "--mm_use_vid_start_end", "True", "--per_device_train_batch_size", str(cfg.batch_size), "--seed",
                str(cfg.seed), "--logging_steps", "20", "--save_strategy", "no", "--report_to", "none",
                "--dataloader_num_workers", "0", "--use_cpu", "True"])
+    captions = caption_check(lm, seed=cfg.seed)
+    print(f"[long video] stage 0: {captions:.3f} on held-out captions of 90-240 words")
     details = {}
-    for kind in REPRESENTATIONS:
-        run = out / f"train-{kind}"
-        print(f"[long video] stage 1: projector-only training on the {NAMES[kind]} representation")
-        train(train_flags(cfg, lm, data, kind, run))
-        details[kind] = evaluate(run, data, kind)
-    results = {"chance": 0.25, "details": details, "seconds": round(time.time() - t0, 1), "config": asdict(cfg),
+    for name, (kind, records) in RUNS.items():
+        run = out / f"train-{name}"
+        print(f"[long video] stage 1: projector-only training, {NAMES[name]}")
+        train(train_flags(cfg, lm, data, kind, run, records))
+        details[name] = evaluate(run, data, kind)
+    results = {"chance": 0.25, "stage0_captions": captions, "details": details, "seconds": round(time.time() - t0, 1), "config": asdict(cfg),
                "world": asdict(spec)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
@@ -120,18 +150,21 @@ def run_long_video_proof(cfg: LongVideoProofConfig) -> dict:
 
 
 def format_table(results: dict) -> str:
-    rows = [("representation", "video tokens", "early event (seen by 100 frames)", "late event (between them)",
-             "all")]
-    for kind in REPRESENTATIONS:
-        d = results["details"][kind]
-        rows.append((NAMES[kind], str(d["video_tokens"]), f"{d['by_event']['eat']:.3f}", f"{d['by_event']['use']:.3f}",
-                     f"{d['accuracy']:.3f}"))
+    rows = [("run", "video tokens", "early event (on one of the 100 frames)", "late event (between them)", "all")]
+    for name in RUNS:
+        d = results["details"][name]
+        rows.append((NAMES[name], str(d["video_tokens"]), f"{d['by_when']['early']:.3f}",
+                     f"{d['by_when']['late']:.3f}", f"{d['accuracy']:.3f}"))
     rows.append(("chance (4 options)", "-", "0.250", "0.250", "0.250"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     items = results["details"]["default"]["items"]
-    return "\n".join(["", f"held-out MCQ accuracy ({items} items, {results['seconds']} s)", *lines])
+    head = f"held-out MCQ accuracy ({items} items, {results['seconds']} s)"
+    if "stage0_captions" in results:
+        head += f"; the stage-0 LLM on held-out captions: {results['stage0_captions']:.3f}"
+    return "\n".join(["", head, *lines])
 
 
-__all__ = ["LongVideoProofConfig", "evaluate", "format_table", "run_long_video_proof"]
+__all__ = ["NAMES", "RUNS", "LongVideoProofConfig", "caption_check", "evaluate", "format_table",
+           "run_long_video_proof"]

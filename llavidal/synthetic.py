@@ -353,50 +353,62 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
 __all__ = ["ACTIONS", "ATTRIBUTES", "SCENE_ACTIONS", "SceneSpec", "SceneWorld", "SkeletonWorldSpec", "World", "WorldSpec",
            "action_name", "make_dataset", "make_scene_dataset", "make_skeleton_world", "pretraining_text",
            "scene_action_name", "scene_pretraining_text"]
-# ==================================================================== long videos: two events minutes apart
-# Each long video holds two short events far apart: something eaten or drunk early on, something used late. The
-# default sampler (100 frames spread uniformly) sees the early event but, by construction, none of the frames of the
-# late one, which falls between two of its frames; 1-fps sampling sees both (docs/benchmarks.md#long-video).
-LONG_EVENTS = {
-    "eat": ("drinks water", "eats an apple", "takes pills", "drinks tea"),
-    "use": ("answers the phone", "watches television", "types on a laptop", "reads a book"),
-}
-LONG_QUESTIONS = {"eat": "What does the person eat or drink in this video?",
-                  "use": "What does the person use in this video?"}
+# ==================================================================== long videos: an event early or late
+# Each long video holds one brief event, early or late. An early event is placed on a frame of the default sampler
+# (100 frames spread uniformly); a late one falls between two of its frames, so that sampler never sees it; 1-fps
+# sampling sees both (docs/benchmarks.md#long-video).
+LONG_EVENTS = ("drinks water", "eats food", "takes pills", "drinks tea",
+               "answers the phone", "watches television", "types on a laptop", "reads a book")
+LONG_QUESTION = "What does the person do in this video?"
+# One word (one token of the tiny tokenizer) per event and per scene: what the language pre-training text writes for
+# a frame, as a caption per frame would.
+LONG_WORDS = ("water", "food", "pills", "tea", "phone", "television", "laptop", "book")
+LONG_SCENES = ("kitchen", "bathroom", "sofa")
+LONG_WHEN = ("early", "late")  # early: in the first third, on a frame of the default sampler; late: in the last
+# third, between two of its frames
 
 
-LONG_WORDS = {"eat": ("water", "apple", "pills", "tea"), "use": ("phone", "television", "laptop", "book")}
+def long_answer(event: int) -> str:
+    return f"The person {LONG_EVENTS[event]}."
 
 
-def long_answer(kind: str, event: int) -> str:
-    return f"The person {LONG_EVENTS[kind][event]}."
+def long_choices(event: int, rng: np.random.Generator) -> list[int]:
+    """The true event and three others, shuffled (four-way multiple choice)."""
+    others = rng.choice([e for e in range(len(LONG_EVENTS)) if e != event], size=3, replace=False)
+    return [int(e) for e in rng.permutation([event, *others])]
 
 
-def long_pretraining_text(n: int = 1200, seed: int = 0) -> list[dict]:
+def long_pretraining_text(n: int = 2000, seed: int = 0, frames: tuple[int, int] = (2, 240),
+                          present: float = 0.9) -> list[dict]:
     """Text-only conversations that teach a tiny LLM the language of the long videos (as :func:`pretraining_text`
-    does for the short ones): a question about one kind of event and the words of the events that happen (each named
-    with probability 1/2, in any order) in, the event of the asked kind out."""
+    does for the short ones), written as a caption per frame: the scene's word repeated for a random number of
+    frames in ``frames`` (log-uniform, so that short captions, where picking the event's word is learnt first, are
+    common), with the event's word replacing one or two of them anywhere (with probability
+    ``present``), and the question. The answer names the event (a guess when its word is absent). So the LLM learns
+    to pick one word out of hundreds of background words, which is what reading a long video asks of it."""
     rng = np.random.default_rng(seed)
     records = []
     for i in range(n):
-        chosen = {k: int(rng.integers(len(v))) for k, v in LONG_EVENTS.items()}
-        kind = list(LONG_EVENTS)[i % len(LONG_EVENTS)]
-        keep = [LONG_WORDS[k][e] for k, e in chosen.items() if rng.random() < 0.5]
-        rng.shuffle(keep)
-        q = LONG_QUESTIONS[kind]
+        event = int(rng.integers(len(LONG_EVENTS)))
+        length = int(np.exp(rng.uniform(np.log(frames[0]), np.log(frames[1] + 1))))  # log-uniform: short ones too
+        words = [LONG_SCENES[int(rng.integers(len(LONG_SCENES)))]] * max(2, length)
+        if rng.random() < present:
+            at, run = int(rng.integers(len(words) - 1)), 1 + int(rng.integers(2))
+            words[at:at + run] = [LONG_WORDS[event]] * run
+        caption = " ".join(words)
         records.append({"id": f"long_text_{i:05d}", "conversations": [
-            {"from": "human", "value": (f"{q}\n{' '.join(keep)}" if i % 4 < 2 else f"{' '.join(keep)}\n{q}").strip()},
-            {"from": "gpt", "value": long_answer(kind, chosen[kind])}]})
+            {"from": "human", "value": f"{LONG_QUESTION}\n{caption}" if i % 2 == 0 else f"{caption}\n{LONG_QUESTION}"},
+            {"from": "gpt", "value": long_answer(event)}]})
     return records
 
 
 @dataclass(frozen=True)
 class LongWorldSpec:
-    seconds: int = 600  # video length (10 minutes)
+    seconds: int = 120  # video length (2 minutes: 100 frames leave 20 one-second gaps, 7 in the last third)
     video_fps: int = 30  # source frame rate: the default sampler picks frames, the two-token path one per second
     patches: int = 4  # patch features per frame (a 2 x 2 grid)
     dim: int = 64  # feature width (the tiny base's video projector must match: make_tiny mm_hidden_size)
-    event_seconds: int = 2
+    event_seconds: int = 1
     default_frames: int = 100  # frames of the default (spatio-temporal) sampler
     signal: float = 1.0
     noise: float = 1.0
@@ -412,12 +424,12 @@ def _directions(g: np.random.Generator, n: int, dim: int) -> np.ndarray:
 class LongWorld:
     """Prototype directions of the events and of a few scenes; a video is its per-second frame features."""
 
-    N_SCENES = 3
+    N_SCENES = len(LONG_SCENES)
 
     def __init__(self, seed: int = 0, spec: LongWorldSpec = LongWorldSpec()):
         self.spec = spec
         g = np.random.default_rng(seed)
-        self.events = {k: _directions(g, len(v), spec.dim) for k, v in LONG_EVENTS.items()}
+        self.events = _directions(g, len(LONG_EVENTS), spec.dim)
         self.scenes = _directions(g, self.N_SCENES, spec.dim)
 
     def default_seconds(self) -> np.ndarray:
@@ -427,36 +439,35 @@ class LongWorld:
         s = self.spec
         return frame_indices(s.seconds * s.video_fps, s.default_frames) // s.video_fps
 
-    def place_events(self, rng: np.random.Generator) -> dict[str, int]:
-        """Start seconds: ``eat`` in the first third, covering a frame of the default sampler; ``use`` in the last
-        third, between two of its frames (so that sampler never sees it)."""
+    def event_starts(self) -> dict[str, list[int]]:
+        """Possible start seconds: ``early`` in the first third, covering a frame of the default sampler; ``late`` in
+        the last third, between two of its frames (so that sampler never sees it)."""
         s = self.spec
         seen = set(self.default_seconds().tolist())
         window = lambda t: any(t + k in seen for k in range(s.event_seconds))
-        early = [t for t in range(s.seconds // 3 - s.event_seconds) if window(t)]
-        late = [t for t in range(2 * s.seconds // 3, s.seconds - s.event_seconds) if not window(t)]
-        if not early or not late:
+        starts = {"early": [t for t in range(s.seconds // 3 - s.event_seconds) if window(t)],
+                  "late": [t for t in range(2 * s.seconds // 3, s.seconds - s.event_seconds) if not window(t)]}
+        if not starts["early"] or not starts["late"]:
             raise ValueError(f"{s}: the default sampler leaves no gap of {s.event_seconds} s in the last third")
-        return {"eat": int(rng.choice(early)), "use": int(rng.choice(late))}
+        return starts
 
-    def frames(self, frame_ids: np.ndarray, events: dict[str, tuple[int, int]], scene: int, seed: int) -> np.ndarray:
-        """Features ``[len(frame_ids), patches, dim]`` of source frames: scene + noise, plus an event's direction
-        during its seconds. ``events``: kind -> (start second, event index). Deterministic per (seed, frame)."""
+    def frames(self, frame_ids: np.ndarray, event: tuple[int, int], scene: int, seed: int) -> np.ndarray:
+        """Features ``[len(frame_ids), patches, dim]`` of source frames: the scene's direction plus noise, or, during
+        the event's seconds, the event's direction instead of the scene's (the event fills the view). ``event``:
+        (start second, event index). Deterministic per (seed, frame)."""
         s = self.spec
-        k = s.row_norm / np.sqrt(2 * s.signal ** 2 + s.noise ** 2) / np.sqrt(s.dim)
+        k = s.row_norm / np.sqrt(s.signal ** 2 + s.noise ** 2) / np.sqrt(s.dim)
+        start, index = event
         out = np.empty((len(frame_ids), s.patches, s.dim), dtype=np.float32)
         for j, f in enumerate(np.asarray(frame_ids).tolist()):
             g = np.random.default_rng([seed, f])
-            x = g.standard_normal((s.patches, s.dim)) * s.noise + s.signal * self.scenes[scene]
-            second = f // s.video_fps
-            for kind, (start, event) in events.items():
-                if start <= second < start + s.event_seconds:
-                    x = x + s.signal * self.events[kind][event]
-            out[j] = k * x
+            during = start <= f // s.video_fps < start + s.event_seconds
+            direction = self.events[index] if during else self.scenes[scene]
+            out[j] = k * (g.standard_normal((s.patches, s.dim)) * s.noise + s.signal * direction)
         return out
 
 
-def make_long_dataset(out: str | Path, n_train: int = 96, n_test: int = 32, seed: int = 0,
+def make_long_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, seed: int = 0,
                       spec: LongWorldSpec = LongWorldSpec()) -> dict:
     """Long synthetic videos in both video representations (docs/design.md#two-token-video):
 
@@ -464,48 +475,49 @@ def make_long_dataset(out: str | Path, n_train: int = 96, n_test: int = 32, seed
       (Video-ChatGPT pooling of its 100 frames);
     * ``video_features_two_token/{vid}.npy``: the per-frame features ``[seconds, patches, dim]`` at 1 fps;
 
-    (the same file names in both folders), ``train.json`` (one record per video and question) and ``test.json``
-    (multiple-choice items: ``video``,
-    ``question``, ``choices`` (4), ``answer``, ``kind``, ``seen_by_default``). Deterministic for a seed."""
+    (the same file names in both folders), ``train.json`` (one record per video), ``train_seen.json`` (the records of
+    the videos whose event the default sampler sees: the early ones) and ``test.json`` (multiple-choice
+    items: ``video``, ``question``, ``choices`` (4), ``answer``, ``when`` (early / late, alternating), ``start_second``,
+    ``seen_by_default``). Deterministic for a seed."""
     from .video.clip import pool_spatio_temporal
     from .video.io import frame_indices
     from .video.longvideo import sample_indices
 
     out = Path(out)
     world = LongWorld(seed, spec)
+    starts = world.event_starts()
     rng = np.random.default_rng(seed + 1)
     folders = {"default": out / "video_features_default", "two_token": out / "video_features_two_token"}
     total = spec.seconds * spec.video_fps
     picks = {"default": frame_indices(total, spec.default_frames),
              "two_token": sample_indices(total, spec.video_fps, 1.0)}
-    records, tests = [], []
+    records, tests, seen = [], [], []
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
-            vid = f"long_{split}_{i:04d}"
-            starts = world.place_events(rng)
-            chosen = {k: int(rng.integers(len(v))) for k, v in LONG_EVENTS.items()}
-            events = {k: (starts[k], chosen[k]) for k in LONG_EVENTS}
+            vid, when = f"long_{split}_{i:04d}", LONG_WHEN[i % 2]
+            start, event = int(rng.choice(starts[when])), int(rng.integers(len(LONG_EVENTS)))
             scene = int(rng.integers(LongWorld.N_SCENES))
             noise_seed = (seed * 1_000_003 + (0 if split == "train" else 500_000) + i) % 2**31
-            frames = {name: world.frames(idx, events, scene, seed=noise_seed) for name, idx in picks.items()}
+            frames = {name: world.frames(idx, (start, event), scene, seed=noise_seed) for name, idx in picks.items()}
             save_feature(pool_spatio_temporal(frames["default"], spec.default_frames).numpy().astype(np.float16),
                          folders["default"] / f"{vid}.npy")
             save_feature(frames["two_token"].astype(np.float16), folders["two_token"] / f"{vid}.npy")
-            for j, kind in enumerate(LONG_EVENTS):
-                q = LONG_QUESTIONS[kind]
-                if split == "train":
-                    human = f"{q}\n<video>" if (i + j) % 2 == 0 else f"<video>\n{q}"
-                    records.append({"id": f"{vid}_{kind}", "video": f"{vid}.npy", "conversations": [
-                        {"from": "human", "value": human}, {"from": "gpt", "value": long_answer(kind, chosen[kind])}]})
-                else:
-                    tests.append({"video": f"{vid}.npy", "question": q, "kind": kind, "start_second": starts[kind],
-                                  "choices": [long_answer(kind, e) for e in range(len(LONG_EVENTS[kind]))],
-                                  "answer": long_answer(kind, chosen[kind]), "seen_by_default": kind == "eat"})
+            if split == "train":
+                human = f"{LONG_QUESTION}\n<video>" if i % 4 < 2 else f"<video>\n{LONG_QUESTION}"
+                records.append({"id": vid, "video": f"{vid}.npy", "conversations": [
+                    {"from": "human", "value": human}, {"from": "gpt", "value": long_answer(event)}]})
+                seen.append(when == "early")
+            else:
+                tests.append({"video": f"{vid}.npy", "question": LONG_QUESTION, "when": when, "start_second": start,
+                              "choices": [long_answer(e) for e in long_choices(event, rng)],
+                              "answer": long_answer(event), "seen_by_default": when == "early"})
     (out / "train.json").write_text(json.dumps(records, indent=1))
+    (out / "train_seen.json").write_text(json.dumps([r for r, v in zip(records, seen) if v], indent=1))
     (out / "test.json").write_text(json.dumps(tests, indent=1))
-    return {"train": out / "train.json", "test": out / "test.json", **{f"{k}_folder": v for k, v in folders.items()}}
+    return {"train": out / "train.json", "train_seen": out / "train_seen.json", "test": out / "test.json",
+            **{f"{k}_folder": v for k, v in folders.items()}}
 
 
-__all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTIONS", "LONG_WORDS", "LongWorld", "LongWorldSpec",
-           "World", "WorldSpec", "action_name", "long_answer", "long_pretraining_text", "make_dataset",
-           "make_long_dataset", "pretraining_text"]
+__all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTION", "LONG_SCENES", "LONG_WHEN", "LONG_WORDS",
+           "LongWorld", "LongWorldSpec", "World", "WorldSpec", "action_name", "long_answer", "long_choices",
+           "long_pretraining_text", "make_dataset", "make_long_dataset", "pretraining_text"]

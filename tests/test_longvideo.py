@@ -352,20 +352,52 @@ def test_infer_eval_run_and_demo_on_raw_video(trained, tmp_path, capsys):
 
 
 def test_long_world_hides_the_late_event_from_the_default_sampler(tmp_path):
-    """The synthetic long videos behind ``quickstart --study long-video``: the early event covers a frame of the 100-frame
-    sampler, the late one falls between two of its frames; both representations are written per video."""
-    from llavidal.synthetic import LongWorld, LongWorldSpec, make_long_dataset
+    """The synthetic long videos behind ``quickstart --study long-video``: an early event covers a frame of the
+    100-frame sampler, a late one falls between two of its frames (its default rows never show it, its 1-fps frames
+    do); both representations are written per video, and the control's records are the early-event videos."""
+    from llavidal.synthetic import LONG_EVENTS, LongWorld, LongWorldSpec, long_answer, make_long_dataset
 
-    spec = LongWorldSpec(seconds=600, dim=16)
-    data = make_long_dataset(tmp_path, n_train=1, n_test=4, spec=spec)
-    seen = set(LongWorld(0, spec).default_seconds().tolist())
+    spec = LongWorldSpec(dim=16)
+    world = LongWorld(0, spec)
+    data = make_long_dataset(tmp_path, n_train=4, n_test=6, spec=spec)
+    seen = set(world.default_seconds().tolist())
     items = json.loads(Path(data["test"]).read_text())
-    assert [it["kind"] for it in items] == ["eat", "use"] * 4
+    assert [it["when"] for it in items] == ["early", "late"] * 3
     for it in items:
-        covered = {it["start_second"] + k for k in range(spec.event_seconds)}
-        assert bool(covered & seen) == it["seen_by_default"] == (it["kind"] == "eat")
-    assert np.load(Path(data["two_token_folder"]) / items[0]["video"]).shape == (600, spec.patches, 16)
-    assert np.load(Path(data["default_folder"]) / items[0]["video"]).shape == (100 + spec.patches, 16)
+        assert (it["start_second"] in seen) == it["seen_by_default"] == (it["when"] == "early")
+        assert it["answer"] in it["choices"] and len(set(it["choices"])) == 4
+        event = [long_answer(e) for e in range(len(LONG_EVENTS))].index(it["answer"])
+        direction = world.events[event] / np.linalg.norm(world.events[event])
+        two = np.load(Path(data["two_token_folder"]) / it["video"]).astype(np.float32).mean(axis=1)  # [120, 16]
+        rows = np.load(Path(data["default_folder"]) / it["video"]).astype(np.float32)  # [100 + 4, 16]
+        assert two.shape == (spec.seconds, 16) and rows.shape == (100 + spec.patches, 16)
+        cos_two, cos_rows = (x @ direction / np.linalg.norm(x, axis=-1) for x in (two, rows[:100]))
+        assert int(np.argmax(cos_two)) == it["start_second"] and cos_two.max() > 0.7
+        assert (cos_rows.max() > 0.7) == it["seen_by_default"]
+    train = json.loads(Path(data["train"]).read_text())
+    assert [r["id"] for r in json.loads(Path(data["train_seen"]).read_text())] == [r["id"] for r in train[::2]]
+
+
+def test_long_pretraining_text_names_the_event_with_one_token_per_frame(tiny_base):
+    """Stage 0 of the study: a caption of one word per frame (the scene's, the event's where it happens), each word
+    one token of the tiny tokenizer, and the answer names the event whose word the caption holds."""
+    from llavidal.model.base import load_tokenizer
+    from llavidal.synthetic import LONG_EVENTS, LONG_QUESTION, LONG_SCENES, LONG_WORDS, long_pretraining_text
+
+    tok = load_tokenizer(tiny_base)
+    assert all(len(tok.tokenize(" " + w)) == 1 for w in (*LONG_WORDS, *LONG_SCENES))
+    texts = long_pretraining_text(200, seed=3)
+    named = 0
+    for r in texts:
+        human, reply = (c["value"] for c in r["conversations"])
+        words = human.replace(LONG_QUESTION, "").split()
+        assert 2 <= len(words) <= 241 and set(words) <= {*LONG_SCENES, *LONG_WORDS}
+        events = {w for w in words if w in LONG_WORDS}
+        assert len(events) <= 1
+        if events:
+            named += 1
+            assert reply == f"The person {LONG_EVENTS[LONG_WORDS.index(events.pop())]}."
+    assert 160 <= named <= 195  # about 9 in 10
 
 
 def test_a_config_cannot_read_pooled_tokens_and_two_tokens_at_once():
