@@ -18,6 +18,7 @@ GPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -326,10 +327,20 @@ class VllmAsyncEngine:
 
         return Engine.imap(self, keyed_requests, window)
 
+    async def _shutdown(self) -> None:
+        """vLLM's output handler (a task on our loop) is stopped before its engine process: stopped the other way
+        round, it reads from the dead process and logs an EngineDeadError."""
+        handler = getattr(self.engine, "output_handler", None)
+        if handler is not None and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        self.engine.shutdown()
+
     def close(self) -> None:
         for h in list(self._running):
             self._cancel(h)
-        self.engine.shutdown()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=120)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
