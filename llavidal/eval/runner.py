@@ -79,6 +79,7 @@ class RunConfig:
     backend: str = "engine"  # engine | vllm
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    enforce_eager: bool = False  # vllm
     vllm_backbone: str | None = None  # vllm: exported LLaMA folder (default: OUTPUT/vllm_backbone)
     judge: LLMConfig | None = None  # OpenAI-compatible judge (None: offline metrics only, rule-parsed MCQ)
     judge_concurrency: int = 16
@@ -497,6 +498,8 @@ def run(cfg: RunConfig) -> dict | None:
     else:
         torch.manual_seed(cfg.seed)
         run_items(cfg, model, tokenizer, mine, pred_file, engine)
+        if cfg.backend == "vllm":
+            engine.close()  # vLLM's engine process
     t_end = time.perf_counter()
     generated = len(read_jsonl(pred_file)) - done_before
     # this process: setup = model loading (+ raw-video features); a resumed run counts only what it generated
@@ -639,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, template=args.template, system=args.system, limit=args.limit,
                     device=args.device, dtype=args.dtype, attn=args.attn, **placement_kwargs(args),
                     **engine_overrides(args), backend=args.backend, tensor_parallel_size=args.tensor_parallel_size,
-                    gpu_memory_utilization=args.gpu_memory_utilization, vllm_backbone=args.vllm_backbone,
+                    gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                    vllm_backbone=args.vllm_backbone,
                     judge=judge_from_args(args),
                     judge_concurrency=args.judge_concurrency, judge_cache=args.judge_cache,
                     protocol=args.protocol, original_repo=args.original_repo,
