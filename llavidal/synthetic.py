@@ -350,9 +350,6 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
     return {"skeletons": out / "skeletons", "rgb": out / "rgb", "clips": len(stems), "mislabelled": mislabelled}
 
 
-__all__ = ["ACTIONS", "ATTRIBUTES", "SCENE_ACTIONS", "SceneSpec", "SceneWorld", "SkeletonWorldSpec", "World", "WorldSpec",
-           "action_name", "make_dataset", "make_scene_dataset", "make_skeleton_world", "pretraining_text",
-           "scene_action_name", "scene_pretraining_text"]
 # ==================================================================== long videos: an event early or late
 # Each long video holds one brief event, early or late. An early event is placed on a frame of the default sampler
 # (100 frames spread uniformly); a late one falls between two of its frames, so that sampler never sees it; 1-fps
@@ -519,5 +516,7 @@ def make_long_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, see
 
 
 __all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTION", "LONG_SCENES", "LONG_WHEN", "LONG_WORDS",
-           "LongWorld", "LongWorldSpec", "World", "WorldSpec", "action_name", "long_answer", "long_choices",
-           "long_pretraining_text", "make_dataset", "make_long_dataset", "pretraining_text"]
+           "SCENE_ACTIONS", "LongWorld", "LongWorldSpec", "SceneSpec", "SceneWorld", "SkeletonWorldSpec", "World",
+           "WorldSpec", "action_name", "long_answer", "long_choices", "long_pretraining_text", "make_dataset",
+           "make_long_dataset", "make_scene_dataset", "make_skeleton_world", "pretraining_text", "scene_action_name",
+           "scene_pretraining_text"]
