@@ -45,6 +45,25 @@ def test_generate_mode_counts_every_item_and_missing_videos(tiny_base, bench, tm
     assert "### smarthome-ar" in capsys.readouterr().out
 
 
+def test_items_without_a_file_in_a_modality_folder_are_counted(tiny_base, bench, tmp_path, capsys):
+    """--object-dir holds files (named as the videos) for 4 of the 6 items: the other 2 are answered without object
+    features, and the summary and the table say how many."""
+    import shutil
+
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    videos = sorted(bench["video_folder"].glob("*.pkl"))
+    sources = sorted(bench["object_folder"].glob("*_object.pkl"))
+    for video, source in list(zip(videos, sources))[:4]:
+        shutil.copy(source, objects / video.name)
+    assert _run(tiny_base, bench, tmp_path / "out", "--object-dir", str(objects)) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["answered_without"] == {"object": 2} and summary["missing_videos"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(tuple(r["features"]) for r in rows) == [("object", "video")] * 4 + [("video",)] * 2
+    assert "| answered without object features (no file in --object-dir) | 2 |" in capsys.readouterr().out
+
+
 def test_resume_appends_only_missing_items(tiny_base, bench, tmp_path):
     out = tmp_path / "out"
     assert _run(tiny_base, bench, out, "--limit", "3") == 0

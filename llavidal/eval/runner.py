@@ -250,6 +250,7 @@ def run_items(cfg: RunConfig, model, tokenizer, items: list[EvalItem], out_file:
             if feats is None:
                 write({**base, "status": "missing_video"})
                 continue
+            base["features"] = sorted(feats)  # what the reply saw: counted in the summary against the folders given
             if it.kind == "mcq" and cfg.mcq_mode == "loglik":
                 letters = sorted(it.options)
                 scores = option_logprobs(model, tokenizer, Query.of(it.question, feats),
@@ -298,7 +299,8 @@ def _tsu_desc_row(cfg, model, tokenizer, it: EvalItem, opts, base: dict, engine)
         return {**base, "status": "missing_video", "clips": [c.name for c in clips]}
     questions = {"clip_replies": it.prompt, "cons_clip_replies1": it.extra.get("cons_Q1"),
                  "cons_clip_replies2": it.extra.get("cons_Q2")}
-    row = {**base, "status": "ok", "clips": [c.name for c in clips]}
+    row = {**base, "status": "ok", "clips": [c.name for c in clips],
+           "features": sorted(set.intersection(*(set(f) for f in feats)))}  # found for every clip
     for key, q in questions.items():
         if q:
             results = engine.generate([make_request(model, tokenizer, Query.of(q, f), opts) for f in feats])
@@ -398,6 +400,10 @@ def summarise(cfg: RunConfig, items: list[EvalItem], problems: list, rows: list[
     else:
         summary["answered"] = sum(r.get("status") == "ok" for r in rows)
         summary["score"] = None  # filled by description / open-QA scoring (judge or offline metrics)
+    answered = [r for r in rows if r.get("status") == "ok" and "features" in r]
+    without = {m: sum(m not in r["features"] for r in answered) for m in cfg.modality_dirs}
+    if any(without.values()):  # a folder was given but holds no file for these items: they ran without it
+        summary["answered_without"] = {m: n for m, n in without.items() if n}
     segments = sum(1 for it in items if "start" in it.extra or "end" in it.extra)
     if info.family == "mvbench" and segments:  # features come from the whole video: say so, with the count
         summary["segments_not_cut"] = segments
@@ -412,6 +418,8 @@ def markdown_table(summary: dict) -> str:
         if k in summary:
             v = summary[k]
             lines.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    for m, n in (summary.get("answered_without") or {}).items():
+        lines.append(f"| answered without {m} features (no file in --{m}-dir) | {n} |")
     if "mcq" in summary:
         m = summary["mcq"]
         lines.append(f"| correct / total | {m['correct']} / {m['total']} |")
