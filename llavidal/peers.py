@@ -41,7 +41,6 @@ class PoolingStudyConfig:
     hidden_size: int = 64
     layers: int = 2
     world: dict = field(default_factory=dict)  # SceneSpec fields
-    extra: tuple[str, ...] = ()  # more train flags of the video runs (e.g. --lora_r 8)
 
 
 def _train(argv: list[str]) -> dict:
@@ -82,7 +81,7 @@ def run_pooling_study(cfg: PoolingStudyConfig) -> dict:
         run = out / ("video-rows" if grid is None else f"video-pool-{grid}")
         flags = ["--model_name_or_path", str(lm), "--data_path", str(data["train"]), "--output_dir", str(run),
                  "--training_mode", cfg.mode, "--num_train_epochs", str(cfg.epochs), "--learning_rate",
-                 str(cfg.lr), "--warmup_ratio", "0.05", *cfg.extra, *common]
+                 str(cfg.lr), "--warmup_ratio", "0.05", *common]
         if grid is None:
             flags += ["--video_folder", str(data["rows"])]
         else:
