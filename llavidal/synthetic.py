@@ -168,11 +168,14 @@ def pretraining_text(n: int = 2000, seed: int = 0) -> list[dict]:
 
 
 # ==================================================================== a world for pooled video features
-# The room is the appearance of every patch of every frame. What the person handles (a cup or a book) shows on one
-# patch, at a place and a time that differ between videos, for a few frames only: a detail small in space and in
-# time. Pooling averages each bin: a bin about the detail's size keeps it while averaging the noise down, a larger
-# bin dilutes it into its other patches, so grids coarser than the detail lose it first. The spatio-temporal rows
-# keep it in their spatial rows (a mean over time) at the cost of the dilution over the frames it is not seen in.
+# The room is the appearance of every patch of every frame (weak on each patch, strong over many). What the person
+# handles (a cup or a book) shows on one patch of the 4 x 4, at a place and a time that differ between videos, in
+# half of the 8 frames: a detail small in space. Pooling averages each bin: a bin of k patches holding the detail on
+# one of them keeps 1/k of its strength while averaging the noise down by sqrt(k) only, so the coarser the grid,
+# the weaker the detail against the noise (one token for the whole clip: 4 of 128 patches). The spatio-temporal
+# rows keep it in their spatial rows (a mean over time, where the object is seen in half the frames). The world is
+# small (128 tokens per clip) so that a run on every token takes about a minute on a CPU. ``background`` (off by
+# default) adds an appearance of the video's own, the same on all its patches, which pooling cannot average away.
 def scene_action_name(room: int, obj: int) -> str:
     return f"The person {_VERB[OBJECTS[obj]]} in the {ROOMS[room]}."
 
@@ -182,13 +185,14 @@ SCENE_ACTIONS = [(r, o) for r in range(2) for o in range(2)]
 
 @dataclass(frozen=True)
 class SceneSpec:
-    frames: int = 16  # frames kept per video
-    side: int = 8  # patches per frame = side x side (CLIP ViT-L/14 at 224 px: 16 x 16)
+    frames: int = 8  # frames kept per video
+    side: int = 4  # patches per frame = side x side (CLIP ViT-L/14 at 224 px: 16 x 16)
     dim: int = 64  # feature width (= the tiny base's mm_hidden_size)
     seen: int = 4  # frames the object is seen in (consecutive)
     room: float = 0.5  # strength of the room, on every patch
     object: float = 8.0  # strength of the object, on its patch in the frames it is seen in
     noise: float = 1.0  # per-element noise (std)
+    background: float = 0.0  # per-element std of the video's own appearance, the same on all its patches
 
 
 class SceneWorld:
@@ -208,6 +212,8 @@ class SceneWorld:
         start = int(rng.integers(0, s.frames - s.seen + 1))
         row, col = (int(v) for v in rng.integers(0, s.side, size=2))
         x[start:start + s.seen, row, col] += s.object * self.object[obj]
+        if s.background:
+            x += rng.standard_normal(s.dim) * s.background
         return (x / np.sqrt(s.dim)).reshape(s.frames, s.side * s.side, s.dim).astype(np.float16)
 
 
@@ -233,7 +239,9 @@ def make_scene_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, se
             truth = scene_action_name(*action)
             if split == "train":
                 q = QUESTIONS[i % len(QUESTIONS)]
-                human = f"{q}\n<video>" if i % 2 == 0 else f"<video>\n{q}"
+                # the placeholder's side changes every len(SCENE_ACTIONS) clips, so it tells nothing of the action
+                # (with `i % 2` it would name the object: the action is SCENE_ACTIONS[i % 4])
+                human = f"{q}\n<video>" if (i // len(SCENE_ACTIONS)) % 2 == 0 else f"<video>\n{q}"
                 records.append({"id": vid, "video": f"{vid}.pkl", "conversations": [
                     {"from": "human", "value": human}, {"from": "gpt", "value": truth}]})
             else:

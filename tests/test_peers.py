@@ -84,7 +84,7 @@ def test_pooling_study_runs_every_representation(tmp_path, capsys):
     run_pooling_study(PoolingStudyConfig(out=str(out), n_train=8, n_test=4, n_text=16, lm_epochs=1, epochs=1,
                                          grids=("2x2x2",), batch_size=4))
     results = json.loads((out / "results.json").read_text())
-    assert [(r["representation"], r["tokens"]) for r in results["runs"]] == [("rows", 80), ("pooled 2x2x2", 8)]
+    assert [(r["representation"], r["tokens"]) for r in results["runs"]] == [("rows", 24), ("pooled 2x2x2", 8)]
     for r in results["runs"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and set(r) >= {"room_right", "object_right", "train_loss"}
     assert json.loads((out / "video-pool-2x2x2" / "config.json").read_text())["video_pool"] == [2, 2, 2]

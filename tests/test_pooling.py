@@ -256,12 +256,21 @@ def test_scene_world_of_the_pooling_study(tmp_path):
     x = SceneWorld(0, spec).tokens((0, 1), np.random.default_rng(0)).astype(np.float32)
     hit = np.abs(x).sum(axis=-1) > 0  # [frames, patches]
     assert hit.sum() == spec.seen and hit.any(axis=0).sum() == 1 and np.ptp(np.nonzero(hit)[0]) == spec.seen - 1
-    data = make_scene_dataset(tmp_path, n_train=4, n_test=4, seed=0)
+    data = make_scene_dataset(tmp_path, n_train=8, n_test=4, seed=0)
     frames, rows = load_feature(data["frames"] / "scene_train_00001.pkl"), load_feature(data["rows"] / "scene_train_00001.pkl")
-    assert frames.shape == (16, 64, 64) and rows.shape == (80, 64)
-    np.testing.assert_allclose(rows, pool_spatio_temporal(frames, 16).numpy(), atol=1e-3)
+    assert frames.shape == (8, 16, 64) and rows.shape == (24, 64)
+    np.testing.assert_allclose(rows, pool_spatio_temporal(frames, 8).numpy(), atol=1e-3)
     item = json.loads(data["test"].read_text())["0"]
     assert len(item["choices"]) == 4 and item["ground_truth"] in item["choices"].values()
+    # the prompt's layout tells nothing of the answer: every answer comes with the placeholder on both sides
+    sides = {}
+    for r in json.loads(data["train"].read_text()):
+        human, answer = (c["value"] for c in r["conversations"])
+        sides.setdefault(answer, set()).add(human.startswith("<video>"))
+    assert len(sides) == 4 and all(v == {True, False} for v in sides.values()), sides
+    # the background: one vector of the video's own, the same on every patch of every frame
+    x = SceneWorld(0, SceneSpec(noise=0.0, room=0.0, object=0.0, background=1.0)).tokens((0, 0), np.random.default_rng(0))
+    assert np.abs(x).sum() > 0 and np.all(x == x[0, 0])
 
 
 def test_demo_answers_a_pooled_model_about_a_raw_video(pooled_run, tmp_path):
