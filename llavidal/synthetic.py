@@ -119,8 +119,11 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 96, seed: in
                 save_feature(arr, folders[m] / names[m])
             if split == "train":
                 q = QUESTIONS[i % len(QUESTIONS)]
-                # placeholders after the question on even QA indices, before it on odd ones (as ADL-X)
-                human = f"{q}\n<video><object><human_pose>" if i % 2 == 0 else f"<video><object><human_pose>\n{q}"
+                # placeholders after the question or before it (both occur in ADL-X), switching every len(ACTIONS)
+                # records so that every action is seen both ways (with `i % 2` the side would name the object: it is
+                # the last coordinate of ACTIONS[i % 8])
+                human = (f"{q}\n<video><object><human_pose>" if (i // len(ACTIONS)) % 2 == 0
+                         else f"<video><object><human_pose>\n{q}")
                 records.append({"id": vid, **names, "conversations": [
                     {"from": "human", "value": human}, {"from": "gpt", "value": action_name(*action)}]})
             else:

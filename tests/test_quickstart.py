@@ -23,12 +23,16 @@ def test_synthetic_world_is_deterministic_and_in_the_real_formats(tmp_path):
     from llavidal.synthetic import WorldSpec, make_dataset
 
     spec = WorldSpec(video_rows=356, pose_rows=256)
-    a = make_dataset(tmp_path / "a", n_train=8, n_test=4, seed=3, spec=spec)
-    make_dataset(tmp_path / "b", n_train=8, n_test=4, seed=3, spec=spec)
+    a = make_dataset(tmp_path / "a", n_train=16, n_test=4, seed=3, spec=spec)
+    make_dataset(tmp_path / "b", n_train=16, n_test=4, seed=3, spec=spec)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     recs = read_records(a["train"])
-    assert len(recs) == 8 and "<video><object><human_pose>" in recs[0]["turns"][0][0]
-    assert recs[1]["turns"][0][0].startswith("<video><object><human_pose>\n")  # odd indices: before the question
+    assert len(recs) == 16 and "<video><object><human_pose>" in recs[0]["turns"][0][0]
+    # the placeholders come after the question or before it, and the side tells nothing about the answer
+    before = [r["turns"][0][0].startswith("<video><object><human_pose>\n") for r in recs]
+    assert sum(before) == 8
+    for answer in {r["turns"][0][1] for r in recs}:
+        assert {b for b, r in zip(before, recs) if r["turns"][0][1] == answer} == {True, False}, answer
     v = load_feature(a["video_folder"] / recs[0]["video"], "video")
     assert v.shape == (356, 1024) and str(v.dtype) == "float16"
     assert load_feature(a["pose_folder"] / recs[0]["pose"], "pose").shape == (256, 216)
