@@ -142,8 +142,8 @@ def run_long_video_proof(cfg: LongVideoProofConfig) -> dict:
         print(f"[long video] stage 1: projector-only training, {NAMES[name]}")
         train(train_flags(cfg, lm, data, kind, run, records))
         details[name] = evaluate(run, data, kind)
-    results = {"chance": 0.25, "stage0_captions": captions, "details": details, "seconds": round(time.time() - t0, 1), "config": asdict(cfg),
-               "world": asdict(spec)}
+    results = {"chance": 0.25, "stage0_captions": captions, "details": details,
+               "seconds": round(time.time() - t0, 1), "config": asdict(cfg), "world": asdict(spec)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
     return results

@@ -201,5 +201,5 @@ class Phase2:
         self.head.load_state_dict({k: v.to(self.head.adapter.weight.device) for k, v in load_file(str(path)).items()})
 
 
-__all__ = ["ALIGN_CHOICES", "DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "DEFAULT_VIDEO_LR_SCALE", "Phase2", "VideoTextHead", "cached_image_embeddings",
-           "clip_image_embeddings", "match_videos", "phase2_losses"]
+__all__ = ["ALIGN_CHOICES", "DEFAULT_ALPHA", "DEFAULT_VIDEO_FRAMES", "DEFAULT_VIDEO_LR_SCALE", "Phase2",
+           "VideoTextHead", "cached_image_embeddings", "clip_image_embeddings", "match_videos", "phase2_losses"]

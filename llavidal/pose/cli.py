@@ -87,7 +87,8 @@ def register(sub) -> None:
                    help="1: SkeletonCLIP (default); 2: start from --init and train with the clips' RGB videos")
     g.add_argument("--init", help="phase 2: a phase-1 `pose train` output folder (its encoder sizes are used)")
     g.add_argument("--videos", help="phase 2: folder of the clips' RGB videos ({stem}_rgb.avi as NTU's, recursive)")
-    g.add_argument("--alpha", type=float, default=10.0, help="phase 2: weight of the MSE between the two cosine matrices (default 10)")
+    g.add_argument("--alpha", type=float, default=10.0,
+                   help="phase 2: weight of the MSE between the two cosine matrices (default 10)")
     g.add_argument("--video-frames", type=int, default=8, help="phase 2: frames per video through CLIP (default 8)")
     g.add_argument("--video-lr-scale", type=float, default=10.0,
                    help="phase 2: learning rate of the video branch (a linear adapter on frozen CLIP embeddings) as "

@@ -7,8 +7,8 @@ Each NTU class gets the prompt "a photo of a {class}." embedded once by the froz
 tokens, projected to the CLIP projection dim) is trained with cross-entropy over the cosine logits against those
 text embeddings, with a learned temperature. AdamW, linear warm-up then cosine decay, gradient clipping at 1.
 Phase 2 (:mod:`.align`) starts from a phase-1 model and trains it next to a CLIP video branch: CE(video-text) +
-CE(pose-text) + alpha * MSE(video-text cosines, pose-text cosines); its test metrics ``top1``/``top5`` are the video-text ones
-(the prediction at test time), ``pose_top1``/``pose_top5`` the pose encoder's alone.
+CE(pose-text) + alpha * MSE(video-text cosines, pose-text cosines); its test metrics ``top1``/``top5`` are the
+video-text ones (the prediction at test time), ``pose_top1``/``pose_top5`` the pose encoder's alone.
 
 Output folder::
 
