@@ -121,6 +121,17 @@ def test_phase2_trains_both_branches_reports_and_resumes(world, tmp_path, monkey
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
     assert read_jsonl(resumed / "metrics.jsonl")[-1]["top1"] == last["top1"]
+    # a checkpoint whose optimizer has other parameter groups (an older llavidal's phase 2): one clear error
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    shutil.rmtree(older / "checkpoint-0002")
+    opt = torch.load(older / "checkpoint-0001" / "optimizer.pt", weights_only=True)
+    opt["param_groups"] = opt["param_groups"][:2]
+    torch.save(opt, older / "checkpoint-0001" / "optimizer.pt")
+    with pytest.raises(ValueError, match="2 parameter groups, this run 4"):
+        train(PoseTrainConfig(data=str(root / "skeletons"), out=str(older), clip=str(clip), phase=2,
+                              init=str(phase1), videos=str(root / "rgb"), epochs=2, batch=4, lr=3e-3,
+                              frames=16, workers=0, device="cpu", progress=False, video_frames=2, dropout=0.0))
     with pytest.raises(ValueError, match="alpha=10.0, but this run has alpha=1.0"):
         train(PoseTrainConfig(data=str(root / "skeletons"), out=str(resumed), clip=str(clip), phase=2,
                               init=str(phase1), videos=str(root / "rgb"), alpha=1.0, epochs=3, batch=4, lr=3e-3,

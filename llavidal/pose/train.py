@@ -372,7 +372,13 @@ def train(cfg: PoseTrainConfig) -> dict:
         model.load_state_dict(resumed.state_dict())
         if phase2 is not None:
             phase2.load(path)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        saved = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+        if len(saved.get("param_groups", [])) != len(optimizer.param_groups):  # written by an older llavidal
+            raise ValueError(f"{path}: its optimizer state has {len(saved.get('param_groups', []))} parameter groups, "
+                             f"this run {len(optimizer.param_groups)} (a checkpoint of an older llavidal, whose "
+                             "phase 2 trained the video branch at the encoder's rate); use a new --out, or "
+                             "--no-resume to start over in this folder")
+        optimizer.load_state_dict(saved)
         state = json.loads((path / "state.json").read_text())
         start_epoch, step = state["epoch"], state["step"]
         logged = {r.get("epoch") for r in read_jsonl(out / "metrics.jsonl")}
