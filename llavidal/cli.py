@@ -472,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}cannot write: {e.strerror} (disk full or file size limit); outputs written before "
               "stay as they are: free space and run the same command again to resume", file=sys.stderr)
         return 3
+    finally:
+        if "torch.distributed" in sys.modules:  # a torchrun rank leaves its process group before exiting
+            from .train.train import end_distributed
+
+            end_distributed()
 
 
 if __name__ == "__main__":

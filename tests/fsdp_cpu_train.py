@@ -23,6 +23,7 @@ def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 AcceleratorState.__init__ = _init_with_fsdp_on_cpu
 
 if __name__ == "__main__":
-    from llavidal.train.train import train
+    from llavidal.train.train import end_distributed, train
 
     train(sys.argv[1:])
+    end_distributed()
