@@ -72,3 +72,14 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def python_with(module: str, env_var: str) -> str | None:
+    """The Python that can import ``module``: ``$env_var`` when set (a virtual environment of its own, for packages
+    whose pins conflict with ours), else this one if it has the module, else None (the test is skipped)."""
+    import importlib.util
+
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return explicit
+    return sys.executable if importlib.util.find_spec(module) is not None else None

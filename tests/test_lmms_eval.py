@@ -10,29 +10,19 @@ one); without it, and without lmms-eval importable here, the tests that need it 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers_train import python_with
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ["Sat down on the sofa.", "Stood up from the chair.", "Opened the fridge."]
-
-
-def _lmms_python() -> str | None:
-    explicit = os.environ.get("LLAVIDAL_LMMS_EVAL_PYTHON")
-    if explicit:
-        return explicit
-    return sys.executable if importlib.util.find_spec("lmms_eval") is not None else None
-
-
-LMMS_PYTHON = _lmms_python()
+LMMS_PYTHON = python_with("lmms_eval", "LLAVIDAL_LMMS_EVAL_PYTHON")
 needs_lmms = pytest.mark.skipif(
     LMMS_PYTHON is None, reason="lmms-eval is not installed for this Python and LLAVIDAL_LMMS_EVAL_PYTHON is not set: "
     "lmms-eval 0.7.3 pins protobuf below what sentencepiece needs and pulls a CUDA build of torchvision, so it lives "

@@ -12,26 +12,16 @@ seconds rather than a minute, with a 1 GiB KV cache (``VLLM_CPU_KVCACHE_SPACE``)
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers_train import python_with
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _vllm_python() -> str | None:
-    explicit = os.environ.get("LLAVIDAL_VLLM_PYTHON")
-    if explicit:
-        return explicit
-    return sys.executable if importlib.util.find_spec("vllm") is not None else None
-
-
-VLLM_PYTHON = _vllm_python()
+VLLM_PYTHON = python_with("vllm", "LLAVIDAL_VLLM_PYTHON")
 pytestmark = pytest.mark.skipif(
     VLLM_PYTHON is None, reason="vllm is not installed for this Python and LLAVIDAL_VLLM_PYTHON is not set: vllm-cpu "
     "pins transformers below llavidal's floor, so it lives in its own virtual environment (docs/serving.md; .ci/run "
