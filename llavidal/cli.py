@@ -285,18 +285,11 @@ def cmd_quickstart(args) -> int:
 
     if args.study != "mmpro" and args.full_size:
         raise ValueError(f"quickstart --study {args.study}: --full-size applies to the default study (mmpro) only")
-    if args.study == "long-video":  # docs/benchmarks.md#long-video
-        from .quickstart_long import LongVideoProofConfig, run_long_video_proof
-
-        lcfg = LongVideoProofConfig(out=args.out if args.out != "quickstart" else "quickstart-long", seed=args.seed)
-        if args.fast:
-            lcfg.n_train, lcfg.n_test, lcfg.epochs, lcfg.lm_texts, lcfg.lm_epochs = 32, 8, 2, 300, 2
-        run_long_video_proof(lcfg)
-        return 0
     if args.study != "mmpro":  # the peers' methods on the synthetic worlds (docs/peers.md)
         from .peers import run_study
 
-        run_study(args.study, out=args.out, seed=args.seed, fast=args.fast, alphas=args.alphas)
+        out = "quickstart-long" if args.study == "long-video" and args.out == "quickstart" else args.out
+        run_study(args.study, out=out, seed=args.seed, fast=args.fast, alphas=args.alphas)
         return 0
     cfg = QuickstartConfig(out=args.out, seed=args.seed)
     if args.fast:

@@ -1,4 +1,4 @@
-"""The peers' methods, measured on the synthetic worlds (``llavidal quickstart --study pooling|ski-phase2``).
+"""The peers' methods, measured on the synthetic worlds (``llavidal quickstart --study pooling|ski-phase2|long-video``).
 
 * ``pooling`` — PLLaVA-style pooled video features against the spatio-temporal rows. A tiny base learns the language
   of :class:`~llavidal.synthetic.SceneWorld` (stage 0, text only), then one video run per video representation —
@@ -8,6 +8,8 @@
 * ``ski-phase2`` — SKI-LVLM's phase 2 against phase 1: a pose encoder trained SkeletonCLIP-style (phase 1) on
   :func:`~llavidal.synthetic.make_skeleton_world` clips, then trained on for the same number of epochs either
   without (phase 1 continued) or with the CLIP video branch (phase 2, alpha = 10); pose-only test accuracy of each.
+* ``long-video`` — LLaMA-VID-style two tokens per frame against the 100-frame sampler
+  (:mod:`llavidal.quickstart_long`).
 
 Results: ``results.json`` and ``results.md`` in ``--out``; docs/peers.md holds the tables and the commands.
 """
@@ -242,7 +244,14 @@ def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
         if alphas is not None:
             cfg.alphas = tuple(alphas)
         return run_ski_study(cfg)
-    raise ValueError(f"unknown study {name!r}; expected pooling or ski-phase2")
+    if name == "long-video":  # docs/benchmarks.md#long-video
+        from .quickstart_long import LongVideoProofConfig, run_long_video_proof
+
+        lcfg = LongVideoProofConfig(out=out, seed=seed)
+        if fast:
+            lcfg.n_train, lcfg.n_test, lcfg.epochs, lcfg.lm_texts, lcfg.lm_epochs = 32, 8, 2, 300, 2
+        return run_long_video_proof(lcfg)
+    raise ValueError(f"unknown study {name!r}; expected pooling, ski-phase2 or long-video")
 
 
 __all__ = ["PoolingStudyConfig", "SkiStudyConfig", "pooling_table", "run_pooling_study", "run_ski_study", "run_study",

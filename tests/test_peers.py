@@ -73,6 +73,9 @@ def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys):
     assert "expected non-negative numbers" in capsys.readouterr().err
     assert cli_main(["quickstart", "--study", "pooling", "--alphas", "1", "--out", str(tmp_path / "p")]) == 2
     assert "--alphas applies to the ski-phase2 study only" in capsys.readouterr().err
+    assert cli_main(["quickstart", "--study", "long-video", "--alphas", "1", "--out", str(tmp_path / "l")]) == 2
+    assert "--alphas applies to the ski-phase2 study only" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()  # refused before anything ran
 
 
 def test_pooling_study_runs_every_representation(tmp_path, capsys):
