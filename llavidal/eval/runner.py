@@ -401,9 +401,10 @@ def summarise(cfg: RunConfig, items: list[EvalItem], problems: list, rows: list[
         summary["answered"] = sum(r.get("status") == "ok" for r in rows)
         summary["score"] = None  # filled by description / open-QA scoring (judge or offline metrics)
     answered = [r for r in rows if r.get("status") == "ok" and "features" in r]
-    without = {m: sum(m not in r["features"] for r in answered) for m in cfg.modality_dirs}
-    if any(without.values()):  # a folder was given but holds no file for these items: they ran without it
-        summary["answered_without"] = {m: n for m, n in without.items() if n}
+    # a folder was given but holds no file for these items: they ran without its modality
+    without = {m: n for m in cfg.modality_dirs if (n := sum(m not in r["features"] for r in answered))}
+    if without:
+        summary["answered_without"] = without
     segments = sum(1 for it in items if "start" in it.extra or "end" in it.extra)
     if info.family == "mvbench" and segments:  # features come from the whole video: say so, with the count
         summary["segments_not_cut"] = segments
