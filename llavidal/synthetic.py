@@ -61,20 +61,21 @@ class WorldSpec:
     # rows start out much larger than the LLM's word embeddings
 
 
+def _directions(g: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """``n`` random directions of norm sqrt(dim) (unit variance per coordinate), ``[n, dim]``."""
+    v = g.standard_normal((n, dim))
+    return v / np.linalg.norm(v, axis=-1, keepdims=True) * np.sqrt(dim)
+
+
 class World:
     """Prototype directions of the attributes, drawn once from the seed."""
 
     def __init__(self, seed: int = 0, spec: WorldSpec = WorldSpec()):
         self.spec = spec
         g = np.random.default_rng(seed)
-
-        def unit(n, d):
-            v = g.standard_normal((n, d))
-            return v / np.linalg.norm(v, axis=1, keepdims=True) * np.sqrt(d)
-
-        self.room = unit(2, spec.video_dim)
-        self.motion = unit(2, spec.pose_dim)
-        self.objects = unit(2 + 3, spec.object_dim)  # cup, book, and three distractors (plate, phone, towel)
+        self.room = _directions(g, 2, spec.video_dim)
+        self.motion = _directions(g, 2, spec.pose_dim)
+        self.objects = _directions(g, 2 + 3, spec.object_dim)  # cup, book, and three distractors (plate, phone, towel)
 
     def sample(self, action: tuple[int, int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = self.spec
@@ -421,12 +422,6 @@ class LongWorldSpec:
     signal: float = 1.0
     noise: float = 1.0
     row_norm: float = 1.0
-
-
-def _directions(g: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    """``n`` random directions of norm sqrt(dim) (unit variance per coordinate), ``[n, dim]``."""
-    v = g.standard_normal((n, dim))
-    return v / np.linalg.norm(v, axis=-1, keepdims=True) * np.sqrt(dim)
 
 
 class LongWorld:
