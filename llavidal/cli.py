@@ -466,10 +466,9 @@ def main(argv: list[str] | None = None) -> int:
               "stay as they are: free space and run the same command again to resume", file=sys.stderr)
         return 3
     finally:
-        if "torch.distributed" in sys.modules:  # a torchrun rank leaves its process group before exiting
-            from .train.train import end_distributed
+        from .train import end_distributed  # a torchrun rank leaves its process group before exiting
 
-            end_distributed()
+        end_distributed()
 
 
 if __name__ == "__main__":

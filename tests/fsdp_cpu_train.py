@@ -23,7 +23,8 @@ def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 AcceleratorState.__init__ = _init_with_fsdp_on_cpu
 
 if __name__ == "__main__":
-    from llavidal.train.train import end_distributed, train
+    from llavidal.train import end_distributed
+    from llavidal.train.train import train
 
     train(sys.argv[1:])
     end_distributed()

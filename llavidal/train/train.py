@@ -243,15 +243,6 @@ class LlavidalTrainer(transformers.Trainer):
 
 
 # ==================================================================== entry point
-def end_distributed() -> None:
-    """Leave the process group, if this process joined one (torchrun), before the interpreter exits. Left to
-    interpreter shutdown, gloo's threads can abort a rank whose work is done ("terminate called without an active
-    exception", SIGABRT), and torchrun then reports the whole run as failed. Entry points call it once, last; not
-    :func:`train`, which ``mmpro`` calls once per stage in one process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def train(argv: list[str] | None = None) -> dict:
     """Parse the flags, train, write the outputs; returns a small summary (also written as train_summary.json)."""
     model_args, data_args, training_args = parse_args(argv)

@@ -8,7 +8,8 @@ import sys
 if __package__ in (None, ""):  # run as a script from a checkout: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from llavidal.train.train import end_distributed, train  # noqa: E402
+from llavidal.train import end_distributed  # noqa: E402
+from llavidal.train.train import train  # noqa: E402
 
 if __name__ == "__main__":
     train()
