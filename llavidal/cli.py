@@ -418,14 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
-    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2", "long-video"],
+    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2", "ski-phase2-xsub",
+                                                        "long-video"],
                    help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
-                        "ski-phase2: pose-only accuracy after SKI-LVLM phase 2 vs phase 1 (docs/peers.md); "
+                        "ski-phase2: pose-only zero-shot accuracy on novel classes after SKI-LVLM phase 2 vs phase 1 "
+                        "(docs/peers.md); ski-phase2-xsub: the same on new performers of seen classes; "
                         "long-video: 2-minute synthetic videos with a one-second event early (on a frame of the "
                         "100-frame sampler) or late (between its frames), the 100-frame rows vs two tokens per frame "
                         "at 1 fps (docs/benchmarks.md#long-video; about 5 minutes on one shared core)")
     p.add_argument("--alphas", type=_alphas, default=None, metavar="A,B,...",
-                   help="ski-phase2 study: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
+                   help="ski-phase2 studies: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
                         "continued without it); finished runs of an output folder are reused")
     p.set_defaults(func=cmd_quickstart)
 

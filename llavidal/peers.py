@@ -131,116 +131,269 @@ def _write(out: Path, results: dict, table: str) -> None:
 
 
 # ==================================================================== SKI-LVLM phase 2
+SKI_SETTINGS = ("zeroshot", "xsub")
+
+
+@dataclass
+class WorldClipConfig:
+    """The tiny CLIP of the zero-shot setting, pre-trained on the world's pre-training clips (every class)."""
+    epochs: int = 100
+    lr: float = 1e-3
+    batch: int = 32
+    frames: int = 8  # frames per video: the phase-2 video branch's --video-frames
+    seed: int = 0
+
+
+def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[int, ...], cfg: WorldClipConfig) -> dict:
+    """Pre-train a tiny CLIP (both towers) on ``videos`` (NTU-named, ``{stem}_rgb.*``) against the prompts of
+    ``classes``: the mean image embedding of each video's ``cfg.frames`` frames against the class prompts' text
+    embeddings, cross-entropy over the scaled cosines (CLIP's loss with the class prompts as the captions). It stands
+    in for the web-scale pre-training that lets a real CLIP know classes no pose encoder was trained on. Written as a
+    CLIP folder that ``--clip`` reads; ``world_clip.json`` (written last) marks it done and holds the final training
+    loss and top-1, so a rerun reuses it."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from .console import library_quiet
+    from .curation.ntu import NTU_ACTIONS, NTUName
+    from .io_utils import atomic_write_json
+    from .pose.data import PROMPT_TEMPLATE
+    from .video.clip import TinyClipSpec, image_stats, make_tiny_clip, normalise_frames, quiet_from_pretrained
+    from .video.io import find_videos, sample_video, video_id
+
+    folder = Path(folder)
+    done = folder / "world_clip.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    make_tiny_clip(folder, seed=cfg.seed, spec=TinyClipSpec(
+        vision_hidden_size=64, vision_intermediate_size=128, vision_heads=4, vision_layers=2, projection_dim=32,
+        image_size=32, patch_size=4))
+    torch.manual_seed(cfg.seed)
+    model = quiet_from_pretrained(CLIPModel, str(folder)).train()
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    stats = image_stats(folder)
+    paths = sorted(find_videos(videos), key=video_id)
+    label = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([label[NTUName.parse(p).action] for p in paths])
+    pixels = torch.stack([normalise_frames(torch.from_numpy(sample_video(p, cfg.frames, stats.size)), stats)
+                          for p in paths])  # [N, F, 3, S, S]
+    prompts = tokenizer([PROMPT_TEMPLATE.format(NTU_ACTIONS[c - 1]) for c in classes], padding=True,
+                        return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    order = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        loss_sum, correct = 0.0, 0
+        for index in torch.randperm(len(paths), generator=order).split(cfg.batch):
+            x = pixels[index]
+            image = model.get_image_features(pixel_values=x.flatten(0, 1)).pooler_output  # [B * F, P]
+            image = F.normalize(image.view(len(index), x.shape[1], -1).mean(dim=1), dim=-1)
+            text = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)  # [K, P]
+            logits = model.logit_scale.exp() * image @ text.T
+            loss = F.cross_entropy(logits, labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(1) == labels[index]).sum())
+    with library_quiet():
+        model.save_pretrained(folder)
+    (folder / "llavidal_tiny_clip.json").unlink(missing_ok=True)  # described the random initialisation
+    info = {"videos": len(paths), "classes": list(classes), "epochs": cfg.epochs, "train_loss": loss_sum / len(paths),
+            "train_top1": correct / len(paths)}
+    atomic_write_json(done, info)
+    return info
+
+
 @dataclass
 class SkiStudyConfig:
     out: str = "study-ski-phase2"
+    setting: str = "zeroshot"  # zeroshot: the posture world, novel classes; xsub: the skeleton world, new performers
     seeds: tuple[int, ...] = (0, 1, 2)
     phase1_epochs: int = 30
     phase2_epochs: int = 30
     alphas: tuple[float, ...] = (0.0, 10.0)
+    aligns: tuple[str, ...] = ("both", "pose")  # per alpha > 0, the branch(es) the alignment trains (--align)
     layers: int = 2
     batch: int = 16
     lr: float = 3e-3
     frames: int = 32
     video_frames: int = 8
-    align: str = "both"  # the branch(es) the alignment term trains (pose train --align)
-    world: dict = field(default_factory=dict)  # SkeletonWorldSpec fields
+    world: dict = field(default_factory=dict)  # PostureWorldSpec (zeroshot) or SkeletonWorldSpec (xsub) fields
+    clip: dict = field(default_factory=dict)  # WorldClipConfig fields (zeroshot)
+
+
+def _ski_runs(cfg: SkiStudyConfig) -> list[tuple[str, float, str]]:
+    """(results key, alpha, align) of each phase-2 run: alpha 0 once (the alignment term is absent, so ``align``
+    changes nothing), every other alpha once per ``aligns``."""
+    runs = []
+    for alpha in cfg.alphas:
+        for align in (("both",) if alpha == 0 else cfg.aligns):
+            runs.append((f"phase2_alpha{alpha:g}" + ("" if align == "both" else f"_{align}"), alpha, align))
+    return runs
+
+
+def _ski_world(cfg: SkiStudyConfig, out: Path, seed: int, spec) -> tuple[dict, str]:
+    """The seed's world and the CLIP its runs use, made once (a rerun reuses both)."""
+    from .synthetic import make_posture_world, make_skeleton_world
+
+    data = out / f"world-{seed}"
+    if cfg.setting == "xsub":
+        if not (data / "skeletons").is_dir():
+            make_skeleton_world(data, seed=seed, spec=spec)
+        return {"skeletons": data / "skeletons", "rgb": data / "rgb"}, str(out / "clip")
+    marker = data / "world.json"
+    if not marker.is_file():
+        world = make_posture_world(data, seed=seed, spec=spec)
+        from .io_utils import atomic_write_json
+
+        atomic_write_json(marker, {"clips": world["clips"], "pretrain_clips": world["pretrain_clips"]})
+    clip = data / "clip"
+    ccfg = WorldClipConfig(**{**cfg.clip, "frames": cfg.video_frames, "seed": seed})
+    print(f"[ski-phase2] seed {seed}: pre-training the world's CLIP ({ccfg.epochs} epochs)")
+    info = pretrain_world_clip(clip, data / "pretrain" / "rgb", spec.classes, ccfg)
+    return {"skeletons": data / "skeletons", "rgb": data / "rgb", "clip_pretraining": info}, str(clip)
 
 
 def run_ski_study(cfg: SkiStudyConfig) -> dict:
-    """Per seed: a world, phase 1, then phase 2 from it at each alpha (alpha = 0: the same run without the
-    alignment term); the pose-only and video-text test accuracies of each."""
+    """Per seed: a world, phase 1, then phase 2 from it for each run of :func:`_ski_runs` (alpha = 0: the same run
+    without the alignment term, phase 1 continued); the pose-only and video-text test accuracies of each.
+
+    ``zeroshot`` (SKI-LVLM's setting): the posture world, the novel classes held out of both phases, scored on them
+    (top-1 among the novel classes, and GZSL top-1 among all 120 prompts) with a CLIP pre-trained on every class.
+    ``xsub``: the skeleton world, NTU's cross-subject split, a random tiny CLIP."""
     from .pose.train import PoseTrainConfig, train
-    from .synthetic import SkeletonWorldSpec, make_skeleton_world
+    from .synthetic import PostureWorldSpec, SkeletonWorldSpec
     from .video.clip import TinyClipSpec, make_tiny_clip
 
+    if cfg.setting not in SKI_SETTINGS:
+        raise ValueError(f"SkiStudyConfig.setting {cfg.setting!r}: expected one of {', '.join(SKI_SETTINGS)}")
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    clip = out / "clip"
-    if not (clip / "config.json").is_file():
-        make_tiny_clip(clip, seed=0, spec=TinyClipSpec(vision_hidden_size=64, vision_intermediate_size=128,
-                                                       vision_heads=4, vision_layers=2))
-    spec = SkeletonWorldSpec(**cfg.world)
-    common = {"clip": str(clip), "split": "xsub", "batch": cfg.batch, "lr": cfg.lr, "frames": cfg.frames,
-              "workers": 0, "device": "cpu", "progress": False, "layers": cfg.layers, "dropout": 0.1,
-              "warmup_epochs": 1.0}
+    zeroshot = cfg.setting == "zeroshot"
+    spec = PostureWorldSpec(**cfg.world) if zeroshot else SkeletonWorldSpec(**cfg.world)
+    if not zeroshot and not (out / "clip" / "config.json").is_file():
+        make_tiny_clip(out / "clip", seed=0, spec=TinyClipSpec(vision_hidden_size=64, vision_intermediate_size=128,
+                                                               vision_heads=4, vision_layers=2))
+    common = {"batch": cfg.batch, "lr": cfg.lr, "frames": cfg.frames, "workers": 0, "device": "cpu",
+              "progress": False, "layers": cfg.layers, "dropout": 0.1, "warmup_epochs": 1.0}
+    if zeroshot:
+        common.update(split="zeroshot", unseen_classes=",".join(map(str, spec.novel)))
+    else:
+        common.update(split="xsub")
     runs = []
     for seed in cfg.seeds:
-        data = out / f"world-{seed}"
-        if not (data / "skeletons").is_dir():
-            make_skeleton_world(data, seed=seed, spec=spec)
+        world, clip = _ski_world(cfg, out, seed, spec)
+        data = str(world["skeletons"])
         phase1 = out / f"seed{seed}-phase1"
         print(f"[ski-phase2] seed {seed}: phase 1 ({cfg.phase1_epochs} epochs)")
-        s1 = train(PoseTrainConfig(data=str(data / "skeletons"), out=str(phase1), epochs=cfg.phase1_epochs, seed=seed,
+        s1 = train(PoseTrainConfig(data=data, out=str(phase1), clip=clip, epochs=cfg.phase1_epochs, seed=seed,
                                    **common))
-        row = {"seed": seed, "phase1": {"pose_top1": s1["last_metrics"]["top1"]}}
-        for alpha in cfg.alphas:
-            print(f"[ski-phase2] seed {seed}: phase 2, alpha {alpha:g} ({cfg.phase2_epochs} epochs)")
-            s2 = train(PoseTrainConfig(data=str(data / "skeletons"), out=str(out / f"seed{seed}-phase2-alpha{alpha:g}"),
-                                       epochs=cfg.phase2_epochs, seed=seed, phase=2, init=str(phase1),
-                                       videos=str(data / "rgb"), alpha=alpha, video_frames=cfg.video_frames,
-                                       align=cfg.align, **common))
-            m = s2["last_metrics"]
-            row[f"phase2_alpha{alpha:g}"] = {"pose_top1": m["pose_top1"], "video_top1": m["top1"],
-                                             "train_mse": m["train_mse"]}
+        row = {"seed": seed, "phase1": _ski_metrics(s1["last_metrics"], phase=1)}
+        if "clip_pretraining" in world:
+            row["clip_pretraining"] = world["clip_pretraining"]
+        for key, alpha, align in _ski_runs(cfg):
+            print(f"[ski-phase2] seed {seed}: phase 2, alpha {alpha:g}, align {align} ({cfg.phase2_epochs} epochs)")
+            folder = f"seed{seed}-phase2-alpha{alpha:g}" + ("" if align == "both" else f"-align-{align}")
+            s2 = train(PoseTrainConfig(data=data, out=str(out / folder), clip=clip, epochs=cfg.phase2_epochs,
+                                       seed=seed, phase=2, init=str(phase1), videos=str(world["rgb"]), alpha=alpha,
+                                       video_frames=cfg.video_frames, align=align, **common))
+            row[key] = _ski_metrics(s2["last_metrics"], phase=2)
         runs.append(row)
-    results = {"study": "ski-phase2", "world": asdict(spec), "runs": runs, "summary": _ski_summary(runs, cfg),
-               "test_clips": s1["last_metrics"]["n_test"], "classes": len(spec.actions),
+    results = {"study": "ski-phase2", "setting": cfg.setting, "world": asdict(spec), "runs": runs,
+               "summary": _ski_summary(runs, cfg), "test_clips": s1["last_metrics"]["n_test"],
+               "classes": len(spec.classes) if zeroshot else len(spec.actions),
+               "novel_classes": list(spec.novel) if zeroshot else None,
                "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
     _write(out, results, ski_table(results))
     return results
 
 
-def _ski_summary(runs: list[dict], cfg: SkiStudyConfig) -> dict:
-    def stats(key, metric):
-        vals = [r[key][metric] for r in runs]
-        return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
-
-    out = {"phase1": {"pose_top1": stats("phase1", "pose_top1")}}
-    for alpha in cfg.alphas:
-        key = f"phase2_alpha{alpha:g}"
-        out[key] = {"pose_top1": stats(key, "pose_top1"), "video_top1": stats(key, "video_top1")}
+def _ski_metrics(m: dict, phase: int) -> dict:
+    """The test metrics of a run's last epoch: pose-only top-1 (and GZSL top-1 in the zero-shot setting) and, for
+    phase 2, the video-text ones and the alignment term."""
+    if phase == 1:
+        return {"pose_top1": m["top1"], **({"pose_gzsl_top1": m["gzsl_top1"]} if "gzsl_top1" in m else {})}
+    out = {"pose_top1": m["pose_top1"], "video_top1": m["top1"], "train_mse": m["train_mse"]}
+    if "gzsl_top1" in m:
+        out.update(pose_gzsl_top1=m["pose_gzsl_top1"], video_gzsl_top1=m["gzsl_top1"])
     return out
 
 
-def _mean_std(s: dict) -> str:
+def _ski_summary(runs: list[dict], cfg: SkiStudyConfig) -> dict:
+    out = {}
+    for key in ["phase1", *(k for k, _, _ in _ski_runs(cfg))]:
+        out[key] = {metric: _stats([r[key][metric] for r in runs]) for metric in runs[0][key]
+                    if metric != "train_mse"}
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def _mean_std(s: dict | None) -> str:
+    if s is None:
+        return "-"
     return f"{s['mean']:.3f} ± {s['std']:.3f} ({', '.join(f'{v:.3f}' for v in s['values'])})"
 
 
 def ski_table(results: dict) -> str:
     cfg, summary, fmt = results["config"], results["summary"], _mean_std
-    rows = ["| pose encoder | epochs | pose-only top-1 | video-text top-1 (test-time logits) |",
-            "| --- | ---: | --- | --- |",
-            f"| phase 1 (SkeletonCLIP) | {cfg['phase1_epochs']} | {fmt(summary['phase1']['pose_top1'])} | - |"]
-    for alpha in cfg["alphas"]:
-        s = summary[f"phase2_alpha{alpha:g}"]
-        what = "phase 2 without the alignment term" if alpha == 0 else f"phase 2, alpha = {alpha:g}"
-        rows.append(f"| {what} | {cfg['phase1_epochs']} + {cfg['phase2_epochs']} | {fmt(s['pose_top1'])} | "
-                    f"{fmt(s['video_top1'])} |")
-    title = (f"Test top-1 among all 120 NTU class prompts ({results['test_clips']} test clips of unseen performers, "
-             f"from {results['classes']} classes), mean ± std over seeds {', '.join(map(str, cfg['seeds']))}")
+    zeroshot = results.get("setting", "xsub") == "zeroshot"
+    runs = [("phase1", "phase 1 (SkeletonCLIP)", str(cfg["phase1_epochs"]))]
+    for key, alpha, align in _ski_runs(SkiStudyConfig(alphas=tuple(cfg["alphas"]), aligns=tuple(cfg.get("aligns",
+                                                                                                  ("both",))))):
+        what = ("phase 2 without the alignment term" if alpha == 0 else f"phase 2, alpha = {alpha:g}"
+                + ("" if align == "both" else f", --align {align}"))
+        runs.append((key, what, f"{cfg['phase1_epochs']} + {cfg['phase2_epochs']}"))
+    if zeroshot:
+        rows = ["| pose encoder | epochs | pose-only top-1 (novel) | pose-only GZSL top-1 | video-text top-1 (novel) |",
+                "| --- | ---: | --- | --- | --- |"]
+        for key, what, epochs in runs:
+            s = summary[key]
+            rows.append(f"| {what} | {epochs} | {fmt(s['pose_top1'])} | {fmt(s.get('pose_gzsl_top1'))} | "
+                        f"{fmt(s.get('video_top1'))} |")
+        title = (f"Zero-shot: top-1 on the {results['test_clips']} clips of the {len(results['novel_classes'])} novel "
+                 f"classes {tuple(results['novel_classes'])}, which neither phase trains on (among the novel classes; "
+                 f"GZSL: among all 120 NTU class prompts), mean ± std over seeds {', '.join(map(str, cfg['seeds']))}")
+    else:
+        rows = ["| pose encoder | epochs | pose-only top-1 | video-text top-1 (test-time logits) |",
+                "| --- | ---: | --- | --- |"]
+        for key, what, epochs in runs:
+            s = summary[key]
+            rows.append(f"| {what} | {epochs} | {fmt(s['pose_top1'])} | {fmt(s.get('video_top1'))} |")
+        title = (f"Test top-1 among all 120 NTU class prompts ({results['test_clips']} test clips of unseen "
+                 f"performers, from {results['classes']} classes), mean ± std over seeds "
+                 f"{', '.join(map(str, cfg['seeds']))}")
     return "\n".join([title, "", *rows])
 
 
 def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
               alphas: tuple[float, ...] | None = None) -> dict:
     """``llavidal quickstart --study NAME``: the full-size study, or with ``fast`` a small smoke run. ``alphas``: the
-    phase-2 alignment weights the ski-phase2 study compares (default 0 and 10)."""
-    if alphas is not None and name != "ski-phase2":
-        raise ValueError(f"quickstart --study {name}: --alphas applies to the ski-phase2 study only")
+    phase-2 alignment weights the SKI studies compare (default 0 and 10)."""
+    if alphas is not None and not name.startswith("ski-phase2"):
+        raise ValueError(f"quickstart --study {name}: --alphas applies to the ski-phase2 studies only")
     if name == "pooling":
         cfg = PoolingStudyConfig(out=out, seed=seed)
         if fast:
             cfg.n_train, cfg.n_test, cfg.n_text, cfg.lm_epochs, cfg.epochs, cfg.grids = 32, 8, 64, 1, 1, ("2x2x2",)
         return run_pooling_study(cfg)
-    if name == "ski-phase2":
-        cfg = SkiStudyConfig(out=out, seeds=(seed, seed + 1, seed + 2))
+    if name in ("ski-phase2", "ski-phase2-xsub"):
+        setting = "xsub" if name.endswith("xsub") else "zeroshot"
+        cfg = SkiStudyConfig(out=out, setting=setting, seeds=(seed, seed + 1, seed + 2))
         if fast:
             cfg.seeds, cfg.phase1_epochs, cfg.phase2_epochs, cfg.layers = (seed,), 1, 1, 1
-            cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
-                         "replications": 1, "frames": 16}
             cfg.frames, cfg.video_frames = 16, 2
+            if setting == "xsub":
+                cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
+                             "replications": 1, "frames": 16}
+            else:
+                cfg.world = {"places": 2, "performers": (1, 2), "pretrain_performers": (11,), "replications": 1,
+                             "frames": 16}
+                cfg.clip = {"epochs": 2}
         if alphas is not None:
             cfg.alphas = tuple(alphas)
         return run_ski_study(cfg)
@@ -251,8 +404,11 @@ def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
         if fast:
             lcfg.n_train, lcfg.n_test, lcfg.epochs, lcfg.lm_texts, lcfg.lm_epochs = 32, 8, 2, 300, 2
         return run_long_video_proof(lcfg)
-    raise ValueError(f"unknown study {name!r}; expected pooling, ski-phase2 or long-video")
+    raise ValueError(f"unknown study {name!r}; expected one of {', '.join(STUDIES)}")
 
 
-__all__ = ["PoolingStudyConfig", "SkiStudyConfig", "pooling_table", "run_pooling_study", "run_ski_study", "run_study",
-           "ski_table"]
+STUDIES = ("pooling", "ski-phase2", "ski-phase2-xsub", "long-video")
+
+
+__all__ = ["SKI_SETTINGS", "STUDIES", "PoolingStudyConfig", "SkiStudyConfig", "WorldClipConfig", "pooling_table",
+           "pretrain_world_clip", "run_pooling_study", "run_ski_study", "run_study", "ski_table"]

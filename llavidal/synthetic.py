@@ -322,6 +322,34 @@ def _movement(action_index: int, spec: SkeletonWorldSpec, rng: np.random.Generat
     return out
 
 
+def _performer_body(seed: int, performer: int, x_range: float = 0.3) -> tuple[float, np.ndarray]:
+    """A performer's body scale and position (the same in every clip of theirs)."""
+    body = np.random.default_rng([seed, performer])
+    return body.uniform(0.85, 1.15), np.array([body.uniform(-x_range, x_range), body.uniform(-0.1, 0.1), 0.0])
+
+
+def _rest_pose(scale: float, offset: np.ndarray) -> np.ndarray:  # [25, 3]
+    return np.concatenate([_REST, np.zeros((25, 1))], axis=1) * scale + offset
+
+
+def _image_xy(xyz: np.ndarray, size: int, margin: int = 1) -> np.ndarray:
+    """Pixel column and row ``[..., 2]`` of camera-space joints (x right, y up; the frame spans -1..1 m)."""
+    return np.clip(((xyz[..., :2] * [1, -1] + [1.0, 1.0]) / 2 * size).astype(int), 0, size - margin)
+
+
+def _write_clip(out: Path, stem: str, xyz: np.ndarray, frames: np.ndarray | None, **video) -> None:
+    """One NTU-layout clip: ``skeletons/{stem}.skeleton.npy`` (one body, 3 m from the camera) and, when ``frames`` is
+    given, ``rgb/{stem}_rgb.avi``."""
+    from .curation.ntu import write_skeleton_npy
+    from .video.io import write_video
+
+    xyz = xyz + np.array([0.0, 0.0, 3.0])
+    write_skeleton_npy({"file_name": stem, "nbodys": [1] * len(xyz), "njoints": 25, "skel_body0": xyz},
+                       out / "skeletons" / f"{stem}.skeleton.npy")
+    if frames is not None:
+        write_video(out / "rgb" / f"{stem}_rgb.avi", frames.astype(np.uint8), fps=30, **video)
+
+
 def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec = SkeletonWorldSpec()) -> dict:
     """Write NTU-layout clips: ``out/skeletons/{stem}.skeleton.npy`` (NTU's txt2npy dict, one body) and
     ``out/rgb/{stem}_rgb.avi`` (a background of the class's object colour, with noise, and the right hand as a white
@@ -330,15 +358,13 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
     if spec.replications * len(spec.actions) > 899:
         raise ValueError("SkeletonWorldSpec: replications x actions must be <= 899 (NTU names have 3-digit "
                          "replication numbers; renamed clips use 100 + their place)")
-    from .curation.ntu import NTUName, write_skeleton_npy
-    from .video.io import write_video
+    from .curation.ntu import NTUName
 
     out = Path(out)
     palette = np.random.default_rng(1234).integers(30, 226, size=(len(spec.actions), 3))
     stems, mislabelled = [], 0
     for performer in (*spec.train_performers, *spec.test_performers):
-        body = np.random.default_rng([seed, performer])
-        scale, offset = body.uniform(0.85, 1.15), np.array([body.uniform(-0.3, 0.3), body.uniform(-0.1, 0.1), 0.0])
+        rest = _rest_pose(*_performer_body(seed, performer))
         for r in range(1, spec.replications + 1):
             for k, action in enumerate(spec.actions):
                 rng = np.random.default_rng([seed, performer, r, action])
@@ -349,17 +375,91 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
                     name = NTUName(1, 1, performer, 100 + (r - 1) * len(spec.actions) + k + 1,
                                    wrong[int(rng.integers(len(wrong)))])
                     mislabelled += 1
-                rest = np.concatenate([_REST, np.zeros((25, 1))], axis=1) * scale + offset
                 xyz = rest + _movement(k, spec, rng) + rng.normal(0, spec.jitter, size=(spec.frames, 25, 3))
-                xyz = xyz + np.array([0.0, 0.0, 3.0])  # 3 m from the camera
-                write_skeleton_npy({"file_name": name.stem, "nbodys": [1] * spec.frames, "njoints": 25,
-                                    "skel_body0": xyz}, out / "skeletons" / f"{name.stem}.skeleton.npy")
                 frames = np.clip(palette[k] + rng.normal(0, 20, size=(spec.frames, spec.size, spec.size, 3)), 0, 255)
-                hand = np.clip(((xyz[:, 11, :2] * [1, -1] + [1.0, 1.0]) / 2 * spec.size).astype(int), 0, spec.size - 1)
+                hand = _image_xy(xyz[:, 11], spec.size)
                 frames[np.arange(spec.frames), hand[:, 1], hand[:, 0]] = 255
-                write_video(out / "rgb" / f"{name.stem}_rgb.avi", frames.astype(np.uint8), fps=30)
+                _write_clip(out, name.stem, xyz, frames)
                 stems.append(name.stem)
     return {"skeletons": out / "skeletons", "rgb": out / "rgb", "clips": len(stems), "mislabelled": mislabelled}
+
+
+# ==================================================================== postures: a compositional zero-shot world
+# Each class holds the left hand at one of a few places and the right hand at one of a few places (a small
+# oscillation on top), so class = (left place, right place). The novel classes (held out of pose training) are
+# the diagonal (place p, place p): every place of each hand is seen in training, in other combinations. The RGB
+# video draws both arms (elbow, wrist, hand) as dots, so what it shows is the skeleton's own information; a CLIP
+# pre-trained on other performers' clips of every class (:func:`llavidal.peers.pretrain_world_clip`) plays the
+# part of the web-scale CLIP that knows the novel classes before the pose encoder sees any of them.
+@dataclass(frozen=True)
+class PostureWorldSpec:
+    places: int = 4  # places per hand: places ** 2 classes, NTU actions 1 .. places ** 2
+    performers: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # the pose encoder's clips (base: training, novel: test)
+    pretrain_performers: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)  # the world CLIP's clips, every class
+    replications: int = 2
+    frames: int = 32
+    reach: float = 0.35  # how far (m) the hand is held from its rest place
+    jitter: float = 0.04  # per-joint noise (m) of the skeleton tracking
+    size: int = 32  # video frames are size x size
+    noise: float = 4.0  # pixel noise of the background
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(range(1, self.places ** 2 + 1))
+
+    @property
+    def novel(self) -> tuple[int, ...]:
+        """The held-out classes: both hands at the same place."""
+        return tuple(1 + p * self.places + p for p in range(self.places))
+
+
+_ARM_DOTS = ((5, (160, 60, 60)), (6, (200, 60, 60)), (7, (255, 60, 60)),  # left elbow, wrist, hand: red
+             (9, (60, 160, 60)), (10, (60, 200, 60)), (11, (60, 255, 60)))  # right: green
+
+
+def _posture(left: int, right: int, spec: PostureWorldSpec, rng: np.random.Generator) -> np.ndarray:
+    """Displacement ``[frames, 25, 3]``: each hand held at its place (an angle in the image plane; the elbow moves
+    less than the hand) with a small oscillation of random phase and speed."""
+    t = np.linspace(0.0, 1.0, spec.frames) * rng.uniform(0.8, 1.2) + rng.uniform(0, 1)
+    reach = spec.reach + 0.05 * np.sin(2 * np.pi * 1.5 * t)  # [frames]
+    angles = np.linspace(-np.pi / 3, 2 * np.pi / 3, spec.places)
+    out = np.zeros((spec.frames, 25, 3))
+    for side, limb, place in ((-1, "left arm", left), (1, "right arm", right)):
+        way = np.array([side * np.cos(angles[place]), np.sin(angles[place]), 0.0])
+        for joint, share in zip(_LIMBS[limb], (0.3, 0.7, 1.0, 1.0, 1.0)):
+            out[:, joint] += (reach * share)[:, None] * way
+    return out
+
+
+def make_posture_world(out: str | Path, seed: int = 0, spec: PostureWorldSpec = PostureWorldSpec()) -> dict:
+    """Write the posture world: ``out/skeletons`` + ``out/rgb`` (the pose encoder's clips, NTU layout, one body) and
+    ``out/pretrain/rgb`` (the world CLIP's pre-training videos: other performers, every class). Videos are lossless
+    (FFV1): at 32 x 32 pixels MPEG-4 smears the dots away. Same seed, same files."""
+    from .curation.ntu import NTUName
+
+    out = Path(out)
+    video = {"codec": "ffv1", "pix_fmt": "yuv444p"}
+    counts = {}
+    for folder, performers in ((out, spec.performers), (out / "pretrain", spec.pretrain_performers)):
+        n = 0
+        for performer in performers:
+            rest = _rest_pose(*_performer_body(seed, performer, x_range=0.2))
+            for r in range(1, spec.replications + 1):
+                for action in spec.classes:
+                    rng = np.random.default_rng([seed, performer, r, action])
+                    left, right = divmod(action - 1, spec.places)
+                    xyz = rest + _posture(left, right, spec, rng) + rng.normal(0, spec.jitter, (spec.frames, 25, 3))
+                    frames = np.clip(40 + rng.normal(0, spec.noise, (spec.frames, spec.size, spec.size, 3)), 0, 255)
+                    for joint, colour in _ARM_DOTS:  # 3 x 3 dots
+                        xy = _image_xy(xyz[:, joint], spec.size, margin=3)
+                        for dy, dx in itertools.product(range(3), range(3)):
+                            frames[np.arange(spec.frames), xy[:, 1] + dy, xy[:, 0] + dx] = colour
+                    _write_clip(folder, NTUName(1, 1, performer, r, action).stem, xyz, frames, **video)
+                    n += 1
+        counts[folder] = n
+    return {"skeletons": out / "skeletons", "rgb": out / "rgb", "pretrain_rgb": out / "pretrain" / "rgb",
+            "clips": counts[out], "pretrain_clips": counts[out / "pretrain"], "classes": spec.classes,
+            "novel": spec.novel}
 
 
 # ==================================================================== long videos: an event early or late
@@ -522,7 +622,7 @@ def make_long_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, see
 
 
 __all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTION", "LONG_SCENES", "LONG_WHEN", "LONG_WORDS",
-           "SCENE_ACTIONS", "LongWorld", "LongWorldSpec", "SceneSpec", "SceneWorld", "SkeletonWorldSpec", "World",
-           "WorldSpec", "action_name", "long_answer", "long_choices", "long_pretraining_text", "make_dataset",
-           "make_long_dataset", "make_scene_dataset", "make_skeleton_world", "pretraining_text", "scene_action_name",
-           "scene_pretraining_text"]
+           "SCENE_ACTIONS", "LongWorld", "LongWorldSpec", "PostureWorldSpec", "SceneSpec", "SceneWorld",
+           "SkeletonWorldSpec", "World", "WorldSpec", "action_name", "long_answer", "long_choices",
+           "long_pretraining_text", "make_dataset", "make_long_dataset", "make_posture_world", "make_scene_dataset",
+           "make_skeleton_world", "pretraining_text", "scene_action_name", "scene_pretraining_text"]

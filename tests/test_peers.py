@@ -42,39 +42,128 @@ def test_skeleton_world_is_read_as_ntu_and_deterministic(tmp_path):
     assert len(list(c["skeletons"].iterdir())) == len(list(c["rgb"].iterdir())) == 24
 
 
-def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys):
-    """`quickstart --study ski-phase2 --fast`: phase 1, then phase 2 with and without the alignment term; a rerun
-    finds every run finished and reports the same table."""
+def test_posture_world_is_compositional_ntu_and_deterministic(tmp_path):
+    """The zero-shot world: class = (left hand's place, right hand's place); the novel classes are the diagonal, so
+    each place of each hand is seen in training in other classes; the lossless videos show the hands where the
+    skeletons put them; the CLIP's pre-training clips are other performers'; same seed, same files."""
+    from llavidal.curation.ntu import NTUName, load_skeleton
+    from llavidal.pose.align import match_videos
+    from llavidal.pose.data import make_split, scan_ntu
+    from llavidal.synthetic import PostureWorldSpec, make_posture_world
+    from llavidal.video.io import read_frames
+
+    spec = PostureWorldSpec(places=3, performers=(1, 2), pretrain_performers=(11,), replications=1, frames=8)
+    w = make_posture_world(tmp_path / "a", seed=5, spec=spec)
+    assert w["novel"] == spec.novel == (1, 5, 9) and w["classes"] == tuple(range(1, 10))
+    assert w["clips"] == 18 and w["pretrain_clips"] == 9
+    items, skipped, _ = scan_ntu(w["skeletons"])
+    assert len(items) == 18 and not skipped
+    split = make_split(items, "zeroshot", unseen="1,5,9")
+    train_places = {divmod(i.action - 1, 3) for i in split.train}
+    for hand in (0, 1):  # every place of each hand is trained on
+        assert {p[hand] for p in train_places} == {0, 1, 2}
+    assert {i.action for i in split.test} == {1, 5, 9}
+    videos, missing = match_videos(items, w["rgb"])
+    assert len(videos) == 18 and not missing
+    assert {NTUName.parse(p).performer for p in w["pretrain_rgb"].iterdir()} == {11}
+
+    def hand(action, performer=1, joint=7):  # mean position of a hand over the clip
+        return load_skeleton(w["skeletons"] / f"S001C001P{performer:03d}R001A{action:03d}.skeleton.npy")[
+            "skel_body0"][:, joint, :2].mean(0)
+
+    # the left hand's place does not depend on the right hand's, and the places are far apart
+    same = np.linalg.norm(hand(1) - hand(2)), np.linalg.norm(hand(4, joint=11) - hand(7, joint=11))
+    apart = np.linalg.norm(hand(1) - hand(4)), np.linalg.norm(hand(1, joint=11) - hand(2, joint=11))
+    assert max(same) < 0.08 < 0.2 < min(apart)
+    # lossless video: the left hand's red dot is drawn where the skeleton puts the hand
+    frames, _ = read_frames(videos[items[0].stem], max_frames=8)
+    xyz = load_skeleton(items[0].path)["skel_body0"]
+    col, row = np.clip(((xyz[0, 7, :2] * [1, -1] + 1) / 2 * spec.size).astype(int), 0, spec.size - 3)
+    assert tuple(frames[0, row + 1, col + 1]) == (255, 60, 60)
+    b = make_posture_world(tmp_path / "b", seed=5, spec=spec)
+    for i in items:
+        assert i.path.read_bytes() == (b["skeletons"] / i.path.name).read_bytes()
+    assert videos[items[3].stem].read_bytes() == (b["rgb"] / videos[items[3].stem].name).read_bytes()
+
+
+def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_path):
+    """The zero-shot setting's CLIP: pre-trained on the world's pre-training videos, written as a CLIP folder the
+    pose trainer reads (vision and text towers), the same for the same seed, and reused by a rerun."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    from llavidal.peers import WorldClipConfig, pretrain_world_clip
+    from llavidal.synthetic import PostureWorldSpec, make_posture_world
+    from llavidal.video.clip import TinyClipSpec, make_tiny_clip
+
+    spec = PostureWorldSpec(places=2, performers=(1,), pretrain_performers=(11, 12), replications=1, frames=8)
+    w = make_posture_world(tmp_path / "w", seed=0, spec=spec)
+    cfg = WorldClipConfig(epochs=2, frames=2, batch=4)
+    a = pretrain_world_clip(tmp_path / "a", w["pretrain_rgb"], spec.classes, cfg)
+    assert a["videos"] == 8 and a["classes"] == [1, 2, 3, 4] and a["epochs"] == 2 and 0 <= a["train_top1"] <= 1
+    assert pretrain_world_clip(tmp_path / "b", w["pretrain_rgb"], spec.classes, cfg) == a  # same seed, same run
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    make_tiny_clip(tmp_path / "random", seed=0, spec=TinyClipSpec(
+        vision_hidden_size=64, vision_intermediate_size=128, vision_heads=4, vision_layers=2, projection_dim=32,
+        image_size=32, patch_size=4))
+    init = load_file(str(tmp_path / "random" / "model.safetensors"))
+    assert not np.array_equal(init["visual_projection.weight"].numpy(), wa["visual_projection.weight"].numpy())
+    assert CLIPVisionModelWithProjection.from_pretrained(tmp_path / "a").config.image_size == 32
+    assert CLIPTextModelWithProjection.from_pretrained(tmp_path / "a").config.projection_dim == 32
+    mtime = (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns
+    assert pretrain_world_clip(tmp_path / "a", w["pretrain_rgb"], spec.classes, cfg) == a  # reused, not retrained
+    assert (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("study", ["ski-phase2", "ski-phase2-xsub"])
+def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys, study):
+    """`quickstart --study ski-phase2[-xsub] --fast`: phase 1, then phase 2 without the alignment term, with it, and
+    with it training the pose encoder only; a rerun finds every run finished and reports the same table."""
     out = tmp_path / "ski"
-    assert cli_main(["quickstart", "--study", "ski-phase2", "--fast", "--out", str(out)]) == 0
+    assert cli_main(["quickstart", "--study", study, "--fast", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
-    assert set(run) == {"seed", "phase1", "phase2_alpha0", "phase2_alpha10"}
-    for key in ("phase1", "phase2_alpha0", "phase2_alpha10"):
+    keys = {"phase1", "phase2_alpha0", "phase2_alpha10", "phase2_alpha10_pose"}
+    assert set(run) == {"seed", *keys} | ({"clip_pretraining"} if study == "ski-phase2" else set())
+    for key in keys:
         assert 0.0 <= run[key]["pose_top1"] <= 1.0
     assert run["phase2_alpha0"]["pose_top1"] == results["summary"]["phase2_alpha0"]["pose_top1"]["mean"]
     table = (out / "results.md").read_text()
     assert "| phase 2, alpha = 10 | 1 + 1 |" in table and "phase 2 without the alignment term" in table
+    assert "| phase 2, alpha = 10, --align pose | 1 + 1 |" in table
+    if study == "ski-phase2":
+        assert results["setting"] == "zeroshot" and results["novel_classes"] == [1, 4]
+        assert 0.0 <= run["phase2_alpha10"]["pose_gzsl_top1"] <= 1.0 and "novel classes (1, 4)" in table
+        assert json.loads((out / "seed0-phase1" / "train_config.json").read_text())["unseen_classes"] == "1,4"
+    else:
+        assert results["setting"] == "xsub" and "pose_gzsl_top1" not in run["phase2_alpha10"]
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     capsys.readouterr()
-    assert cli_main(["quickstart", "--study", "ski-phase2", "--fast", "--out", str(out)]) == 0
+    assert cli_main(["quickstart", "--study", study, "--fast", "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == mtimes  # nothing trained again
     assert (out / "results.md").read_text() == table
     # other alphas: only the new phase-2 runs train; phase 1 and the alpha-0 run are reused
-    assert cli_main(["quickstart", "--study", "ski-phase2", "--fast", "--alphas", "0,1", "--out", str(out)]) == 0
+    assert cli_main(["quickstart", "--study", study, "--fast", "--alphas", "0,1", "--out", str(out)]) == 0
     (run,) = json.loads((out / "results.json").read_text())["runs"]
-    assert set(run) == {"seed", "phase1", "phase2_alpha0", "phase2_alpha1"}
+    assert set(run) - {"clip_pretraining"} == {"seed", "phase1", "phase2_alpha0", "phase2_alpha1",
+                                               "phase2_alpha1_pose"}
     assert "| phase 2, alpha = 1 | 1 + 1 |" in (out / "results.md").read_text()
     again = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert all(again[p] == t for p, t in mtimes.items())
-    assert {p.relative_to(out).parts[0] for p in set(again) - set(mtimes)} == {"seed0-phase2-alpha1"}
+    assert {p.relative_to(out).parts[0] for p in set(again) - set(mtimes)} == {"seed0-phase2-alpha1",
+                                                                             "seed0-phase2-alpha1-align-pose"}
+
+
+def test_study_alphas_flag(tmp_path, capsys):
+    out = tmp_path / "ski"
     with pytest.raises(SystemExit):
         cli_main(["quickstart", "--study", "ski-phase2", "--alphas", "1,x", "--out", str(out)])
     assert "expected non-negative numbers" in capsys.readouterr().err
     assert cli_main(["quickstart", "--study", "pooling", "--alphas", "1", "--out", str(tmp_path / "p")]) == 2
-    assert "--alphas applies to the ski-phase2 study only" in capsys.readouterr().err
+    assert "--alphas applies to the ski-phase2 studies only" in capsys.readouterr().err
     assert cli_main(["quickstart", "--study", "long-video", "--alphas", "1", "--out", str(tmp_path / "l")]) == 2
-    assert "--alphas applies to the ski-phase2 study only" in capsys.readouterr().err
+    assert "--alphas applies to the ski-phase2 studies only" in capsys.readouterr().err
     assert not (tmp_path / "l").exists()  # refused before anything ran
 
 
