@@ -58,6 +58,19 @@ def kill_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], seed: int, m
             proc.wait()
 
 
+def kill_and_rerun(cmd: list[str], cwd: Path, ready: Callable[[], bool], seed: int, max_delay: float = 0.3,
+                   timeout: float = 300, finished: Path | None = None, expect: int = 0) -> subprocess.CompletedProcess:
+    """The scaffold of every kill test: :func:`kill_when` (which must land before the command ends; and when
+    ``finished`` is given, the file that only a finished run writes must be absent), then the same command again to
+    its end, which must exit with ``expect``. Returns that second run, for the test to compare its outputs with an
+    uninterrupted run's."""
+    assert kill_when(cmd, cwd, ready, seed, max_delay, timeout), f"{cmd[3:5]}: finished before the kill point"
+    assert finished is None or not finished.exists(), f"{finished} exists: killed after the run finished"
+    proc = run(cmd, cwd, timeout)
+    assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
 def count_lines(path: Path) -> int:
     try:
         return path.read_bytes().count(b"\n")

@@ -14,7 +14,7 @@ from ntu_fixture import make_ntu_root
 from openai_stub import OpenAIStub
 from test_curation_e2e import ROOT, _reply
 
-from faults.harness import count_lines, kill_when, llavidal, run
+from faults.harness import count_lines, kill_and_rerun, kill_when, llavidal, run
 
 SEEDS = (21, 22, 23)
 
@@ -59,7 +59,7 @@ def test_curation_model_steps_resume_after_kill(tmp_path):
             keyed = ["env", "OPENAI_API_KEY=test", *map(str, cmd(work))]
             assert kill_when(keyed, tmp_path, lambda: progress(work) >= 1, seed, max_delay=0.1), name
             assert not (work / final).exists(), f"{name}: killed after it finished"
-            before = stub.count
+            before = stub.count  # the rerun's requests only
             proc = run(keyed, tmp_path)
             assert proc.returncode == 0, proc.stderr[-3000:]
             assert (work / final).read_bytes() == (ref / final).read_bytes(), name
@@ -90,10 +90,8 @@ def test_curation_stitch_resumes_after_kill(tmp_path):
     want = {p.name: p.read_bytes() for p in sorted(ref.glob("*.mp4"))}
     assert len(want) == 60
     out = tmp_path / "killed"
-    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*.mp4"))) >= 5, SEEDS[0], max_delay=0.1)
-    assert not (out / "actions.json").exists(), "killed after it finished"
-    proc = run(cmd(out), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    kill_and_rerun(cmd(out), tmp_path, lambda: len(list(out.glob("*.mp4"))) >= 5, SEEDS[0], max_delay=0.1,
+                   finished=out / "actions.json")
     assert {p.name: p.read_bytes() for p in sorted(out.glob("*.mp4"))} == want
     assert (out / "actions.json").read_bytes() == (ref / "actions.json").read_bytes()
     assert not list(out.glob(".*"))  # the killed run's temporary is gone

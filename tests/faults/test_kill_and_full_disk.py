@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from faults.harness import count_lines, kill_when, llavidal, run, tree
+from faults.harness import count_lines, kill_and_rerun, llavidal, run, tree
 from helpers_train import synthetic_data, train_flags
 
 SEEDS = (11, 12)
@@ -39,11 +39,10 @@ def test_pack_features_resumes_after_kill(feature_folder, tmp_path):
     for seed in SEEDS:
         out = tmp_path / f"killed{seed}"
         n = 40 + seed * 10  # kill once this many files are packed
-        assert kill_when(llavidal("pack-features", feature_folder, out), tmp_path,
-                         lambda: count_lines(out / "progress.jsonl") >= n, seed)
-        assert not (out / "index.json").exists()  # nothing that looks finished
-        proc = run(llavidal("pack-features", feature_folder, out), tmp_path)
-        assert proc.returncode == 1 and "bad.npy" in proc.stdout
+        proc = kill_and_rerun(llavidal("pack-features", feature_folder, out), tmp_path,
+                              lambda: count_lines(out / "progress.jsonl") >= n, seed, finished=out / "index.json",
+                              expect=1)  # nothing that looks finished before; bad.npy listed after
+        assert "bad.npy" in proc.stdout
         assert tree(out) == expected
     again = run(llavidal("pack-features", feature_folder, ref), tmp_path)
     assert "already holds these 400 files" in again.stdout and tree(ref) == expected
@@ -72,11 +71,9 @@ def test_train_resumes_after_kill(tiny_base, synth, tmp_path):
     expected = load_file(str(ref / "adapter.safetensors"))
     for seed, after in zip(SEEDS, ("checkpoint-2", "checkpoint-8")):
         out = tmp_path / f"killed{seed}"
-        cmd = llavidal("train", *train_flags(tiny_base, synth, out, **flags))
-        assert kill_when(cmd, tmp_path, lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=0.1)
-        assert not (out / "train_summary.json").exists()
-        proc = run(cmd, tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        kill_and_rerun(llavidal("train", *train_flags(tiny_base, synth, out, **flags)), tmp_path,
+                       lambda: (out / after / "trainer_state.json").is_file(), seed, max_delay=0.1,
+                       finished=out / "train_summary.json")
         got = load_file(str(out / "adapter.safetensors"))
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
         summary = json.loads((out / "train_summary.json").read_text())
@@ -101,9 +98,8 @@ def test_eval_run_resumes_after_kill(tiny_base, tmp_path):
     ref_scored = (ref / "scored.jsonl").read_text()
     for seed in SEEDS:
         out = tmp_path / f"killed{seed}"
-        assert kill_when(cmd(out), tmp_path, lambda: count_lines(out / "predictions.jsonl") >= seed - 8, seed)
-        assert not (out / "summary.json").exists()
-        assert run(cmd(out), tmp_path).returncode == 0
+        kill_and_rerun(cmd(out), tmp_path, lambda: count_lines(out / "predictions.jsonl") >= seed - 8, seed,
+                       finished=out / "summary.json")
         rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
         assert sorted(r["index"] for r in rows) == expected  # each item once, none lost
         assert (out / "scored.jsonl").read_text() == ref_scored
@@ -140,8 +136,7 @@ def test_extract_video_resumes_after_kill(videos, tmp_path):
     assert len(expected) == 10
     for seed in SEEDS:
         out = tmp_path / f"killed{seed}"
-        assert kill_when(_extract(src, clip, out), tmp_path, lambda: len(list(out.glob("*.pkl"))) >= seed - 8, seed)
-        assert run(_extract(src, clip, out), tmp_path).returncode == 0
+        kill_and_rerun(_extract(src, clip, out), tmp_path, lambda: len(list(out.glob("*.pkl"))) >= seed - 8, seed)
         assert tree(out, skip=("extract_summary", "failures")) == expected
         assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
@@ -195,10 +190,8 @@ def test_pose_train_and_extract_pose_resume_after_kill(skeletons, tmp_path):
     assert run(_pose_train(data, clip, ref), tmp_path).returncode == 0
     expected = load_file(str(ref / "model.safetensors"))
     out = tmp_path / "killed"
-    assert kill_when(_pose_train(data, clip, out), tmp_path, lambda: (out / "checkpoint-0002").is_dir(), SEEDS[0])
-    assert count_lines(out / "metrics.jsonl") < 4  # killed before the last epoch
-    proc = run(_pose_train(data, clip, out), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    kill_and_rerun(_pose_train(data, clip, out), tmp_path, lambda: (out / "checkpoint-0002").is_dir(), SEEDS[0],
+                   finished=out / "train_summary.json")
     got = load_file(str(out / "model.safetensors"))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
@@ -212,8 +205,7 @@ def test_pose_train_and_extract_pose_resume_after_kill(skeletons, tmp_path):
     assert len(want) == 20
     for seed in SEEDS[:1]:
         o = tmp_path / f"f{seed}"
-        assert kill_when(extract(o), tmp_path, lambda: len(list(o.glob("*_pose.pkl"))) >= seed - 5, seed, 0.1)
-        assert run(extract(o), tmp_path).returncode == 0
+        kill_and_rerun(extract(o), tmp_path, lambda: len(list(o.glob("*_pose.pkl"))) >= seed - 5, seed, 0.1)
         assert tree(o, skip=("summary", "failures")) == want
 
 
@@ -232,11 +224,9 @@ def test_mmpro_resumes_after_kill(tiny_base, synth, tmp_path):
     expected = load_file(str(ref / final / "adapter.safetensors"))
     out = tmp_path / "killed"
     # killed in stage 2 with 6 of its 8 steps left (more than the kill delay on any machine)
-    assert kill_when(cmd(out), tmp_path, lambda: (out / "stage2-video-pose" / "checkpoint-2" / "trainer_state.json")
-                     .is_file(), SEEDS[0], max_delay=0.1, timeout=600)
-    assert not (out / "mmpro.json").exists()
-    proc = run(cmd(out), tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = kill_and_rerun(cmd(out), tmp_path, lambda: (out / "stage2-video-pose" / "checkpoint-2" /
+                                                       "trainer_state.json").is_file(), SEEDS[0], max_delay=0.1,
+                          timeout=600, finished=out / "mmpro.json")
     assert proc.stdout.count("already complete, skipped") == 3  # the stage-1 runs are not redone
     got = load_file(str(out / final / "adapter.safetensors"))
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
@@ -257,8 +247,7 @@ def test_curation_crop_resumes_after_kill(tmp_path):
     want = tree(ref, skip=("manifest", "records", "failures"))
     assert len([k for k in want if k.endswith(".avi")]) == 10
     out = tmp_path / "killed"
-    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_rgb.avi"))) >= 3, SEEDS[0], 0.1)
-    assert run(cmd(out), tmp_path).returncode == 0
+    kill_and_rerun(cmd(out), tmp_path, lambda: len(list(out.glob("*_rgb.avi"))) >= 3, SEEDS[0], 0.1)
     assert tree(out, skip=("manifest", "records", "failures")) == want
 
 
@@ -285,6 +274,5 @@ def test_extract_objects_resumes_after_kill(tmp_path):
     want = tree(ref, skip=("summary", "manifest", "failures"))
     assert len([k for k in want if k.endswith("_object.pkl")]) == 5
     out = tmp_path / "killed"
-    assert kill_when(cmd(out), tmp_path, lambda: len(list(out.glob("*_object.pkl"))) >= 2, SEEDS[0], 0.1)
-    assert run(cmd(out), tmp_path).returncode == 0
+    kill_and_rerun(cmd(out), tmp_path, lambda: len(list(out.glob("*_object.pkl"))) >= 2, SEEDS[0], 0.1)
     assert tree(out, skip=("summary", "manifest", "failures")) == want
