@@ -250,7 +250,8 @@ def _ski_world(cfg: SkiStudyConfig, out: Path, seed: int, spec) -> tuple[dict, s
         atomic_write_json(marker, {"clips": world["clips"], "pretrain_clips": world["pretrain_clips"]})
     clip = data / "clip"
     ccfg = WorldClipConfig(**{**cfg.clip, "frames": cfg.video_frames, "seed": seed})
-    print(f"[ski-phase2] seed {seed}: pre-training the world's CLIP ({ccfg.epochs} epochs)")
+    if not (clip / "world_clip.json").is_file():
+        print(f"[ski-phase2] seed {seed}: pre-training the world's CLIP ({ccfg.epochs} epochs)")
     info = pretrain_world_clip(clip, data / "pretrain" / "rgb", spec.classes, ccfg)
     return {"skeletons": data / "skeletons", "rgb": data / "rgb", "clip_pretraining": info}, str(clip)
 
