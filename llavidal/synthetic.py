@@ -435,7 +435,7 @@ def make_posture_world(out: str | Path, seed: int = 0, spec: PostureWorldSpec = 
     """Write the posture world: ``out/skeletons`` + ``out/rgb`` (the pose encoder's clips, NTU layout, one body) and
     ``out/pretrain/{skeletons,rgb}`` (the world CLIP's pre-training clips: other performers, every class; the CLIP
     reads their videos). Videos are lossless
-    (FFV1): at 32 x 32 pixels MPEG-4 smears the dots away. Same seed, same files."""
+    (FFV1): at 32 x 32 pixels MPEG-4 smears the dots into blocks. Same seed, same files."""
     from .curation.ntu import NTUName
 
     out = Path(out)
