@@ -223,18 +223,19 @@ class SkiStudyConfig:
     clip: dict = field(default_factory=dict)  # WorldClipConfig fields (zeroshot)
 
 
-def _ski_runs(cfg: SkiStudyConfig) -> list[tuple[str, float, str]]:
+def _ski_runs(alphas: tuple[float, ...], aligns: tuple[str, ...]) -> list[tuple[str, float, str]]:
     """(results key, alpha, align) of each phase-2 run: alpha 0 once (the alignment term is absent, so ``align``
     changes nothing), every other alpha once per ``aligns``."""
     runs = []
-    for alpha in cfg.alphas:
-        for align in (("both",) if alpha == 0 else cfg.aligns):
+    for alpha in alphas:
+        for align in (("both",) if alpha == 0 else aligns):
             runs.append((f"phase2_alpha{alpha:g}" + ("" if align == "both" else f"_{align}"), alpha, align))
     return runs
 
 
 def _ski_world(cfg: SkiStudyConfig, out: Path, seed: int, spec) -> tuple[dict, str]:
     """The seed's world and the CLIP its runs use, made once (a rerun reuses both)."""
+    from .io_utils import atomic_write_json
     from .synthetic import make_posture_world, make_skeleton_world
 
     data = out / f"world-{seed}"
@@ -245,8 +246,6 @@ def _ski_world(cfg: SkiStudyConfig, out: Path, seed: int, spec) -> tuple[dict, s
     marker = data / "world.json"
     if not marker.is_file():
         world = make_posture_world(data, seed=seed, spec=spec)
-        from .io_utils import atomic_write_json
-
         atomic_write_json(marker, {"clips": world["clips"], "pretrain_clips": world["pretrain_clips"]})
     clip = data / "clip"
     ccfg = WorldClipConfig(**{**cfg.clip, "frames": cfg.video_frames, "seed": seed})
@@ -294,7 +293,7 @@ def run_ski_study(cfg: SkiStudyConfig) -> dict:
         row = {"seed": seed, "phase1": _ski_metrics(s1["last_metrics"], phase=1)}
         if "clip_pretraining" in world:
             row["clip_pretraining"] = world["clip_pretraining"]
-        for key, alpha, align in _ski_runs(cfg):
+        for key, alpha, align in _ski_runs(cfg.alphas, cfg.aligns):
             print(f"[ski-phase2] seed {seed}: phase 2, alpha {alpha:g}, align {align} ({cfg.phase2_epochs} epochs)")
             folder = f"seed{seed}-phase2-alpha{alpha:g}" + ("" if align == "both" else f"-align-{align}")
             s2 = train(PoseTrainConfig(data=data, out=str(out / folder), clip=clip, epochs=cfg.phase2_epochs,
@@ -324,7 +323,7 @@ def _ski_metrics(m: dict, phase: int) -> dict:
 
 def _ski_summary(runs: list[dict], cfg: SkiStudyConfig) -> dict:
     out = {}
-    for key in ["phase1", *(k for k, _, _ in _ski_runs(cfg))]:
+    for key in ["phase1", *(k for k, _, _ in _ski_runs(cfg.alphas, cfg.aligns))]:
         out[key] = {metric: _stats([r[key][metric] for r in runs]) for metric in runs[0][key]
                     if metric != "train_mse"}
     return out
@@ -344,8 +343,7 @@ def ski_table(results: dict) -> str:
     cfg, summary, fmt = results["config"], results["summary"], _mean_std
     zeroshot = results.get("setting", "xsub") == "zeroshot"
     runs = [("phase1", "phase 1 (SkeletonCLIP)", str(cfg["phase1_epochs"]))]
-    for key, alpha, align in _ski_runs(SkiStudyConfig(alphas=tuple(cfg["alphas"]), aligns=tuple(cfg.get("aligns",
-                                                                                                  ("both",))))):
+    for key, alpha, align in _ski_runs(cfg["alphas"], cfg.get("aligns", ("both",))):
         what = ("phase 2 without the alignment term" if alpha == 0 else f"phase 2, alpha = {alpha:g}"
                 + ("" if align == "both" else f", --align {align}"))
         runs.append((key, what, f"{cfg['phase1_epochs']} + {cfg['phase2_epochs']}"))

@@ -434,8 +434,8 @@ def _posture(left: int, right: int, spec: PostureWorldSpec, rng: np.random.Gener
 def make_posture_world(out: str | Path, seed: int = 0, spec: PostureWorldSpec = PostureWorldSpec()) -> dict:
     """Write the posture world: ``out/skeletons`` + ``out/rgb`` (the pose encoder's clips, NTU layout, one body) and
     ``out/pretrain/{skeletons,rgb}`` (the world CLIP's pre-training clips: other performers, every class; the CLIP
-    reads their videos). Videos are lossless
-    (FFV1): at 32 x 32 pixels MPEG-4 smears the dots into blocks. Same seed, same files."""
+    reads their videos). Videos are lossless (FFV1): at 32 x 32 pixels MPEG-4 smears the dots into blocks. Same
+    seed, same files."""
     from .curation.ntu import NTUName
 
     out = Path(out)

@@ -262,9 +262,9 @@ def _check_resume(out: Path, cfg: PoseTrainConfig) -> None:
 
 def _param_groups(named, weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: weight decay on matrices only; ``lr_scale`` multiplies the schedule's rate for the group."""
-    named = list(named)
-    decay = [p for n, p in named if p.ndim >= 2 and "bias" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "bias" not in n)]
+    decay, rest = [], []
+    for n, p in named:
+        (decay if p.ndim >= 2 and "bias" not in n else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale},
             {"params": rest, "weight_decay": 0.0, "lr_scale": lr_scale}]
 
