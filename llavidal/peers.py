@@ -142,15 +142,20 @@ class WorldClipConfig:
     batch: int = 32
     frames: int = 8  # frames per video: the phase-2 video branch's --video-frames
     seed: int = 0
+    captions: bool = False  # also pre-train on the world's descriptions of each clip (captions.json)
 
 
-def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[int, ...], cfg: WorldClipConfig) -> dict:
+def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[int, ...], cfg: WorldClipConfig,
+                        captions: dict[str, list[str]] | None = None) -> dict:
     """Pre-train a tiny CLIP (both towers) on ``videos`` (NTU-named, ``{stem}_rgb.*``) against the prompts of
     ``classes``: the mean image embedding of each video's ``cfg.frames`` frames against the class prompts' text
-    embeddings, cross-entropy over the scaled cosines (CLIP's loss with the class prompts as the captions). It stands
-    in for the web-scale pre-training that lets a real CLIP know classes no pose encoder was trained on. Written as a
-    CLIP folder that ``--clip`` reads; ``world_clip.json`` (written last) marks it done and holds the final training
-    loss and top-1, so a rerun reuses it."""
+    embeddings, cross-entropy over the scaled cosines (CLIP's loss with the class prompts as the captions). With
+    ``captions`` (``{video stem: [caption, ...]}``, the same number for every video), each caption place adds its own
+    term: the video against the distinct captions found at that place — a CLIP that, as a web-scale one, has been
+    told more about its videos than their class. It stands in for the pre-training that lets a real CLIP know
+    classes no pose encoder was trained on. Written as a CLIP folder that ``--clip`` reads; ``world_clip.json``
+    (written last) marks it done and holds the final training loss and top-1 (of the class prompts), so a rerun
+    reuses it."""
     import torch
     import torch.nn.functional as F
     from transformers import CLIPModel, CLIPTokenizer
@@ -166,6 +171,23 @@ def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[i
     done = folder / "world_clip.json"
     if done.is_file():
         return json.loads(done.read_text())
+    paths = sorted(find_videos(videos), key=video_id)
+    label = {c: i for i, c in enumerate(classes)}
+    # caption sets: (texts, label of each video); the class prompts first
+    sets = [([PROMPT_TEMPLATE.format(NTU_ACTIONS[c - 1]) for c in classes],
+             [label[NTUName.parse(p).action] for p in paths])]
+    if captions is not None:
+        stems = [video_id(p).removesuffix("_rgb") for p in paths]
+        missing = [s for s in stems if s not in captions]
+        if missing:
+            raise ValueError(f"captions: no caption for {len(missing)} of {len(stems)} videos under {videos} "
+                             f"(first: {missing[0]})")
+        width = {len(captions[s]) for s in stems}
+        if len(width) != 1:
+            raise ValueError(f"captions: every video needs the same number of captions, found {sorted(width)}")
+        for place in range(width.pop()):
+            texts = sorted({captions[s][place] for s in stems})
+            sets.append((texts, [texts.index(captions[s][place]) for s in stems]))
     make_tiny_clip(folder, seed=cfg.seed, spec=TinyClipSpec(
         vision_hidden_size=64, vision_intermediate_size=128, vision_heads=4, vision_layers=2, projection_dim=32,
         image_size=32, patch_size=4))
@@ -173,34 +195,32 @@ def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[i
     model = quiet_from_pretrained(CLIPModel, str(folder)).train()
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     stats = image_stats(folder)
-    paths = sorted(find_videos(videos), key=video_id)
-    label = {c: i for i, c in enumerate(classes)}
-    labels = torch.tensor([label[NTUName.parse(p).action] for p in paths])
     pixels = torch.stack([normalise_frames(torch.from_numpy(sample_video(p, cfg.frames, stats.size)), stats)
                           for p in paths])  # [N, F, 3, S, S]
-    prompts = tokenizer([PROMPT_TEMPLATE.format(NTU_ACTIONS[c - 1]) for c in classes], padding=True,
-                        return_tensors="pt")
+    prompts = [tokenizer(texts, padding=True, return_tensors="pt") for texts, _ in sets]
+    labels = [torch.tensor(y) for _, y in sets]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     order = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.epochs):
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
         for index in torch.randperm(len(paths), generator=order).split(cfg.batch):
             x = pixels[index]
             image = model.get_image_features(pixel_values=x.flatten(0, 1)).pooler_output  # [B * F, P]
             image = F.normalize(image.view(len(index), x.shape[1], -1).mean(dim=1), dim=-1)
-            text = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)  # [K, P]
-            logits = model.logit_scale.exp() * image @ text.T
-            loss = F.cross_entropy(logits, labels[index])
+            logits = [model.logit_scale.exp() * image @ F.normalize(model.get_text_features(**p).pooler_output,
+                                                                    dim=-1).T for p in prompts]  # [B, K] per set
+            loss = sum(F.cross_entropy(lg, y[index]) for lg, y in zip(logits, labels))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(index)
-            correct += int((logits.argmax(1) == labels[index]).sum())
+            loss_sum += loss.detach() * len(index)
+            correct += (logits[0].argmax(1) == labels[0][index]).sum()
     with library_quiet():
         model.save_pretrained(folder)
     (folder / "llavidal_tiny_clip.json").unlink(missing_ok=True)  # described the random initialisation
-    info = {"videos": len(paths), "classes": list(classes), "epochs": cfg.epochs, "train_loss": loss_sum / len(paths),
-            "train_top1": correct / len(paths)}
+    info = {"videos": len(paths), "classes": list(classes), "epochs": cfg.epochs,
+            "train_loss": float(loss_sum) / len(paths), "train_top1": int(correct) / len(paths),
+            "caption_sets": [len(texts) for texts, _ in sets[1:]]}
     atomic_write_json(done, info)
     return info
 
@@ -219,6 +239,7 @@ class SkiStudyConfig:
     lr: float = 3e-3
     frames: int = 32
     video_frames: int = 8
+    video_lr_scale: float = 10.0  # phase 2's video branch learns at this multiple of lr (1e-6: held at the CLIP's)
     world: dict = field(default_factory=dict)  # PostureWorldSpec (zeroshot) or SkeletonWorldSpec (xsub) fields
     clip: dict = field(default_factory=dict)  # WorldClipConfig fields (zeroshot)
 
@@ -251,7 +272,8 @@ def _ski_world(cfg: SkiStudyConfig, out: Path, seed: int, spec) -> tuple[dict, s
     ccfg = WorldClipConfig(**{**cfg.clip, "frames": cfg.video_frames, "seed": seed})
     if not (clip / "world_clip.json").is_file():
         print(f"[ski-phase2] seed {seed}: pre-training the world's CLIP ({ccfg.epochs} epochs)")
-    info = pretrain_world_clip(clip, data / "pretrain" / "rgb", spec.classes, ccfg)
+    captions = json.loads((data / "pretrain" / "captions.json").read_text()) if ccfg.captions else None
+    info = pretrain_world_clip(clip, data / "pretrain" / "rgb", spec.classes, ccfg, captions)
     return {"skeletons": data / "skeletons", "rgb": data / "rgb", "clip_pretraining": info}, str(clip)
 
 
@@ -298,7 +320,8 @@ def run_ski_study(cfg: SkiStudyConfig) -> dict:
             folder = f"seed{seed}-phase2-alpha{alpha:g}" + ("" if align == "both" else f"-align-{align}")
             s2 = train(PoseTrainConfig(data=data, out=str(out / folder), clip=clip, epochs=cfg.phase2_epochs,
                                        seed=seed, phase=2, init=str(phase1), videos=str(world["rgb"]), alpha=alpha,
-                                       video_frames=cfg.video_frames, align=align, **common))
+                                       video_frames=cfg.video_frames, video_lr_scale=cfg.video_lr_scale,
+                                       align=align, **common))
             row[key] = _ski_metrics(s2["last_metrics"], phase=2)
         runs.append(row)
     results = {"study": "ski-phase2", "setting": cfg.setting, "world": asdict(spec), "runs": runs,

@@ -384,16 +384,24 @@ def make_skeleton_world(out: str | Path, seed: int = 0, spec: SkeletonWorldSpec 
     return {"skeletons": out / "skeletons", "rgb": out / "rgb", "clips": len(stems), "mislabelled": mislabelled}
 
 
-# ==================================================================== postures: a compositional zero-shot world
-# Each class holds the left hand at one of a few places and the right hand at one of a few places (a small
-# oscillation on top), so class = (left place, right place). The novel classes (held out of pose training) are
-# the diagonal (place p, place p): every place of each hand is seen in training, in other combinations. The RGB
-# video draws both arms (elbow, wrist, hand) as dots, so what it shows is the skeleton's own information; a CLIP
-# pre-trained on other performers' clips of every class (:func:`llavidal.peers.pretrain_world_clip`) plays the
+# ==================================================================== postures: zero-shot worlds
+# Each class holds each hand at one of a few places (a small oscillation on top). Two layouts:
+# * ``combinations``: class = (left place, right place); the novel classes (held out of pose training) are the
+#   diagonal (place p, place p), so every place of each hand is seen in training, in other combinations.
+# * ``coarse``: the base classes name the left hand's place only — in their clips the right hand is at one of two
+#   places, p + 1 or p + 3, drawn per clip; the novel classes name both hands, (p, p) and (p, p + 2), so telling
+#   them apart needs the right hand, which the base labels never needed. Every place of each hand is seen in
+#   training.
+# The RGB video draws both arms (elbow, wrist, hand) as dots, so what it shows is the skeleton's own information; a
+# CLIP pre-trained on other performers' clips of every class (:func:`llavidal.peers.pretrain_world_clip`) plays the
 # part of the web-scale CLIP that knows the novel classes before the pose encoder sees any of them.
+POSTURE_LAYOUTS = ("combinations", "coarse")
+
+
 @dataclass(frozen=True)
 class PostureWorldSpec:
-    places: int = 4  # places per hand: places ** 2 classes, NTU actions 1 .. places ** 2
+    places: int = 4  # places per hand (even for ``coarse``)
+    layout: str = "combinations"  # or "coarse" (see above)
     performers: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # the pose encoder's clips (base: training, novel: test)
     pretrain_performers: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)  # the world CLIP's clips, every class
     replications: int = 2
@@ -403,14 +411,41 @@ class PostureWorldSpec:
     size: int = 32  # video frames are size x size
     noise: float = 4.0  # pixel noise of the background
 
+    def __post_init__(self):
+        if self.layout not in POSTURE_LAYOUTS:
+            raise ValueError(f"PostureWorldSpec.layout {self.layout!r}: expected one of {', '.join(POSTURE_LAYOUTS)}")
+        if self.layout == "coarse" and self.places % 2:
+            raise ValueError(f"PostureWorldSpec.places {self.places}: the coarse layout needs an even number")
+
+    @property
+    def holds(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """NTU action id -> (left hand's places, right hand's places): one place, or several, one drawn per clip."""
+        n = self.places
+        if self.layout == "combinations":
+            return {1 + i: ((i // n,), (i % n,)) for i in range(n ** 2)}
+        base = {1 + p: ((p,), ((p + 1) % n, (p + 3) % n)) for p in range(n)}
+        novel = [((p,), ((p + k) % n,)) for p in range(n) for k in (0, 2)]
+        return base | {1 + n + i: hold for i, hold in enumerate(novel)}
+
     @property
     def classes(self) -> tuple[int, ...]:
-        return tuple(range(1, self.places ** 2 + 1))
+        return tuple(self.holds)
 
     @property
     def novel(self) -> tuple[int, ...]:
-        """The held-out classes: both hands at the same place."""
-        return tuple(1 + p * self.places + p for p in range(self.places))
+        """The held-out classes: both hands at the same place (combinations), both hands named (coarse)."""
+        if self.layout == "combinations":
+            return tuple(1 + p * self.places + p for p in range(self.places))
+        return self.classes[self.places:]
+
+    def angles(self) -> np.ndarray:
+        """The places of a hand: angles (radians) in the image plane, mirrored for the left hand."""
+        return np.linspace(-np.pi / 3, 2 * np.pi / 3, self.places)
+
+
+def hand_caption(side: str, place: int, spec: PostureWorldSpec) -> str:
+    """What a caption says of one hand: its place, as an angle."""
+    return f"the {side} hand is held at {round(float(np.degrees(spec.angles()[place])))} degrees."
 
 
 _ARM_DOTS = ((5, (160, 60, 60)), (6, (200, 60, 60)), (7, (255, 60, 60)),  # left elbow, wrist, hand: red
@@ -422,7 +457,7 @@ def _posture(left: int, right: int, spec: PostureWorldSpec, rng: np.random.Gener
     less than the hand) with a small oscillation of random phase and speed."""
     t = np.linspace(0.0, 1.0, spec.frames) * rng.uniform(0.8, 1.2) + rng.uniform(0, 1)
     reach = spec.reach + 0.05 * np.sin(2 * np.pi * 1.5 * t)  # [frames]
-    angles = np.linspace(-np.pi / 3, 2 * np.pi / 3, spec.places)
+    angles = spec.angles()
     out = np.zeros((spec.frames, 25, 3))
     for side, limb, place in ((-1, "left arm", left), (1, "right arm", right)):
         way = np.array([side * np.cos(angles[place]), np.sin(angles[place]), 0.0])
@@ -434,32 +469,40 @@ def _posture(left: int, right: int, spec: PostureWorldSpec, rng: np.random.Gener
 def make_posture_world(out: str | Path, seed: int = 0, spec: PostureWorldSpec = PostureWorldSpec()) -> dict:
     """Write the posture world: ``out/skeletons`` + ``out/rgb`` (the pose encoder's clips, NTU layout, one body) and
     ``out/pretrain/{skeletons,rgb}`` (the world CLIP's pre-training clips: other performers, every class; the CLIP
-    reads their videos). Videos are lossless (FFV1): at 32 x 32 pixels MPEG-4 smears the dots into blocks. Same
-    seed, same files."""
+    reads their videos). Each folder's ``captions.json`` says where each clip holds each hand (``{stem: [left
+    hand, right hand]}``, :func:`hand_caption`), the descriptions a CLIP may be pre-trained on besides the class
+    prompts. Videos are lossless (FFV1): at 32 x 32 pixels MPEG-4 smears the dots into blocks. Same seed, same
+    files."""
     from .curation.ntu import NTUName
+    from .io_utils import atomic_write_json
 
     out = Path(out)
     video = {"codec": "ffv1", "pix_fmt": "yuv444p"}
     counts = {}
     for folder, performers in ((out, spec.performers), (out / "pretrain", spec.pretrain_performers)):
-        n = 0
+        captions = {}
         for performer in performers:
             rest = _rest_pose(*_performer_body(seed, performer, x_range=0.2))
             for r in range(1, spec.replications + 1):
-                for action in spec.classes:
+                for action, choices in spec.holds.items():
                     rng = np.random.default_rng([seed, performer, r, action])
-                    left, right = divmod(action - 1, spec.places)
+                    # a drawn place has a stream of its own: the clip's other draws stay those of a fixed place
+                    pick = np.random.default_rng([seed, performer, r, action, 1])
+                    left, right = (c[0] if len(c) == 1 else int(pick.choice(c)) for c in choices)
                     xyz = rest + _posture(left, right, spec, rng) + rng.normal(0, spec.jitter, (spec.frames, 25, 3))
                     frames = np.clip(40 + rng.normal(0, spec.noise, (spec.frames, spec.size, spec.size, 3)), 0, 255)
                     for joint, colour in _ARM_DOTS:  # 3 x 3 dots
                         xy = _image_xy(xyz[:, joint], spec.size, margin=3)
                         for dy, dx in itertools.product(range(3), range(3)):
                             frames[np.arange(spec.frames), xy[:, 1] + dy, xy[:, 0] + dx] = colour
-                    _write_clip(folder, NTUName(1, 1, performer, r, action).stem, xyz, frames, **video)
-                    n += 1
-        counts[folder] = n
+                    stem = NTUName(1, 1, performer, r, action).stem
+                    _write_clip(folder, stem, xyz, frames, **video)
+                    captions[stem] = [hand_caption("left", left, spec), hand_caption("right", right, spec)]
+        atomic_write_json(folder / "captions.json", captions)
+        counts[folder] = len(captions)
     return {"skeletons": out / "skeletons", "rgb": out / "rgb", "pretrain_rgb": out / "pretrain" / "rgb",
-            "clips": counts[out], "pretrain_clips": counts[out / "pretrain"], "classes": spec.classes,
+            "pretrain_captions": out / "pretrain" / "captions.json", "clips": counts[out],
+            "pretrain_clips": counts[out / "pretrain"], "classes": spec.classes,
             "novel": spec.novel}
 
 
@@ -623,7 +666,8 @@ def make_long_dataset(out: str | Path, n_train: int = 256, n_test: int = 64, see
 
 
 __all__ = ["ACTIONS", "ATTRIBUTES", "LONG_EVENTS", "LONG_QUESTION", "LONG_SCENES", "LONG_WHEN", "LONG_WORDS",
-           "SCENE_ACTIONS", "LongWorld", "LongWorldSpec", "PostureWorldSpec", "SceneSpec", "SceneWorld",
-           "SkeletonWorldSpec", "World", "WorldSpec", "action_name", "long_answer", "long_choices",
-           "long_pretraining_text", "make_dataset", "make_long_dataset", "make_posture_world", "make_scene_dataset",
-           "make_skeleton_world", "pretraining_text", "scene_action_name", "scene_pretraining_text"]
+           "POSTURE_LAYOUTS", "SCENE_ACTIONS", "LongWorld", "LongWorldSpec", "PostureWorldSpec", "SceneSpec",
+           "SceneWorld", "SkeletonWorldSpec", "World", "WorldSpec", "action_name", "hand_caption", "long_answer",
+           "long_choices", "long_pretraining_text", "make_dataset", "make_long_dataset", "make_posture_world",
+           "make_scene_dataset", "make_skeleton_world", "pretraining_text", "scene_action_name",
+           "scene_pretraining_text"]

@@ -86,6 +86,51 @@ def test_posture_world_is_compositional_ntu_and_deterministic(tmp_path):
     assert videos[items[3].stem].read_bytes() == (b["rgb"] / videos[items[3].stem].name).read_bytes()
 
 
+def test_posture_world_coarse_layout(tmp_path):
+    """The coarse layout: a base class names the left hand's place only, its clips hold the right hand at one of
+    two places (p + 1 or p + 3, drawn per clip); the novel classes name both hands, (p, p) and (p, p + 2); the
+    skeletons put each hand where the clip's captions say; unknown layouts and an odd number of places are
+    refused."""
+    from llavidal.curation.ntu import load_skeleton
+    from llavidal.synthetic import PostureWorldSpec, hand_caption, make_posture_world
+
+    spec = PostureWorldSpec(layout="coarse", performers=(1, 2, 3), pretrain_performers=(11,), replications=2,
+                            frames=8)
+    assert spec.classes == tuple(range(1, 13)) and spec.novel == tuple(range(5, 13))
+    assert spec.holds[1] == ((0,), (1, 3)) and spec.holds[5] == ((0,), (0,)) and spec.holds[6] == ((0,), (2,))
+    w = make_posture_world(tmp_path / "w", seed=1, spec=spec)
+    assert w["clips"] == 72 and w["pretrain_clips"] == 24
+    captions = json.loads((tmp_path / "w" / "captions.json").read_text())  # where each clip holds each hand
+    assert len(captions) == 72 and len(json.loads(w["pretrain_captions"].read_text())) == 24
+    still = PostureWorldSpec(layout="coarse", performers=(1, 2, 3), replications=2, frames=8, reach=0.0, jitter=0.0)
+    make_posture_world(tmp_path / "rest", seed=1, spec=still)  # every hand where it hangs, per performer and clip
+
+    def hands(stem):  # mean displacement of the left and right hand from where they hang: [2, 2]
+        xyz = [load_skeleton(f / "skeletons" / f"{stem}.skeleton.npy")["skel_body0"][:, [7, 11], :2].mean(0)
+               for f in (tmp_path / "w", tmp_path / "rest")]
+        return xyz[0] - xyz[1]
+
+    where = {}  # caption -> displacements of that hand
+    for stem, (left, right) in captions.items():
+        h = hands(stem)
+        where.setdefault(left, []).append(h[0])
+        where.setdefault(right, []).append(h[1])
+    assert len(where) == 8  # 4 places x 2 hands
+    centres = {c: np.mean(v, axis=0) for c, v in where.items()}
+    for c, v in where.items():  # each caption is one place, apart from the other places of that hand
+        assert np.abs(np.asarray(v) - centres[c]).max() < 0.1
+        assert min(np.linalg.norm(centres[c] - centres[d]) for d in centres if d != c and d[:8] == c[:8]) > 0.2
+    base1 = {tuple(c) for stem, c in captions.items() if stem.endswith("A001")}  # left at place 0 (-60 degrees)
+    assert base1 == {(hand_caption("left", 0, spec), hand_caption("right", 1, spec)),
+                     (hand_caption("left", 0, spec), hand_caption("right", 3, spec))}  # both drawn, nothing else
+    assert {tuple(c) for stem, c in captions.items() if stem.endswith("A006")} == {
+        ("the left hand is held at -60 degrees.", "the right hand is held at 60 degrees.")}
+    with pytest.raises(ValueError, match="layout 'diagonal'"):
+        PostureWorldSpec(layout="diagonal")
+    with pytest.raises(ValueError, match="places 3: the coarse layout needs an even number"):
+        PostureWorldSpec(layout="coarse", places=3)
+
+
 def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_path):
     """The zero-shot setting's CLIP: pre-trained on the world's pre-training videos, written as a CLIP folder the
     pose trainer reads (vision and text towers), the same for the same seed, and reused by a rerun."""
@@ -111,6 +156,15 @@ def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_pa
     assert not np.array_equal(init["visual_projection.weight"].numpy(), wa["visual_projection.weight"].numpy())
     assert CLIPVisionModelWithProjection.from_pretrained(tmp_path / "a").config.image_size == 32
     assert CLIPTextModelWithProjection.from_pretrained(tmp_path / "a").config.projection_dim == 32
+    # with the world's captions: one more term per caption place, against that place's distinct captions
+    captions = json.loads((tmp_path / "w" / "pretrain" / "captions.json").read_text())
+    c = pretrain_world_clip(tmp_path / "c", w["pretrain_rgb"], spec.classes, cfg, captions)
+    assert c["caption_sets"] == [2, 2] and a["caption_sets"] == []
+    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert not np.array_equal(wa["visual_projection.weight"].numpy(), wc["visual_projection.weight"].numpy())
+    with pytest.raises(ValueError, match="no caption for 1 of 8 videos"):
+        pretrain_world_clip(tmp_path / "d", w["pretrain_rgb"], spec.classes, cfg,
+                            dict(list(captions.items())[1:]))
     mtime = (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns
     assert pretrain_world_clip(tmp_path / "a", w["pretrain_rgb"], spec.classes, cfg) == a  # reused, not retrained
     assert (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns == mtime
@@ -132,6 +186,8 @@ def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys, study):
     table = (out / "results.md").read_text()
     assert "| phase 2, alpha = 10 | 1 + 1 |" in table and "phase 2 without the alignment term" in table
     assert "| phase 2, alpha = 10, --align pose | 1 + 1 |" in table
+    phase2 = json.loads((out / "seed0-phase2-alpha10" / "train_config.json").read_text())
+    assert (phase2["alpha"], phase2["video_lr_scale"], phase2["init"]) == (10.0, 10.0, str(out / "seed0-phase1"))
     if study == "ski-phase2":
         assert results["setting"] == "zeroshot" and results["novel_classes"] == [1, 4]
         assert 0.0 <= run["phase2_alpha10"]["pose_gzsl_top1"] <= 1.0 and "novel classes (1, 4)" in table
