@@ -177,7 +177,7 @@ def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[i
     sets = [([PROMPT_TEMPLATE.format(NTU_ACTIONS[c - 1]) for c in classes],
              [label[NTUName.parse(p).action] for p in paths])]
     if captions is not None:
-        stems = [video_id(p).removesuffix("_rgb") for p in paths]
+        stems = [NTUName.parse(p).stem for p in paths]
         missing = [s for s in stems if s not in captions]
         if missing:
             raise ValueError(f"captions: no caption for {len(missing)} of {len(stems)} videos under {videos} "
@@ -186,8 +186,8 @@ def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[i
         if len(width) != 1:
             raise ValueError(f"captions: every video needs the same number of captions, found {sorted(width)}")
         for place in range(width.pop()):
-            texts = sorted({captions[s][place] for s in stems})
-            sets.append((texts, [texts.index(captions[s][place]) for s in stems]))
+            at = {t: i for i, t in enumerate(sorted({captions[s][place] for s in stems}))}
+            sets.append((list(at), [at[captions[s][place]] for s in stems]))
     make_tiny_clip(folder, seed=cfg.seed, spec=TinyClipSpec(
         vision_hidden_size=64, vision_intermediate_size=128, vision_heads=4, vision_layers=2, projection_dim=32,
         image_size=32, patch_size=4))
