@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .constants import TINY_FAMILIES
+from .peers import STUDIES
 from .prompting import TEMPLATE_HELP, TEMPLATE_NAMES
 
 # Subcommands that live next to their feature: each module has ``register(subparsers)`` (keep imports there light:
@@ -418,17 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (seconds; for smoke tests)")
     p.add_argument("--full-size", action="store_true", help="published feature shapes (356 video, 256 pose rows)")
-    p.add_argument("--study", default="mmpro", choices=["mmpro", "pooling", "ski-phase2", "ski-phase2-xsub",
-                                                        "long-video"],
+    p.add_argument("--study", default="mmpro", choices=["mmpro", *STUDIES],
                    help="mmpro: the quickstart (default); pooling: accuracy vs tokens of pooled video features; "
-                        "ski-phase2: pose-only zero-shot accuracy on novel classes after SKI-LVLM phase 2 vs phase 1 "
-                        "(docs/peers.md); ski-phase2-xsub: the same on new performers of seen classes; "
-                        "long-video: 2-minute synthetic videos with a one-second event early (on a frame of the "
-                        "100-frame sampler) or late (between its frames), the 100-frame rows vs two tokens per frame "
-                        "at 1 fps (docs/benchmarks.md#long-video; about 5 minutes on one shared core)")
+                        "ski-phase2: pose-only zero-shot accuracy on novel classes after SKI-LVLM phase 2 (distilling "
+                        "a frozen CLIP) vs phase 1 continued (docs/peers.md; ski-phase2-combinations: novel classes "
+                        "that recombine the base classes' parts); ski-phase2-xsub: the same on new performers of "
+                        "seen classes; long-video: 2-minute synthetic videos with a one-second event early (on a "
+                        "frame of the 100-frame sampler) or late (between its frames), the 100-frame rows vs two "
+                        "tokens per frame at 1 fps (docs/benchmarks.md#long-video; about 5 minutes on one shared core)")
     p.add_argument("--alphas", type=_alphas, default=None, metavar="A,B,...",
-                   help="ski-phase2 studies: the weights of the alignment term to compare (default 0,10; 0 = phase 1 "
-                        "continued without it); finished runs of an output folder are reused")
+                   help="ski-phase2 studies: the weights of the alignment term to compare (default: the study's, "
+                        "0,10,100 or 0,10; 0 = phase 1 continued without it); finished runs of an output folder are "
+                        "reused")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("pack-features", help="pack a feature folder into one memory-mapped store")

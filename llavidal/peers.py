@@ -1,13 +1,15 @@
-"""The peers' methods, measured on the synthetic worlds (``llavidal quickstart --study pooling|ski-phase2|long-video``).
+"""The peers' methods, measured on the synthetic worlds (``llavidal quickstart --study NAME``, one of :data:`STUDIES`).
 
 * ``pooling`` — PLLaVA-style pooled video features against the spatio-temporal rows. A tiny base learns the language
   of :class:`~llavidal.synthetic.SceneWorld` (stage 0, text only), then one video run per video representation —
   the rows, every per-frame token (the grid of the world itself, 8x4x4) and the tokens pooled to coarser grids;
   LoRA on the LLM with the projector, as PLLaVA trains — is scored on held-out multiple-choice items by option
   log-likelihood: accuracy against tokens per clip.
-* ``ski-phase2`` — SKI-LVLM's phase 2 against phase 1: a pose encoder trained SkeletonCLIP-style (phase 1) on
-  :func:`~llavidal.synthetic.make_skeleton_world` clips, then trained on for the same number of epochs either
-  without (phase 1 continued) or with the CLIP video branch (phase 2, alpha = 10); pose-only test accuracy of each.
+* ``ski-phase2`` (and ``-combinations``, ``-xsub``) — SKI-LVLM's phase 2 against phase 1: a pose encoder trained
+  SkeletonCLIP-style (phase 1), then trained on for the same number of epochs either without (phase 1 continued) or
+  with the CLIP video branch and the alignment term (phase 2); pose-only test accuracy of each, on the novel classes
+  of :func:`~llavidal.synthetic.make_posture_world` (zero-shot) or the new performers of
+  :func:`~llavidal.synthetic.make_skeleton_world` (cross-subject). :data:`SKI_STUDIES` holds each study's settings.
 * ``long-video`` — LLaMA-VID-style two tokens per frame against the 100-frame sampler
   (:mod:`llavidal.quickstart_long`).
 
@@ -20,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 DEFAULT_GRIDS = ("8x4x4", "4x4x4", "4x2x2", "2x2x2", "2x1x1", "1x1x1")  # 8x4x4: every token of the world
 
@@ -239,7 +240,7 @@ class SkiStudyConfig:
     lr: float = 3e-3
     frames: int = 32
     video_frames: int = 8
-    video_lr_scale: float = 10.0  # phase 2's video branch learns at this multiple of lr (1e-6: held at the CLIP's)
+    video_lr_scale: float = 10.0  # phase 2's video branch learns at this multiple of lr (0: frozen)
     world: dict = field(default_factory=dict)  # PostureWorldSpec (zeroshot) or SkeletonWorldSpec (xsub) fields
     clip: dict = field(default_factory=dict)  # WorldClipConfig fields (zeroshot)
 
@@ -353,6 +354,8 @@ def _ski_summary(runs: list[dict], cfg: SkiStudyConfig) -> dict:
 
 
 def _stats(values: list[float]) -> dict:
+    import numpy as np  # lazily: the CLI reads STUDIES from this module
+
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
@@ -392,30 +395,51 @@ def ski_table(results: dict) -> str:
     return "\n".join([title, "", *rows])
 
 
+# The SKI-LVLM studies (docs/peers.md#ski-phase2): SkiStudyConfig fields over its defaults, and how many seeds.
+# ski-phase2 is the zero-shot world in which phase 2 has something to teach: 6 base classes naming the left hand
+# only, 12 novel ones naming both hands, a CLIP pre-trained on the hands' captions too, and the video branch frozen
+# at that CLIP so that the alignment target is what it knows of the novel classes.
+SKI_STUDIES = {
+    "ski-phase2": {"seeds": 5, "alphas": (0.0, 10.0, 100.0), "aligns": ("pose",), "video_lr_scale": 0.0,
+                   "world": {"layout": "coarse", "places": 6, "replications": 3}, "clip": {"captions": True}},
+    "ski-phase2-combinations": {"seeds": 3},
+    "ski-phase2-xsub": {"seeds": 3, "setting": "xsub"},
+}
+
+
+def ski_study_config(name: str, out: str, seed: int = 0, fast: bool = False) -> SkiStudyConfig:
+    """The config of study ``name`` (a key of :data:`SKI_STUDIES`) from ``seed`` on; ``fast``: a smoke run (one
+    seed, one epoch per phase, a tiny world)."""
+    fields = dict(SKI_STUDIES[name])
+    n = fields.pop("seeds")
+    cfg = SkiStudyConfig(out=out, seeds=tuple(range(seed, seed + n)), **fields)
+    if fast:
+        cfg.seeds, cfg.phase1_epochs, cfg.phase2_epochs, cfg.layers = (seed,), 1, 1, 1
+        cfg.frames, cfg.video_frames = 16, 2
+        if cfg.setting == "xsub":
+            cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
+                         "replications": 1, "frames": 16}
+        else:
+            small = {"places": 2} if cfg.world.get("layout", "combinations") == "combinations" else {"places": 4}
+            cfg.world = {**cfg.world, **small, "performers": (1, 2), "pretrain_performers": (11,),
+                         "replications": 1, "frames": 16}
+            cfg.clip = {**cfg.clip, "epochs": 2}
+    return cfg
+
+
 def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
               alphas: tuple[float, ...] | None = None) -> dict:
     """``llavidal quickstart --study NAME``: the full-size study, or with ``fast`` a small smoke run. ``alphas``: the
-    phase-2 alignment weights the SKI studies compare (default 0 and 10)."""
-    if alphas is not None and not name.startswith("ski-phase2"):
+    phase-2 alignment weights the SKI studies compare (default: the study's)."""
+    if alphas is not None and name not in SKI_STUDIES:
         raise ValueError(f"quickstart --study {name}: --alphas applies to the ski-phase2 studies only")
     if name == "pooling":
         cfg = PoolingStudyConfig(out=out, seed=seed)
         if fast:
             cfg.n_train, cfg.n_test, cfg.n_text, cfg.lm_epochs, cfg.epochs, cfg.grids = 32, 8, 64, 1, 1, ("2x2x2",)
         return run_pooling_study(cfg)
-    if name in ("ski-phase2", "ski-phase2-xsub"):
-        setting = "xsub" if name.endswith("xsub") else "zeroshot"
-        cfg = SkiStudyConfig(out=out, setting=setting, seeds=(seed, seed + 1, seed + 2))
-        if fast:
-            cfg.seeds, cfg.phase1_epochs, cfg.phase2_epochs, cfg.layers = (seed,), 1, 1, 1
-            cfg.frames, cfg.video_frames = 16, 2
-            if setting == "xsub":
-                cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
-                             "replications": 1, "frames": 16}
-            else:
-                cfg.world = {"places": 2, "performers": (1, 2), "pretrain_performers": (11,), "replications": 1,
-                             "frames": 16}
-                cfg.clip = {"epochs": 2}
+    if name in SKI_STUDIES:
+        cfg = ski_study_config(name, out, seed, fast)
         if alphas is not None:
             cfg.alphas = tuple(alphas)
         return run_ski_study(cfg)
@@ -429,8 +453,9 @@ def run_study(name: str, out: str, seed: int = 0, fast: bool = False,
     raise ValueError(f"unknown study {name!r}; expected one of {', '.join(STUDIES)}")
 
 
-STUDIES = ("pooling", "ski-phase2", "ski-phase2-xsub", "long-video")
+STUDIES = ("pooling", *SKI_STUDIES, "long-video")
 
 
-__all__ = ["SKI_SETTINGS", "STUDIES", "PoolingStudyConfig", "SkiStudyConfig", "WorldClipConfig", "pooling_table",
-           "pretrain_world_clip", "run_pooling_study", "run_ski_study", "run_study", "ski_table"]
+__all__ = ["SKI_SETTINGS", "SKI_STUDIES", "STUDIES", "PoolingStudyConfig", "SkiStudyConfig", "WorldClipConfig",
+           "pooling_table", "pretrain_world_clip", "run_pooling_study", "run_ski_study", "run_study",
+           "ski_study_config", "ski_table"]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 from llavidal.cli import main as cli_main
 
@@ -170,25 +171,40 @@ def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_pa
     assert (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("study", ["ski-phase2", "ski-phase2-xsub"])
+@pytest.mark.parametrize("study", ["ski-phase2", "ski-phase2-combinations", "ski-phase2-xsub"])
 def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys, study):
-    """`quickstart --study ski-phase2[-xsub] --fast`: phase 1, then phase 2 without the alignment term, with it, and
-    with it training the pose encoder only; a rerun finds every run finished and reports the same table."""
+    """`quickstart --study ski-phase2[-combinations|-xsub] --fast`: phase 1, then phase 2 without the alignment term
+    and with it (ski-phase2: training the pose encoder only, from a frozen video branch, at alpha 10 and 100; the
+    others: both branches, and the pose encoder only, at alpha 10); a rerun finds every run finished and reports the
+    same table."""
     out = tmp_path / "ski"
     assert cli_main(["quickstart", "--study", study, "--fast", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
-    keys = {"phase1", "phase2_alpha0", "phase2_alpha10", "phase2_alpha10_pose"}
-    assert set(run) == {"seed", *keys} | ({"clip_pretraining"} if study == "ski-phase2" else set())
+    frozen = study == "ski-phase2"
+    aligned = ["phase2_alpha10_pose", "phase2_alpha100_pose"] if frozen else ["phase2_alpha10", "phase2_alpha10_pose"]
+    keys = {"phase1", "phase2_alpha0", *aligned}
+    assert set(run) == {"seed", *keys} | ({"clip_pretraining"} if study != "ski-phase2-xsub" else set())
     for key in keys:
         assert 0.0 <= run[key]["pose_top1"] <= 1.0
     assert run["phase2_alpha0"]["pose_top1"] == results["summary"]["phase2_alpha0"]["pose_top1"]["mean"]
     table = (out / "results.md").read_text()
-    assert "| phase 2, alpha = 10 | 1 + 1 |" in table and "phase 2 without the alignment term" in table
-    assert "| phase 2, alpha = 10, --align pose | 1 + 1 |" in table
-    phase2 = json.loads((out / "seed0-phase2-alpha10" / "train_config.json").read_text())
-    assert (phase2["alpha"], phase2["video_lr_scale"], phase2["init"]) == (10.0, 10.0, str(out / "seed0-phase1"))
+    assert "| phase 2, alpha = 10, --align pose | 1 + 1 |" in table and "phase 2 without the alignment term" in table
+    assert ("| phase 2, alpha = 100, --align pose | 1 + 1 |" in table) == frozen
+    assert ("| phase 2, alpha = 10 | 1 + 1 |" in table) != frozen
+    folder = out / ("seed0-phase2-alpha10-align-pose" if frozen else "seed0-phase2-alpha10")
+    phase2 = json.loads((folder / "train_config.json").read_text())
+    assert (phase2["alpha"], phase2["init"]) == (10.0, str(out / "seed0-phase1"))
+    assert phase2["video_lr_scale"] == (0.0 if frozen else 10.0)
+    # ski-phase2's video branch stays the pre-trained CLIP's (the adapter at its zero start); the others' learns
+    adapter = load_file(str(folder / "video_branch.safetensors"))["adapter.weight"]
+    assert (float(adapter.abs().max()) == 0.0) == frozen
     if study == "ski-phase2":
+        assert results["setting"] == "zeroshot" and results["novel_classes"] == list(range(5, 13))
+        assert results["world"]["layout"] == "coarse" and run["clip_pretraining"]["caption_sets"] == [4, 4]
+        assert json.loads((out / "seed0-phase1" / "train_config.json").read_text())["unseen_classes"] == \
+            "5,6,7,8,9,10,11,12"
+    elif study == "ski-phase2-combinations":
         assert results["setting"] == "zeroshot" and results["novel_classes"] == [1, 4]
         assert 0.0 <= run["phase2_alpha10"]["pose_gzsl_top1"] <= 1.0 and "novel classes (1, 4)" in table
         assert json.loads((out / "seed0-phase1" / "train_config.json").read_text())["unseen_classes"] == "1,4"
@@ -202,13 +218,13 @@ def test_ski_phase2_study_runs_reports_and_resumes(tmp_path, capsys, study):
     # other alphas: only the new phase-2 runs train; phase 1 and the alpha-0 run are reused
     assert cli_main(["quickstart", "--study", study, "--fast", "--alphas", "0,1", "--out", str(out)]) == 0
     (run,) = json.loads((out / "results.json").read_text())["runs"]
-    assert set(run) - {"clip_pretraining"} == {"seed", "phase1", "phase2_alpha0", "phase2_alpha1",
-                                               "phase2_alpha1_pose"}
-    assert "| phase 2, alpha = 1 | 1 + 1 |" in (out / "results.md").read_text()
+    new_runs = {"phase2_alpha1_pose"} | (set() if frozen else {"phase2_alpha1"})
+    assert set(run) - {"clip_pretraining"} == {"seed", "phase1", "phase2_alpha0", *new_runs}
+    assert "| phase 2, alpha = 1, --align pose | 1 + 1 |" in (out / "results.md").read_text()
     again = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     assert all(again[p] == t for p, t in mtimes.items())
-    assert {p.relative_to(out).parts[0] for p in set(again) - set(mtimes)} == {"seed0-phase2-alpha1",
-                                                                             "seed0-phase2-alpha1-align-pose"}
+    assert {p.relative_to(out).parts[0] for p in set(again) - set(mtimes)} == \
+        {"seed0-phase2-alpha1-align-pose"} | (set() if frozen else {"seed0-phase2-alpha1"})
 
 
 def test_study_alphas_flag(tmp_path, capsys):

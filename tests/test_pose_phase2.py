@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -154,6 +155,26 @@ def test_phase2_without_the_alignment_term_leaves_the_pose_encoder_alone(world, 
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     va, vb = (load_file(str(o / "video_branch.safetensors")) for o in outs)
     assert max(float((va[k] - vb[k]).abs().max()) for k in va) > 0
+
+
+def test_phase2_with_a_frozen_video_branch_distils_the_clip(world, tmp_path, capsys):
+    """--video-lr-scale 0: the video branch stays the CLIP's (the adapter at its zero start, the logit scale at its
+    start), so the alignment target is the pre-trained CLIP's own cosines; the pose encoder still trains. --align
+    video then has nothing to train, and says so."""
+    root, clip, phase1 = world
+    out = tmp_path / "frozen"
+    assert cli_main([*_phase2_argv(root, clip, phase1, out, epochs=1), "--video-lr-scale", "0", "--align", "pose"]) == 0
+    branch = load_file(str(out / "video_branch.safetensors"))
+    assert float(branch["adapter.weight"].abs().max()) == 0.0 and float(branch["adapter.bias"].abs().max()) == 0.0
+    assert float(branch["logit_scale"]) == float(torch.tensor(math.log(1 / 0.07)))
+    before, after = load_file(str(phase1 / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 0
+    capsys.readouterr()
+    assert cli_main([*_phase2_argv(root, clip, phase1, tmp_path / "x", epochs=1), "--video-lr-scale", "0",
+                     "--align", "video"]) == 2
+    assert "--align video with --video-lr-scale 0: the alignment term would train nothing" in capsys.readouterr().err
+    assert cli_main([*_phase2_argv(root, clip, phase1, tmp_path / "y", epochs=1), "--video-lr-scale", "-1"]) == 2
+    assert "--video-lr-scale >= 0" in capsys.readouterr().err
 
 
 def test_phase2_needs_init_and_videos(world, tmp_path, capsys):

@@ -92,7 +92,8 @@ def register(sub) -> None:
     g.add_argument("--video-frames", type=int, default=8, help="phase 2: frames per video through CLIP (default 8)")
     g.add_argument("--video-lr-scale", type=float, default=10.0,
                    help="phase 2: learning rate of the video branch (a linear adapter on frozen CLIP embeddings) as "
-                        "a multiple of --lr (default 10)")
+                        "a multiple of --lr (default 10; 0 keeps it frozen, so the alignment target is the "
+                        "pre-trained CLIP's own cosines)")
     g.add_argument("--align", choices=["both", "pose", "video"], default="both",
                    help="phase 2: the branch(es) the alignment term trains (default both; pose: the video branch's "
                         "cosines are a fixed target for the pose encoder; video: the other way round)")

@@ -92,7 +92,7 @@ class PoseTrainConfig:
     videos: str | None = None  # phase 2: the clips' RGB videos ({stem}_rgb.avi as NTU's, searched recursively)
     alpha: float = DEFAULT_ALPHA  # phase 2: weight of the MSE between the video-text and pose-text logits
     video_frames: int = DEFAULT_VIDEO_FRAMES  # phase 2: frames per video through CLIP's image tower
-    video_lr_scale: float = DEFAULT_VIDEO_LR_SCALE  # phase 2: the video branch's learning rate, as a multiple of lr
+    video_lr_scale: float = DEFAULT_VIDEO_LR_SCALE  # phase 2: the video branch's lr as a multiple of lr (0: frozen)
     align: str = "both"  # phase 2: the branch(es) the alignment term trains: both, pose or video
 
 
@@ -476,11 +476,14 @@ def phase2_config(cfg: PoseTrainConfig) -> PoseTrainConfig:
     if not cfg.init or not cfg.videos:
         raise ValueError("--phase 2 needs --init (the output folder of a phase-1 `llavidal pose train`) and --videos "
                          "(the clips' RGB videos, e.g. NTU's rgb/ folder)")
-    if cfg.alpha < 0 or cfg.video_frames < 1 or not cfg.video_lr_scale > 0:
-        raise ValueError(f"--alpha must be >= 0, --video-frames >= 1 and --video-lr-scale > 0, got {cfg.alpha}, "
+    if cfg.alpha < 0 or cfg.video_frames < 1 or not cfg.video_lr_scale >= 0:
+        raise ValueError(f"--alpha must be >= 0, --video-frames >= 1 and --video-lr-scale >= 0, got {cfg.alpha}, "
                          f"{cfg.video_frames} and {cfg.video_lr_scale}")
     if cfg.align not in ALIGN_CHOICES:
         raise ValueError(f"--align {cfg.align!r}: expected one of {', '.join(ALIGN_CHOICES)}")
+    if cfg.align == "video" and cfg.video_lr_scale == 0 and cfg.alpha > 0:
+        raise ValueError("--align video with --video-lr-scale 0: the alignment term would train nothing (the video "
+                         "branch is frozen); use --align pose or both, or a video learning rate above 0")
     init = PoseEncoderConfig.load(cfg.init)
     return replace(cfg, layers=init.layers, width=init.width, heads=init.heads, stride=init.stride, tokens=init.tokens)
 
