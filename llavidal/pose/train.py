@@ -397,8 +397,10 @@ def train(cfg: PoseTrainConfig) -> dict:
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         loader = _loader(train_ds, cfg.batch, True, min(workers, len(split.train)), gen)
-        loss_sum, correct, seen = 0.0, 0, 0
-        sums = {"ce_video": 0.0, "ce_pose": 0.0, "mse": 0.0, "pose_correct": 0}  # phase 2
+        # running sums stay on the device (float64, as Python floats were): no host sync per step
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum, correct, seen = zero.clone(), zero.clone(), 0
+        sums = {k: zero.clone() for k in ("ce_video", "ce_pose", "mse", "pose_correct")}  # phase 2
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, dynamic_ncols=True)
         for batch in bar:
             skips.add_errors(split.train, batch["errors"])
@@ -416,8 +418,8 @@ def train(cfg: PoseTrainConfig) -> dict:
                 terms = phase2.losses(pose_cos, pose_scale, batch["index"], train_text, target)
                 loss = terms["loss"]
                 for k in ("ce_video", "ce_pose", "mse"):
-                    sums[k] += terms[k].item() * len(target)
-                sums["pose_correct"] += int((logits.argmax(1) == target).sum())
+                    sums[k] += terms[k].detach().double() * len(target)
+                sums["pose_correct"] += (logits.argmax(1) == target).sum()
                 logits = terms["video_logits"]  # the prediction at test time
             else:
                 logits = model(x, train_text)
@@ -429,16 +431,18 @@ def train(cfg: PoseTrainConfig) -> dict:
                 torch.nn.utils.clip_grad_norm_(phase2.head.parameters(), 1.0)
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(target)
-            correct += int((logits.argmax(1) == target).sum())
+            loss_sum += loss.detach().double() * len(target)
+            correct += (logits.argmax(1) == target).sum()
             seen += len(target)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if cfg.progress:  # the bar's loss costs a host sync per step: only when the bar is shown
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         row = {"epoch": epoch + 1, "step": step, "lr": lr_at(max(0, step - 1), total_steps, warmup, cfg.lr),
-               "train_loss": loss_sum / seen if seen else None, "train_top1": correct / seen if seen else None,
+               "train_loss": float(loss_sum) / seen if seen else None,
+               "train_top1": int(correct) / seen if seen else None,
                "n_train": seen, "logit_scale": float(model.logit_scale.detach().exp())}
         if phase2 is not None and seen:
-            row.update({f"train_{k}": sums[k] / seen for k in ("ce_video", "ce_pose", "mse")},
-                       train_pose_top1=sums["pose_correct"] / seen,
+            row.update({f"train_{k}": float(sums[k]) / seen for k in ("ce_video", "ce_pose", "mse")},
+                       train_pose_top1=int(sums["pose_correct"]) / seen,
                        video_logit_scale=float(phase2.head.logit_scale.detach().exp()))
         if test_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             gz = list(range(1, len(names) + 1)) if cfg.split == "zeroshot" else None
