@@ -11,7 +11,7 @@ where ``cos V`` and ``cos P`` are the cosine similarities before each branch's l
 logits are plain cosines, so its alignment term compares cosines and its alpha is a weight on values in [0, 4].
 Comparing the scaled logits instead (our branches carry CLIP's temperature, ~14 at the start and up to 100) makes
 the same alpha hundreds of times stronger; on the synthetic world it then flattens both branches' logits (every clip
-gets one answer) rather than aligning them (docs/peers.md#ski-phase2).
+gets one answer) rather than aligning them (docs/peers.md#ski-phase2-xsub).
 
 and at test time the video-text logits ``V`` are the prediction (the pose-text ones are reported too: the features
 LLAVIDAL reads come from the pose encoder).
@@ -19,7 +19,9 @@ LLAVIDAL reads come from the pose encoder).
 The video branch: each clip's ``--video-frames`` frames (the frame-sampling rule of the video features) go through
 the frozen CLIP vision tower with its projection, once (cached in the output folder); their mean is the clip's image
 embedding. What trains on that side is a residual linear adapter on the embedding (zero-initialised, so training
-starts from CLIP's zero-shot logits) and the branch's own logit scale. The original fine-tuned a video CLIP instead;
+starts from CLIP's zero-shot logits) and the branch's own logit scale; with ``--video-lr-scale 0`` neither does, the
+branch stays the pre-trained CLIP, and ``--align pose`` distils its cosines into the pose encoder (what phase 2 adds
+on classes the pose encoder never saw: docs/peers.md#ski-phase2-zeroshot). The original fine-tuned a video CLIP instead;
 a frozen tower keeps phase 2 affordable and deterministic, and the loss is the same.
 """
 from __future__ import annotations
