@@ -139,7 +139,8 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 96, seed: in
                 }
     (out / "train.json").write_text(json.dumps(records, indent=1))
     (out / "test_mcq.json").write_text(json.dumps(tests, indent=1))
-    return {"train": out / "train.json", "test": out / "test_mcq.json", **{f"{m}_folder": f for m, f in folders.items()}}
+    return {"train": out / "train.json", "test": out / "test_mcq.json",
+            **{f"{m}_folder": f for m, f in folders.items()}}
 
 
 def _mcq_choices(action: tuple[int, int, int], rng: np.random.Generator) -> list[str]:
@@ -414,8 +415,9 @@ class PostureWorldSpec:
     def __post_init__(self):
         if self.layout not in POSTURE_LAYOUTS:
             raise ValueError(f"PostureWorldSpec.layout {self.layout!r}: expected one of {', '.join(POSTURE_LAYOUTS)}")
-        if self.layout == "coarse" and self.places % 2:
-            raise ValueError(f"PostureWorldSpec.places {self.places}: the coarse layout needs an even number")
+        if self.layout == "coarse" and (self.places % 2 or self.places < 4):
+            raise ValueError(f"PostureWorldSpec.places {self.places}: the coarse layout needs an even number, at least "
+                             "4 (with 2, p + 2 is p again and the novel classes would repeat one another)")
 
     @property
     def holds(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:

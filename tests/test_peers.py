@@ -130,6 +130,8 @@ def test_posture_world_coarse_layout(tmp_path):
         PostureWorldSpec(layout="diagonal")
     with pytest.raises(ValueError, match="places 3: the coarse layout needs an even number"):
         PostureWorldSpec(layout="coarse", places=3)
+    with pytest.raises(ValueError, match="places 2: the coarse layout needs an even number, at least 4"):
+        PostureWorldSpec(layout="coarse", places=2)
 
 
 def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_path):
