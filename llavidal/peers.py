@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 DEFAULT_GRIDS = ("8x4x4", "4x4x4", "4x2x2", "2x2x2", "2x1x1", "1x1x1")  # 8x4x4: every token of the world
 
 
@@ -183,10 +182,13 @@ def pretrain_world_clip(folder: str | Path, videos: str | Path, classes: tuple[i
         if missing:
             raise ValueError(f"captions: no caption for {len(missing)} of {len(stems)} videos under {videos} "
                              f"(first: {missing[0]})")
-        width = {len(captions[s]) for s in stems}
-        if len(width) != 1:
-            raise ValueError(f"captions: every video needs the same number of captions, found {sorted(width)}")
-        for place in range(width.pop()):
+        width = len(captions[stems[0]])
+        uneven = [s for s in stems if len(captions[s]) != width]
+        if uneven:
+            raise ValueError(f"captions: every video needs the same number of captions, found "
+                             f"{sorted({len(captions[s]) for s in stems})} ({stems[0]}: {width}, {uneven[0]}: "
+                             f"{len(captions[uneven[0]])})")
+        for place in range(width):
             at = {t: i for i, t in enumerate(sorted({captions[s][place] for s in stems}))}
             sets.append((list(at), [at[captions[s][place]] for s in stems]))
     make_tiny_clip(folder, seed=cfg.seed, spec=TinyClipSpec(
@@ -420,7 +422,10 @@ def ski_study_config(name: str, out: str, seed: int = 0, fast: bool = False) -> 
             cfg.world = {"actions": (1, 2, 3, 4), "train_performers": (1,), "test_performers": (3,),
                          "replications": 1, "frames": 16}
         else:
-            small = {"places": 2} if cfg.world.get("layout", "combinations") == "combinations" else {"places": 4}
+            from .synthetic import PostureWorldSpec
+
+            layout = cfg.world.get("layout", PostureWorldSpec.layout)
+            small = {"places": 2} if layout == "combinations" else {"places": 4}  # coarse needs 4
             cfg.world = {**cfg.world, **small, "performers": (1, 2), "pretrain_performers": (11,),
                          "replications": 1, "frames": 16}
             cfg.clip = {**cfg.clip, "epochs": 2}

@@ -90,8 +90,8 @@ def test_posture_world_is_compositional_ntu_and_deterministic(tmp_path):
 def test_posture_world_coarse_layout(tmp_path):
     """The coarse layout: a base class names the left hand's place only, its clips hold the right hand at one of
     two places (p + 1 or p + 3, drawn per clip); the novel classes name both hands, (p, p) and (p, p + 2); the
-    skeletons put each hand where the clip's captions say; unknown layouts and an odd number of places are
-    refused."""
+    skeletons put each hand where the clip's captions say; unknown layouts and an odd number of places, or fewer
+    than 4, are refused."""
     from llavidal.curation.ntu import load_skeleton
     from llavidal.synthetic import PostureWorldSpec, hand_caption, make_posture_world
 
@@ -137,7 +137,6 @@ def test_posture_world_coarse_layout(tmp_path):
 def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_path):
     """The zero-shot setting's CLIP: pre-trained on the world's pre-training videos, written as a CLIP folder the
     pose trainer reads (vision and text towers), the same for the same seed, and reused by a rerun."""
-    from safetensors.torch import load_file
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     from llavidal.peers import WorldClipConfig, pretrain_world_clip
@@ -168,6 +167,11 @@ def test_world_clip_pretraining_is_a_clip_folder_deterministic_and_reused(tmp_pa
     with pytest.raises(ValueError, match="no caption for 1 of 8 videos"):
         pretrain_world_clip(tmp_path / "d", w["pretrain_rgb"], spec.classes, cfg,
                             dict(list(captions.items())[1:]))
+    last = sorted(captions)[-1]
+    with pytest.raises(ValueError, match=f"the same number of captions, found \\[2, 3\\] .*{last}: 3"):
+        pretrain_world_clip(tmp_path / "d", w["pretrain_rgb"], spec.classes, cfg,
+                            {**captions, last: [*captions[last], "a third caption."]})
+    assert not (tmp_path / "d").exists()  # refused before anything was written
     mtime = (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns
     assert pretrain_world_clip(tmp_path / "a", w["pretrain_rgb"], spec.classes, cfg) == a  # reused, not retrained
     assert (tmp_path / "a" / "model.safetensors").stat().st_mtime_ns == mtime
